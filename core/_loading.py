@@ -1,0 +1,55 @@
+"""Entry points that resolve a name to a thing: head sets (file, preset, Hub) and built-in models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import HeadSetError
+from .headset import HeadSet, load_headset_file
+from .registry import get_registry
+
+PRESET_PREFIX = "preset:"
+
+
+def load_headset(
+    source: str | Path,
+    weight_name: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> HeadSet:
+    """Load a head set from a local file/folder, a shipped preset (`preset:NAME`) or a Hub repo (`user/repo`).
+
+    Local paths win: an existing path is always read as a file. The Hub arguments follow diffusers'
+    `load_lora_weights` (explicit `weight_name`, else the single head-set file in the repo).
+    """
+    text = str(source)
+    if Path(text).exists():
+        return load_headset_file(text)
+    if text.startswith(PRESET_PREFIX):
+        from .presets import load_preset
+
+        return load_preset(text[len(PRESET_PREFIX) :])
+    if _looks_like_repo_id(text):
+        from .hub import load_from_hub
+
+        return load_from_hub(
+            text, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token,
+            local_files_only=local_files_only,
+        )
+    raise HeadSetError(
+        f"head set {text!r} not found: not an existing file or folder, not 'preset:NAME' "
+        "(see `headhunter presets`), not a Hub repo id 'user/repo'"
+    )
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.endswith((".safetensors", ".json"))
+
+
+def load_model(name: str = "digits") -> Any:
+    """Load a model registered by a plugin (the embedded demo model is `digits`), ready for `apply`/`hunt`."""
+    return get_registry().model_loader(name)()

@@ -1,0 +1,114 @@
+"""The head-set metadata schema (pydantic, strict): what a head set was made for and how to use it.
+
+Input from users is strict (`extra="forbid"`); files from a newer minor format version are read
+leniently but loudly (unknown keys are dropped with one warning naming them), and a newer major
+version is refused. docs/format.md documents every field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._version import __version__
+from .sites import Site
+
+#: Version of the file format this library writes. Readers refuse a newer major version.
+FORMAT_VERSION = "1.0"
+
+Scope = Literal["joint", "image", "pag_mask"]
+SCOPES: tuple[str, ...] = ("joint", "image", "pag_mask")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PerturbationSpec(_Strict):
+    """Which perturbation plugin computes the target T·V, and its parameters."""
+
+    name: str = Field(default="softpag", min_length=1, description="perturbation plugin name")
+    params: dict[str, Any] = Field(default_factory=dict, description="plugin parameters, e.g. {'sigma': 10}")
+
+
+class GuidanceSettings(_Strict):
+    """Recommended guidance: pred = uncond + cfg (cond - uncond) + scale (cond - perturbed)."""
+
+    scale: float = Field(default=3.0, ge=0.0, description="perturbation guidance scale w")
+    cfg: float | None = Field(default=None, ge=0.0, description="classifier-free guidance scale s (diffusers convention)")
+    start: float = Field(default=0.0, ge=0.0, le=1.0, description="window start, fraction of steps (inclusive)")
+    stop: float = Field(default=1.0, ge=0.0, le=1.0, description="window stop, fraction of steps (exclusive)")
+    scope: Scope = Field(default="joint", description="identity scope: joint | image | pag_mask")
+
+    @model_validator(mode="after")
+    def _window_ordered(self) -> GuidanceSettings:
+        if self.start > self.stop:
+            raise ValueError(f"guidance window start {self.start} is after stop {self.stop}")
+        return self
+
+
+class SearchProvenance(_Strict):
+    """How a searched head set was found: enough to rerun the search."""
+
+    objective: str = Field(description="objective expression, e.g. 'digit-logprob' or 'harmonic(pickscore, clipscore)'")
+    prompts: list[str] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+    steps: int | None = Field(default=None, ge=1)
+    rounds: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=1)
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)
+    scale: float | None = Field(default=None, ge=0.0)
+    cfg: float | None = Field(default=None, ge=0.0)
+    candidates: int | None = Field(default=None, ge=0, description="size of the candidate pool")
+    round_scores: list[list[float]] = Field(
+        default_factory=list, description="per round, the mean objective of each added head's set"
+    )
+    baseline_score: float | None = None
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="fresh-seed evaluation figures")
+
+
+class HeadSetMetadata(_Strict):
+    """Everything a head set carries besides its strengths."""
+
+    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^\d+\.\d+$")
+    name: str = Field(default="unnamed", min_length=1)
+    description: str = ""
+    architecture: str = Field(min_length=1, description="model family the sites belong to: sd3, flux, digits, ...")
+    base_model: str | None = Field(default=None, description="Hub id or name of the model it was made for")
+    sites: list[Site] = Field(min_length=1, description="the model's ordered sites; the paper layer index is the position")
+    perturbation: PerturbationSpec = Field(default_factory=PerturbationSpec)
+    guidance: GuidanceSettings = Field(default_factory=GuidanceSettings)
+    origin: Literal["paper", "search", "manual"] = Field(
+        default="manual", description="paper: named in the paper; search: found by headhunter; manual: hand-made"
+    )
+    source: str | None = Field(default=None, description="where it comes from, e.g. 'paper Fig. 5' or a run directory")
+    search: SearchProvenance | None = None
+    library_version: str = __version__
+    license: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, sites: list[Site]) -> list[Site]:
+        seen: set[str] = set()
+        for site in sites:
+            if site.name in seen:
+                raise ValueError(f"site {site.name!r} listed twice")
+            seen.add(site.name)
+        return sites
+
+    @field_validator("search")
+    @classmethod
+    def _finite_scores(cls, search: SearchProvenance | None) -> SearchProvenance | None:
+        if search is not None:
+            for row in search.round_scores:
+                if any(math.isnan(x) for x in row):
+                    raise ValueError("round_scores contain NaN")
+        return search
+
+
+def format_major(version: str) -> int:
+    """Major part of a format version string like '1.0'."""
+    return int(version.split(".", 1)[0])
