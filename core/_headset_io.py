@@ -140,7 +140,7 @@ def parse_metadata(meta_json: str, source: str) -> HeadSetMetadata:
     unknown = _drop_unknown(HeadSetMetadata, raw, "")
     if unknown:
         warnings.warn(
-            f"{source}: ignoring metadata keys unknown to headhunter {__version__}: {', '.join(unknown)}",
+            f"{source}: ignoring metadata keys unknown to headhunter {__version__}: {', '.join(sorted(unknown))}",
             stacklevel=3,
         )
     try:

@@ -1,0 +1,271 @@
+"""HeadSet: construction, notation, composition, validation, and the file format (round trips + bad files)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import save as st_save
+
+import headhunter as hh
+from headhunter import HeadSet, HeadSetError, Site
+from headhunter._headset_io import METADATA_KEY, read_header
+
+SD3 = "stabilityai/stable-diffusion-3-medium-diffusers"
+SITES = [Site(name=f"blocks.{i}.attn", num_heads=4 + i, kind="joint") for i in range(3)]
+
+
+def small(heads, **meta) -> HeadSet:
+    return HeadSet.from_heads(heads, sites=SITES, architecture="toy", **meta)
+
+
+# ----- construction and notation ------------------------------------------------------------------
+def test_notation_round_trip_on_known_model():
+    hs = HeadSet.from_notation("L12H3, L0H4@0.5", base_model=SD3, name="x")
+    assert hs.notation() == "L0H4@0.5, L12H3"
+    assert hs.strengths() == {"transformer_blocks.0.attn": {4: 0.5}, "transformer_blocks.12.attn": {3: 1.0}}
+    assert HeadSet.from_notation(hs.notation(), base_model=SD3, name="x") == hs
+    assert hs.metadata.architecture == "sd3"
+
+
+def test_from_heads_accepts_site_names_and_layer_indices():
+    by_name = small([("blocks.1.attn", 2, 0.25), ("blocks.2.attn", 5)])
+    by_index = small([(1, 2, 0.25), (2, 5, 1.0)])
+    assert by_name == by_index
+    assert [str(h) for h in by_name] == ["L1H2@0.25", "L2H5"]
+    assert len(by_name) == 2
+
+
+def test_dense_vectors_have_site_shapes():
+    dense = small([(0, 3, 0.5), (2, 0, 1.0)]).dense()
+    assert set(dense) == {"blocks.0.attn", "blocks.2.attn"}
+    np.testing.assert_array_equal(dense["blocks.0.attn"], np.array([0, 0, 0, 0.5], dtype=np.float32))
+    assert dense["blocks.2.attn"].shape == (6,)
+
+
+@pytest.mark.parametrize(
+    "heads, message",
+    [
+        ([(0, 4)], "head 4 out of range for blocks.0.attn (4 heads)"),
+        ([(0, -1)], "head -1 out of range"),
+        ([(3, 0)], "layer 3 out of range"),
+        ([("blocks.9.attn", 0)], "unknown site 'blocks.9.attn'"),
+        ([(0, 1, 1.5)], "strength 1.5 at blocks.0.attn out of range"),
+        ([(0, 1, -0.1)], "out of range"),
+        ([(0, 1, float("nan"))], "strength nan"),
+        ([(0, 1), (0, 1, 0.5)], "duplicate head 1 at blocks.0.attn"),
+    ],
+)
+def test_bad_heads_raise_headset_error_naming_the_value(heads, message):
+    with pytest.raises(HeadSetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        small(heads)
+
+
+def test_bad_notation_is_named():
+    with pytest.raises(HeadSetError, match="cannot parse head 'L1X3'"):
+        HeadSet.from_notation("L1X3", base_model=SD3)
+
+
+def test_unknown_base_model_lists_known_ones():
+    with pytest.raises(HeadSetError, match="unknown base model 'nope/model'.*stabilityai"):
+        HeadSet.from_notation("L0H0", base_model="nope/model")
+
+
+# ----- composition ------------------------------------------------------------------------------
+def test_merge_rules():
+    a = small([(0, 1, 0.5), (1, 0, 0.3)])
+    b = small([(0, 1, 0.8), (2, 2, 0.2)])
+    assert a.merge(b).strengths() == {"blocks.0.attn": {1: 0.8}, "blocks.1.attn": {0: 0.3}, "blocks.2.attn": {2: 0.2}}
+    assert a.merge(b, rule="sum").strengths()["blocks.0.attn"] == {1: 1.0}
+    assert b.merge(a, rule="override").strengths()["blocks.0.attn"] == {1: 0.5}
+    assert (a | b) == a.merge(b)
+    with pytest.raises(HeadSetError, match="unknown merge rule 'min'"):
+        a.merge(b, rule="min")
+
+
+def test_merge_refuses_other_models():
+    other = HeadSet.from_notation("L0H0", base_model=SD3)
+    with pytest.raises(HeadSetError, match="different models"):
+        small([(0, 0)]).merge(other)
+
+
+def test_scaled_multiplies_and_checks_range():
+    hs = small([(0, 1, 0.5), (1, 0, 1.0)])
+    assert hs.scaled(0.5).strengths() == {"blocks.0.attn": {1: 0.25}, "blocks.1.attn": {0: 0.5}}
+    assert len(hs.scaled(0.0)) == 0
+    with pytest.raises(HeadSetError, match="scale factor 2 out of range"):
+        hs.scaled(2)
+
+
+def test_iteration_is_in_site_order_whatever_the_input_order():
+    hs = small([(2, 1), (0, 3), (1, 0), (0, 0)])
+    assert [(h.layer, h.head) for h in hs] == [(0, 0), (0, 3), (1, 0), (2, 1)]
+
+
+def test_validate_against_names_first_mismatch():
+    hs = small([(1, 4)])
+    hs.validate_against(SITES, architecture="toy")
+    with pytest.raises(HeadSetError, match="made for architecture 'toy', not 'sd3'"):
+        hs.validate_against(SITES, architecture="sd3")
+    fewer = [SITES[0], Site(name="blocks.1.attn", num_heads=3), SITES[2]]
+    with pytest.raises(HeadSetError, match="'blocks.1.attn' has 3 heads in this model but"):
+        hs.validate_against(fewer)
+    with pytest.raises(HeadSetError, match="does not exist in this model"):
+        hs.validate_against([SITES[0]])
+
+
+# ----- files ----------------------------------------------------------------------------------------
+strength = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, width=32).filter(lambda x: x > 0)
+
+
+@st.composite
+def headsets(draw):
+    chosen = draw(
+        st.dictionaries(
+            st.tuples(st.integers(0, 2), st.integers(0, 3)), strength, min_size=0, max_size=8
+        )
+    )
+    heads = [(layer, head, value) for (layer, head), value in chosen.items()]
+    name = draw(st.text(min_size=1, max_size=20))
+    tags = draw(st.lists(st.text(max_size=8), max_size=3))
+    return small(heads, name=name, tags=tags, description=draw(st.text(max_size=40)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(headsets())
+def test_save_load_and_json_round_trips_are_identities(tmp_path_factory, hs):
+    folder = tmp_path_factory.mktemp("rt")
+    assert hh.load_headset(hs.save(folder / "h.safetensors")) == hs
+    assert hh.load_headset(hs.save(folder / "h.json")) == hs
+    assert HeadSet._from_json_text(hs.to_json(), source="mem") == hs
+
+
+def test_header_is_readable_without_tensors(tmp_path):
+    path = small([(0, 1, 0.5)], name="hdr").save(tmp_path / "h.safetensors")
+    head = path.read_bytes()[: 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]]
+    meta = json.loads(read_header(head, "x")["__metadata__"][METADATA_KEY])
+    assert meta["name"] == "hdr" and meta["format_version"] == hh.FORMAT_VERSION
+
+
+def test_folder_with_headset_file_loads(tmp_path):
+    hs = small([(0, 0)])
+    hs.save(tmp_path / "headset.safetensors")
+    assert hh.load_headset(tmp_path) == hs
+
+
+def _write_raw(path, tensors, meta):
+    path.write_bytes(st_save(tensors, metadata=meta))
+    return path
+
+
+def _meta_json(**override):
+    meta = json.loads(small([(0, 0)]).metadata.model_dump_json())
+    meta.update(override)
+    return json.dumps(meta)
+
+
+@pytest.mark.parametrize(
+    "tensors, meta, message",
+    [
+        ({"blocks.0.attn": np.ones(4, np.float32)}, None, "no 'headhunter' key"),
+        ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": "{not json"}, "metadata is not JSON"),
+        ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": "[]"}, "must be an object"),
+        ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": _meta_json(sites=[])}, "does not match the head-set schema"),
+        ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": _meta_json(format_version="2.0")}, "format 2.0; headhunter .* reads format 1.x"),
+        ({"blocks.0.attn": np.full(4, 2.0, np.float32)}, "ok", "strength 2.0 at blocks.0.attn out of range"),
+        ({"blocks.0.attn": np.array([np.nan, 0, 0, 0], np.float32)}, "ok", "strength nan"),
+        ({"blocks.0.attn": np.zeros(4, np.float32)}, "ok", "no non-zero strength"),
+        ({"blocks.7.attn": np.ones(4, np.float32)}, "ok", "unknown site 'blocks.7.attn'"),
+        ({"blocks.0.attn": np.ones(5, np.float32)}, "ok", r"shape \[5\], expected \[4\]"),
+        ({"blocks.0.attn": np.ones(4, np.float64)}, "ok", "dtype F64"),
+    ],
+)
+def test_bad_files_raise_headset_error(tmp_path, tensors, meta, message):
+    meta = {"headhunter": _meta_json()} if meta == "ok" else meta
+    path = _write_raw(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(HeadSetError, match=message):
+        hh.load_headset(path)
+
+
+def test_not_safetensors_and_truncated_files(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00hello world")
+    with pytest.raises(HeadSetError, match="header is not JSON"):
+        hh.load_headset(junk)
+    tiny = tmp_path / "tiny.safetensors"
+    tiny.write_bytes(b"abc")
+    with pytest.raises(HeadSetError, match="too short"):
+        hh.load_headset(tiny)
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(HeadSetError, match="exceeds"):
+        hh.load_headset(huge)
+    good = small([(0, 0), (2, 5)]).save(tmp_path / "good.safetensors").read_bytes()
+    for cut in (len(good) - 4, len(good) - 30, 20):
+        trunc = tmp_path / f"t{cut}.safetensors"
+        trunc.write_bytes(good[:cut])
+        with pytest.raises(HeadSetError, match="truncated"):
+            hh.load_headset(trunc)
+
+
+def test_newer_minor_version_warns_about_unknown_keys(tmp_path):
+    meta = json.loads(_meta_json(format_version="1.7"))
+    meta["colour"] = "blue"
+    meta["guidance"]["sparkle"] = 1
+    path = _write_raw(tmp_path / "new.safetensors", {"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": json.dumps(meta)})
+    with pytest.warns(UserWarning, match="colour, guidance.sparkle"):
+        hs = hh.load_headset(path)
+    assert hs.metadata.format_version == "1.7"
+
+
+def test_json_rendering_errors_name_the_problem(tmp_path):
+    doc = json.loads(small([(0, 1)]).to_json())
+    doc["heads"]["blocks.0.attn"] = {"x": 1.0}
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(HeadSetError, match="head index 'x' at blocks.0.attn"):
+        hh.load_headset(path)
+    path.write_text(json.dumps({"heads": {}}))
+    with pytest.raises(HeadSetError, match="expected keys 'headhunter' and 'heads'"):
+        hh.load_headset(path)
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    from headhunter import _headset_io
+
+    target = tmp_path / "out.safetensors"
+
+    def exploding_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_headset_io.os, "fsync", exploding_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        small([(0, 0)]).save(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_save_keeps_previous_file_intact(tmp_path, monkeypatch):
+    from headhunter import _headset_io
+
+    target = tmp_path / "out.safetensors"
+    first = small([(0, 0)])
+    first.save(target)
+    monkeypatch.setattr(_headset_io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("interrupted")))
+    with pytest.raises(OSError):
+        small([(1, 1)]).save(target)
+    assert hh.load_headset(target) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
+
+
+def test_unknown_source_error_lists_the_forms():
+    with pytest.raises(HeadSetError, match="not an existing file.*preset:NAME.*user/repo"):
+        hh.load_headset("no-such-file.safetensors")
+
+
+def test_metadata_input_is_strict():
+    with pytest.raises(Exception, match="extra"):
+        small([(0, 0)], colour="blue")
