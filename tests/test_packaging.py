@@ -1,0 +1,65 @@
+"""The built wheel holds every module and data file of the fixed layout and imports on its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYOUT = {"core": "headhunter", "plugins": "headhunter/plugins", "cli": "headhunter/cli", "headsets": "headhunter/headsets"}
+DATA_SUFFIXES = (".py", ".json", ".safetensors", ".md")
+
+
+def _source_files() -> set[str]:
+    """Files that must be in the wheel, as wheel paths (sources under the four package folders)."""
+    wanted = set()
+    for folder, package in LAYOUT.items():
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in DATA_SUFFIXES and "__pycache__" not in path.parts:
+                rel = path.relative_to(ROOT / folder)
+                if folder == "core" and rel.parts[0] in ("plugins", "cli", "headsets"):
+                    continue
+                wanted.add(f"{package}/{rel.as_posix()}")
+    return wanted
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(out)],
+        check=True, capture_output=True, text=True,
+    )
+    (built,) = out.glob("headhunter_guidance-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_wheel_contains_every_source_and_data_file(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = sorted(_source_files() - names)
+    assert not missing, f"missing from the wheel (add the package to pyproject.toml): {missing}"
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("dist-info/entry_points.txt"))).decode()
+    assert "headhunter = headhunter.cli:main" in metadata
+
+
+@pytest.mark.slow
+def test_installed_wheel_imports_and_runs_outside_the_checkout(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    code = (
+        "import headhunter, headhunter.plugins, headhunter.cli; "
+        "from headhunter.presets import list_presets; list_presets(); "
+        "print(headhunter.__file__); print(headhunter.get_registry().names('perturbation'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(str(site))
+    cli = subprocess.run([sys.executable, "-m", "headhunter.cli", "--version"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert cli.returncode == 0 and "headhunter" in cli.stdout
