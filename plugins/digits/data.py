@@ -8,6 +8,8 @@ smooth strokes in which they show. 32x32 would be 4x the tokens and about 4x the
 
 The split is fixed and seeded (``SPLIT_SEED``): ``N_HELDOUT`` images are held out and never seen by the
 generator or the classifier; they are the reference set of FD-digits.
+
+Prompts are the labels' text form: "0".."9", and "" (the null label, index 10) for unconditional samples.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headhunter.errors import ModelError
+
 IMAGE_SIZE = 16
 SPLIT_SEED = 0
 N_HELDOUT = 300
 NUM_CLASSES = 10
 _RAW_MAX = 16.0
+NULL_PROMPT = ""
+ALLOWED_PROMPTS: tuple[str, ...] = tuple(str(d) for d in range(NUM_CLASSES)) + (NULL_PROMPT,)
 
 
 def _load_raw() -> tuple[np.ndarray, np.ndarray]:
@@ -65,3 +71,19 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 def from_unit(images: torch.Tensor) -> torch.Tensor:
     """Map image space [0, 1] to model space [-1, 1]."""
     return images * 2.0 - 1.0
+
+
+def prompt_to_label(prompt: str) -> int:
+    """"0".."9" -> 0..9 and "" -> 10 (the null label); anything else is a ModelError (a ValueError)."""
+    if not isinstance(prompt, str) or prompt not in ALLOWED_PROMPTS:
+        allowed = ", ".join(repr(p) for p in ALLOWED_PROMPTS)
+        raise ModelError(f"Invalid prompt {prompt!r} for the digits model; allowed prompts: {allowed} "
+                         "('' is unconditional)")
+    return NUM_CLASSES if prompt == NULL_PROMPT else int(prompt)
+
+
+def prompts_to_labels(prompts: str | list[str]) -> torch.Tensor:
+    """Validate a prompt or list of prompts and return int64 labels [B]."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    return torch.tensor([prompt_to_label(p) for p in prompts], dtype=torch.long)

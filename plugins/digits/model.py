@@ -24,14 +24,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file
 from torch import nn
 
-from .data import IMAGE_SIZE, NUM_CLASSES, to_unit
+from headhunter.errors import ModelError
+
+from .data import IMAGE_SIZE, NULL_PROMPT, NUM_CLASSES, prompts_to_labels, to_unit
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 TRANSFORMER_FILE = "transformer.safetensors"
 LABEL_ENCODER_FILE = "label_encoder.safetensors"
 CONFIG_FILE = "model_config.json"
-NULL_PROMPT = ""
-ALLOWED_PROMPTS: tuple[str, ...] = tuple(str(d) for d in range(NUM_CLASSES)) + (NULL_PROMPT,)
 OUTPUT_TYPES = ("pil", "pt", "np", "latent")
 
 # 6 joint blocks x 8 heads x 16 dims: many small heads (SD3-medium has 24 x 64), so that one head is 1/8 of
@@ -93,23 +93,6 @@ class LabelEncoder(ModelMixin, ConfigMixin):
         return tokens, self.pooled(labels)
 
 
-def prompt_to_label(prompt: str) -> int:
-    """"0".."9" -> 0..9 and "" -> 10 (the null label); anything else is a ValueError naming the prompt."""
-    if not isinstance(prompt, str) or prompt.strip() not in ALLOWED_PROMPTS:
-        allowed = ", ".join(repr(p) for p in ALLOWED_PROMPTS)
-        raise ValueError(f"Invalid prompt {prompt!r} for the digits model; allowed prompts: {allowed} "
-                         "('' is unconditional)")
-    prompt = prompt.strip()
-    return NUM_CLASSES if prompt == NULL_PROMPT else int(prompt)
-
-
-def prompts_to_labels(prompts: str | list[str]) -> torch.Tensor:
-    """Validate a prompt or list of prompts and return int64 labels [B]."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    return torch.tensor([prompt_to_label(p) for p in prompts], dtype=torch.long)
-
-
 class DigitsPipeline(DiffusionPipeline):
     """Class-conditional digit generation with the same call protocol as ``StableDiffusion3Pipeline``."""
 
@@ -164,7 +147,7 @@ class DigitsPipeline(DiffusionPipeline):
         elif neg_labels.shape[0] * num_images_per_prompt == labels.shape[0]:
             neg_labels = neg_labels.repeat_interleave(num_images_per_prompt)
         else:
-            raise ValueError(f"negative_prompt has {neg_labels.shape[0]} entries; allowed: 1 or one per prompt "
+            raise ModelError(f"negative_prompt has {neg_labels.shape[0]} entries; allowed: 1 or one per prompt "
                              f"({labels.shape[0] // num_images_per_prompt})")
         neg_embeds, neg_pooled = self.label_encoder(neg_labels)
         return embeds, neg_embeds, pooled, neg_pooled
@@ -176,7 +159,7 @@ class DigitsPipeline(DiffusionPipeline):
         shape = (batch_size, num_channels, height, width)
         if latents is not None:
             if tuple(latents.shape) != shape:
-                raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
+                raise ModelError(f"latents have shape {tuple(latents.shape)}; expected {shape}")
             return latents.to(device=device, dtype=dtype)
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
@@ -184,7 +167,7 @@ class DigitsPipeline(DiffusionPipeline):
         size = self.default_sample_size
         for name, value in (("height", height), ("width", width)):
             if value is not None and value != size:
-                raise ValueError(f"{name}={value} is not supported by the digits model; allowed: {size} (or None)")
+                raise ModelError(f"{name}={value} is not supported by the digits model; allowed: {size} (or None)")
         return size
 
     def _postprocess(self, latents: torch.Tensor, output_type: str) -> Any:
@@ -221,10 +204,10 @@ class DigitsPipeline(DiffusionPipeline):
         "np" ([B, 16, 16, 1] in [0, 1]) or "latent" (raw samples in [-1, 1] model space).
         """
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"Unknown output_type {output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
+            raise ModelError(f"Unknown output_type {output_type!r}; allowed: {', '.join(OUTPUT_TYPES)}")
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not allowed; allowed: "
+            raise ModelError(f"callback_on_step_end_tensor_inputs {bad} not allowed; allowed: "
                              f"{self._callback_tensor_inputs}")
         size = self._check_size(height, width)
         self._guidance_scale = guidance_scale
@@ -318,7 +301,7 @@ def load_digits_pipeline(weights_dir: str | Path | None = None, device: str | to
     wdir = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     config_path = wdir / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"No digits model config at {config_path}; train one with "
+        raise ModelError(f"No digits model config at {config_path}; train one with "
                                 "`python -m headhunter.plugins.digits.train --out DIR`")
     config = json.loads(config_path.read_text())
     transformer = SD3Transformer2DModel.from_config(config["transformer"])
