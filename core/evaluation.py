@@ -1,0 +1,119 @@
+"""Evaluation on fresh seeds: compare head sets (and baseline, and layers) with bootstrap intervals.
+
+A search's score is optimistic (it chose the heads on those very seeds); only fresh seeds tell whether a
+found head set really beats the unguided model and the best whole layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._runner import GenerationSettings, Row, run_batches
+from .errors import SearchError
+
+#: A set-level metric: (images [N, C, H, W] in [0, 1], prompts) -> (value, (low, high)); lower or higher
+#: is better as its name documents (e.g. FD: lower).
+SetMetric = Callable[[torch.Tensor, Sequence[str]], tuple[float, tuple[float, float]]]
+
+
+@dataclass
+class Estimate:
+    """A mean with a 95 % bootstrap interval over samples."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4g} [{self.low:.4g}, {self.high:.4g}]"
+
+
+@dataclass
+class SettingResult:
+    """One evaluated setting: per-image objective scores, per-metric estimates, and its images."""
+
+    name: str
+    objective: Estimate
+    scores: list[float]
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+    images: torch.Tensor | None = None
+
+
+@dataclass
+class Evaluation:
+    """All settings on the same fresh prompt-seed pairs (so comparisons are paired)."""
+
+    settings: dict[str, SettingResult]
+    prompts: list[str]
+    seeds: list[int]
+    objective: str
+
+    def difference(self, a: str, b: str, n_boot: int = 2000, seed: int = 0) -> Estimate:
+        """Paired bootstrap of mean(objective of a) - mean(objective of b) over the same samples."""
+        x = np.asarray(self.settings[a].scores) - np.asarray(self.settings[b].scores)
+        return bootstrap_mean(x, n_boot=n_boot, seed=seed)
+
+
+def bootstrap_mean(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0) -> Estimate:
+    """Mean and 95 % percentile bootstrap interval (resampling samples with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise SearchError("cannot estimate a mean of no samples")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Estimate(float(x.mean()), float(low), float(high), int(x.size))
+
+
+def evaluate(
+    pipe: Any,
+    headsets: Mapping[str, Any],
+    objective: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    generation: GenerationSettings,
+    *,
+    batch_size: int = 64,
+    metrics: Mapping[str, Any] | None = None,
+    set_metrics: Mapping[str, SetMetric] | None = None,
+    keep_images: int = 10,
+    progress: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Generate every setting on the same (prompt, seed) pairs and score them.
+
+    headsets: name -> HeadSet or None (unguided). metrics: extra per-image objectives (name -> Objective);
+    set_metrics: set-level metrics such as a Fréchet distance. Intervals are 95 % bootstrap over samples.
+    """
+    pairs = [(p, int(s)) for p in prompts for s in seeds]
+    results = {}
+    for name, headset in headsets.items():
+        rows = [Row(headset, p, s) for p, s in pairs]
+        chunks: list[torch.Tensor] = []
+
+        def collect(start: int, images: torch.Tensor) -> None:
+            chunks.append(images)
+            if progress is not None:
+                progress(len(images))
+
+        run_batches(pipe, rows, generation, batch_size, collect)
+        images = torch.cat(chunks)
+        results[name] = _score(name, images, [p for p, _ in pairs], objective, metrics or {}, set_metrics or {}, keep_images)
+    return Evaluation(results, list(prompts), [int(s) for s in seeds], str(getattr(objective, "name", objective)))
+
+
+def _score(name, images, prompts, objective, metrics, set_metrics, keep) -> SettingResult:
+    scores = objective(images, prompts).double().cpu().tolist()
+    if not all(math.isfinite(v) for v in scores):
+        raise SearchError(f"objective returned a non-finite score for setting {name!r}")
+    estimates = {m: bootstrap_mean(obj(images, prompts).double().cpu().numpy()) for m, obj in metrics.items()}
+    for m, fn in set_metrics.items():
+        value, (low, high) = fn(images, prompts)
+        estimates[m] = Estimate(float(value), float(low), float(high), len(images))
+    return SettingResult(name, bootstrap_mean(scores), scores, estimates, images[:keep].clone())

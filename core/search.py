@@ -1,0 +1,351 @@
+"""HeadHunter (paper Algorithm 1): greedy, objective-driven selection of attention heads to perturb.
+
+S = {}; for R rounds: for every head h not in S, generate the M prompt-seed images guided with S ∪ {h},
+score them with the objective and average; add the top k heads to S. Many candidates ride in one
+forward (per-sample head sets), and the state is checkpointed atomically after every batch so an
+interrupted search resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from . import _headset_io as io
+from ._runner import GenerationSettings, Row, auto_batch_size, run_batches
+from ._version import __version__
+from .errors import SearchError
+from .headset import HeadSet
+from .registry import get_registry
+from .schema import GuidanceSettings, PerturbationSpec, SearchProvenance
+from .sites import Site, format_notation, parse_notation
+
+STATE_NAME = "state.json"
+BASELINE = "baseline"
+
+
+class SearchSettings(BaseModel):
+    """Everything that determines a search's result; a checkpoint is only resumed with equal settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="model name or id (provenance)")
+    objective: str = Field(description="objective expression")
+    prompts: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    rounds: int = Field(default=1, ge=1)
+    top_k: int = Field(default=1, ge=1)
+    strength: float = Field(default=1.0, gt=0.0, le=1.0, description="SoftPAG strength u of every selected head")
+    scale: float = Field(default=3.0, ge=0.0, description="perturbation guidance scale w")
+    cfg: float | None = Field(default=None, ge=0.0)
+    steps: int = Field(default=12, ge=1)
+    perturbation: str = "softpag"
+    perturbation_params: dict[str, Any] = Field(default_factory=dict)
+    scope: str = "joint"
+    candidates: list[str] = Field(description="candidate heads in paper notation, in pool order")
+    layer_baselines: bool = Field(default=True, description="also score every whole layer (layer-level PAG)")
+    batch_size: int = Field(ge=1, description="images per pipeline call")
+    pipeline_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class RoundResult:
+    """One greedy round: every candidate's mean score (with S), and the heads added."""
+
+    index: int
+    selected_before: list[str]
+    scores: dict[str, float]
+    added: list[str]
+    set_score: float
+
+
+@dataclass
+class HuntResult:
+    """What `hunt` returns: the found head set, per-round tables, baseline and layer-level scores."""
+
+    headset: HeadSet
+    rounds: list[RoundResult]
+    baseline_score: float
+    layer_scores: dict[str, float]
+    settings: SearchSettings
+    sites: list[Site]
+    out_dir: Path | None
+
+    def score_table(self) -> list[dict[str, Any]]:
+        """One row per (round, candidate head): layer, head, score, whether it was added."""
+        rows = []
+        for r in self.rounds:
+            for head, score in r.scores.items():
+                layer, index, _ = parse_notation(head)
+                rows.append({"round": r.index, "head": head, "layer": layer, "head_index": index,
+                             "score": score, "added": head in r.added})
+        return rows
+
+    @property
+    def best_layer(self) -> tuple[str, float] | None:
+        """The best whole layer on the search seeds: (`L3`, score)."""
+        if not self.layer_scores:
+            return None
+        return max(self.layer_scores.items(), key=lambda kv: kv[1])
+
+
+def hunt(
+    model: Any = "digits",
+    objective: Any = None,
+    prompts: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    *,
+    rounds: int = 1,
+    top_k: int = 1,
+    strength: float = 1.0,
+    scale: float = 3.0,
+    steps: int = 12,
+    cfg: float | None = None,
+    perturbation: str = "softpag",
+    perturbation_params: dict[str, Any] | None = None,
+    scope: str = "joint",
+    candidates: Sequence[str | int] | None = None,
+    batch_size: int | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    layer_baselines: bool = True,
+    pipeline_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> HuntResult:
+    """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
+
+    model: a pipeline or a registered model name; objective: an Objective or an expression string
+    (defaults come from the model's `headhunter_defaults` where it has them); prompts x seeds are the M
+    scoring pairs; candidates: heads in paper notation (`L3H2`), layer indices or site names (default:
+    every head). With `out_dir`, state is checkpointed after every batch and the search resumes from it.
+    """
+    pipe, model_name = _resolve_model(model)
+    defaults = getattr(pipe, "headhunter_defaults", {})
+    objective_obj, objective_text = _resolve_objective(objective if objective is not None else defaults.get("objective"))
+    prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
+    seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
+    if not prompts:
+        raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
+    adapter = get_registry().adapter_for(pipe)
+    sites = adapter.sites(pipe)
+    architecture = adapter.architecture
+    pool = _candidate_pool(sites, candidates)
+    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # validate early
+    settings = SearchSettings(
+        model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
+        strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation,
+        perturbation_params=perturbation_params or {}, scope=scope, candidates=pool,
+        layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe, len(prompts) * len(seeds)),
+        pipeline_kwargs=pipeline_kwargs or {},
+    )
+    if rounds * top_k > len(pool):
+        raise SearchError(f"rounds x top_k = {rounds * top_k} heads asked for, but the pool has only {len(pool)} candidates")
+    state = _State.open(Path(out_dir) if out_dir else None, settings, resume)
+    search = _Search(pipe, sites, architecture, settings, objective_obj, state, progress)
+    result = search.run(name or f"headhunter-{model_name.split('/')[-1]}")
+    result.out_dir = Path(out_dir) if out_dir else None
+    if out_dir:
+        result.headset.save(Path(out_dir) / io.WEIGHTS_NAME)
+        result.headset.save(Path(out_dir) / io.JSON_NAME)
+    return result
+
+
+# ----- resolution of arguments ----------------------------------------------------------------------
+def _resolve_model(model: Any) -> tuple[Any, str]:
+    if isinstance(model, str):
+        from ._loading import load_model
+
+        return load_model(model), model
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", {}), "_name_or_path", None)
+    return model, str(name or type(model).__name__)
+
+
+def _resolve_objective(objective: Any) -> tuple[Any, str]:
+    if objective is None:
+        raise SearchError("no objective given and the model has no default objective; pass objective='NAME'")
+    if isinstance(objective, str):
+        from .objective_expr import parse_objective
+
+        built = parse_objective(objective)
+        return built, str(built)
+    return objective, str(getattr(objective, "expression", None) or objective.name)
+
+
+def _candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) -> list[str]:
+    """Candidate heads in paper notation; layer indices and site names expand to all their heads."""
+    all_heads = [format_notation(i, h) for i, s in enumerate(sites) for h in range(s.num_heads)]
+    if candidates is None:
+        return all_heads
+    names = [s.name for s in sites]
+    pool: list[str] = []
+    for item in candidates:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            layer = int(item)
+            if not 0 <= layer < len(sites):
+                raise SearchError(f"candidate layer {layer} out of range; layers are 0..{len(sites) - 1}")
+            pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+        elif item in names:
+            layer = names.index(item)
+            pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+        else:
+            layer, head, _ = parse_notation(item)
+            if layer >= len(sites) or head >= sites[layer].num_heads:
+                raise SearchError(f"candidate {item} does not exist in this model ({len(sites)} layers)")
+            pool.append(format_notation(layer, head))
+    return list(dict.fromkeys(pool))
+
+
+# ----- checkpointed state ---------------------------------------------------------------------------------
+class _State:
+    """Per-unit per-pair scores, written atomically to out_dir/state.json after every batch."""
+
+    def __init__(self, path: Path | None, settings: SearchSettings, data: dict[str, Any]) -> None:
+        self.path, self.settings, self.data = path, settings, data
+
+    @classmethod
+    def open(cls, out_dir: Path | None, settings: SearchSettings, resume: bool) -> _State:
+        fresh = {"settings": settings.model_dump(), "library_version": __version__, "units": {}, "done_batches": {}}
+        if out_dir is None:
+            return cls(None, settings, fresh)
+        path = out_dir / STATE_NAME
+        if path.exists() and resume:
+            data = json.loads(path.read_text())
+            _require_same_settings(data.get("settings", {}), settings.model_dump(), out_dir)
+            return cls(path, settings, data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = cls(path, settings, fresh)
+        state.save()
+        return state
+
+    def save(self) -> None:
+        if self.path is not None:
+            io.write_atomic(self.path, json.dumps(self.data).encode())
+
+    def batch_done(self, phase: str, start: int) -> bool:
+        return start in self.data["done_batches"].get(phase, [])
+
+    def record(self, phase: str, start: int, scores: dict[str, dict[int, float]]) -> None:
+        for unit, per_pair in scores.items():
+            self.data["units"].setdefault(unit, {}).update({str(k): v for k, v in per_pair.items()})
+        self.data["done_batches"].setdefault(phase, []).append(start)
+        self.save()
+
+    def unit_scores(self, unit: str) -> list[float]:
+        per_pair = self.data["units"].get(unit, {})
+        return [per_pair[k] for k in sorted(per_pair, key=int)]
+
+
+def _require_same_settings(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
+    for key in sorted(set(saved) | set(wanted)):
+        if saved.get(key) != wanted.get(key):
+            shown = lambda v: (json.dumps(v)[:80] + ("..." if len(json.dumps(v)) > 80 else ""))  # noqa: E731
+            raise SearchError(
+                f"{out_dir} holds a search with {key}={shown(saved.get(key))}, but this one has "
+                f"{key}={shown(wanted.get(key))}; use another out_dir, or resume=False (--no-resume) to start over"
+            )
+
+
+# ----- the search ----------------------------------------------------------------------------------------
+class _Search:
+    def __init__(self, pipe, sites, architecture, settings, objective, state, progress) -> None:
+        self.pipe, self.sites, self.architecture = pipe, sites, architecture
+        self.settings, self.objective, self.state = settings, objective, state
+        self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
+        self.gen = GenerationSettings(
+            scale=settings.scale, steps=settings.steps, cfg=settings.cfg, perturbation=settings.perturbation,
+            perturbation_params=settings.perturbation_params, scope=settings.scope,
+            pipeline_kwargs=settings.pipeline_kwargs,
+        )
+        total_units = 1 + (len(sites) if settings.layer_baselines else 0)
+        total_units += sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
+        total_units += settings.rounds if settings.top_k > 1 else 0
+        self.bar = tqdm(total=total_units * len(self.pairs), desc="headhunter", unit="img", disable=not progress)
+        self.bar.update(sum(len(v) for v in state.data["units"].values()))
+
+    def headset(self, heads: Sequence[str], name: str = "candidate") -> HeadSet:
+        u = self.settings.strength
+        specs = [(layer, head, u) for layer, head, _ in map(parse_notation, heads)]
+        return HeadSet.from_heads(specs, sites=self.sites, architecture=self.architecture, name=name)
+
+    def layer_headset(self, layer: int) -> HeadSet:
+        u = self.settings.strength
+        return HeadSet.from_heads([(layer, h, u) for h in range(self.sites[layer].num_heads)], sites=self.sites,
+                                  architecture=self.architecture, name=f"L{layer}")
+
+    def score_units(self, phase: str, units: dict[str, HeadSet | None]) -> dict[str, float]:
+        """Mean objective per unit over all prompt-seed pairs (generating only what is not checkpointed)."""
+        keys = list(units)
+        rows = [Row(units[k], p, s) for k in keys for p, s in self.pairs]
+        m = len(self.pairs)
+
+        def on_batch(start: int, images: torch.Tensor) -> None:
+            batch_rows = rows[start : start + len(images)]
+            scores = self.objective(images, [r.prompt for r in batch_rows]).double().cpu().tolist()
+            per_unit: dict[str, dict[int, float]] = {}
+            for offset, value in enumerate(scores):
+                index = start + offset
+                if not math.isfinite(value):
+                    raise SearchError(f"objective {self.settings.objective!r} returned {value} for unit {keys[index // m]}")
+                per_unit.setdefault(keys[index // m], {})[index % m] = value
+            self.state.record(phase, start, per_unit)
+            self.bar.update(len(images))
+
+        run_batches(self.pipe, rows, self.gen, self.settings.batch_size, on_batch,
+                    skip=lambda start: self.state.batch_done(phase, start))
+        return {k: _mean(self.state.unit_scores(k)) for k in keys}
+
+    def run(self, name: str) -> HuntResult:
+        s = self.settings
+        units: dict[str, HeadSet | None] = {BASELINE: None}
+        if s.layer_baselines:
+            units.update({f"L{i}": self.layer_headset(i) for i in range(len(self.sites))})
+        reference = self.score_units("reference", units)
+        baseline = reference.pop(BASELINE)
+        selected: list[str] = []
+        rounds: list[RoundResult] = []
+        for r in range(s.rounds):
+            pool = [c for c in s.candidates if c not in selected]
+            cands = {f"r{r}:{c}": self.headset(selected + [c]) for c in pool}
+            scores = {k.split(":", 1)[1]: v for k, v in self.score_units(f"round{r}", cands).items()}
+            ranked = sorted(pool, key=lambda c: (-scores[c], pool.index(c)))
+            added = ranked[: s.top_k]
+            before = list(selected)
+            selected += added
+            if s.top_k == 1:
+                set_score = scores[added[0]]
+            else:
+                set_score = self.score_units(f"set{r}", {f"set{r}": self.headset(selected)})[f"set{r}"]
+            rounds.append(RoundResult(r, before, scores, added, set_score))
+        self.bar.close()
+        return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, reference, s, self.sites, None)
+
+    def found(self, selected: list[str], rounds: list[RoundResult], baseline: float, name: str) -> HeadSet:
+        s = self.settings
+        provenance = SearchProvenance(
+            objective=s.objective, prompts=s.prompts, seeds=s.seeds, steps=s.steps, rounds=s.rounds, top_k=s.top_k,
+            strength=s.strength, scale=s.scale, cfg=s.cfg, candidates=len(s.candidates),
+            round_scores=[[r.scores[h] for h in r.added] for r in rounds], baseline_score=baseline,
+        )
+        heads = self.headset(selected)
+        return heads.with_metadata(
+            name=name, base_model=s.model, origin="search", source=f"headhunter.hunt {__version__}",
+            description=f"HeadHunter: {len(selected)} heads maximising {s.objective}",
+            perturbation=PerturbationSpec(name=s.perturbation, params=s.perturbation_params),
+            guidance=GuidanceSettings(scale=s.scale, cfg=s.cfg, scope=s.scope),
+            search=provenance, tags=["headhunter", "search"],
+        )
+
+
+def _mean(values: list[float]) -> float:
+    if not values:
+        raise SearchError("internal: a unit has no scores")
+    return math.fsum(values) / len(values)
