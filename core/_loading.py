@@ -53,3 +53,26 @@ def _looks_like_repo_id(text: str) -> bool:
 def load_model(name: str = "digits") -> Any:
     """Load a model registered by a plugin (the embedded demo model is `digits`), ready for `apply`/`hunt`."""
     return get_registry().model_loader(name)()
+
+
+def load_pipeline(name_or_path: str) -> Any:
+    """A registered model (`digits`) or a diffusers pipeline from a local folder or the local Hub cache.
+
+    Never downloads and never runs remote code: `local_files_only=True`; safetensors weights only.
+    """
+    from .errors import ModelError
+
+    registry = get_registry()
+    if name_or_path in registry.names("model"):
+        return registry.model_loader(name_or_path)()
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name_or_path, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"cannot load model {name_or_path!r} offline: {str(err).splitlines()[0][:200]}. Registered models: "
+            f"{', '.join(registry.names('model')) or '(none)'}; otherwise give a local diffusers folder or fetch "
+            f"it first with `hf download {name_or_path}`"
+        ) from None
+    return pipe

@@ -120,13 +120,17 @@ def hunt(
     pipeline_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     name: str | None = None,
+    eval_seeds: Sequence[int] | None = None,
+    report: bool = True,
 ) -> HuntResult:
     """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
 
     model: a pipeline or a registered model name; objective: an Objective or an expression string
     (defaults come from the model's `headhunter_defaults` where it has them); prompts x seeds are the M
     scoring pairs; candidates: heads in paper notation (`L3H2`), layer indices or site names (default:
-    every head). With `out_dir`, state is checkpointed after every batch and the search resumes from it.
+    every head). With `out_dir`, state is checkpointed after every batch and the search resumes from it,
+    and (with `report`) the found set is compared with the baseline and every whole layer on `eval_seeds`
+    (fresh seeds, never the search's) and a report is written there (index.md, PNGs, CSV/JSON).
     """
     pipe, model_name = _resolve_model(model)
     defaults = getattr(pipe, "headhunter_defaults", {})
@@ -154,9 +158,56 @@ def hunt(
     result = search.run(name or f"headhunter-{model_name.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
     if out_dir:
+        if report:
+            fresh = _fresh_seeds(eval_seeds, defaults, seeds)
+            evaluation = evaluate_result(pipe, result, objective_obj, fresh, defaults, progress)
+            result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
+                update={"evaluation": _evaluation_summary(evaluation)}))
+            from .report import write_report
+
+            write_report(result, Path(out_dir), evaluation)
         result.headset.save(Path(out_dir) / io.WEIGHTS_NAME)
         result.headset.save(Path(out_dir) / io.JSON_NAME)
     return result
+
+
+def _fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seeds: list[int]) -> list[int]:
+    fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.get("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
+    overlap = sorted(set(fresh) & set(seeds))
+    if overlap:
+        raise SearchError(f"evaluation seeds {overlap[:5]} were used by the search; evaluation needs fresh seeds")
+    return fresh
+
+
+def evaluate_result(pipe: Any, result: HuntResult, objective: Any, seeds: Sequence[int],
+                    defaults: dict[str, Any] | None = None, progress: bool = True) -> Any:
+    """Fresh-seed comparison of no guidance, the best layer, every layer and the found head set."""
+    from .evaluation import evaluate
+
+    defaults = defaults or {}
+    s = result.settings
+    search = _Search(pipe, result.sites, result.headset.metadata.architecture, s, objective,
+                     _State(None, s, {"units": {}, "done_batches": {}}), progress=False)
+    settings: dict[str, HeadSet | None] = {"no guidance": None}
+    best = result.best_layer
+    if best is not None:
+        settings[f"best layer ({best[0]})"] = search.layer_headset(int(best[0][1:]))
+    settings["found head set"] = result.headset
+    settings.update({f"layer {name}": search.layer_headset(int(name[1:])) for name in result.layer_scores})
+    metrics = {m: get_registry().objective(m) for m in defaults.get("metrics", [])}
+    total = len(settings) * len(s.prompts) * len(seeds)
+    bar = tqdm(total=total, desc="evaluation", unit="img", disable=not progress)
+    evaluation = evaluate(pipe, settings, objective, s.prompts, seeds, search.gen, batch_size=s.batch_size,
+                          metrics=metrics, set_metrics=defaults.get("set_metrics", {}), progress=bar.update)
+    bar.close()
+    return evaluation
+
+
+def _evaluation_summary(evaluation: Any) -> dict[str, Any]:
+    return {"seeds": evaluation.seeds,
+            **{name: {"objective": r.objective.mean, "ci95": [r.objective.low, r.objective.high],
+                      **{m: e.mean for m, e in r.metrics.items()}}
+               for name, r in evaluation.settings.items() if not name.startswith("layer ")}}
 
 
 # ----- resolution of arguments ----------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""`headhunter hunt`: run HeadHunter and write the head set and its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """'0-99' (inclusive range), '3,5,8' or a mix like '0-9,42'."""
+    if text is None:
+        return None
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1)
+                if int(high) < int(low):
+                    raise click.BadParameter(f"seed range {part!r} is empty (end before start)")
+                seeds += range(int(low), int(high) + 1)
+            elif part:
+                seeds.append(int(part))
+        except ValueError:
+            raise click.BadParameter(f"cannot read seeds {part!r}; use '0-99', '3,5,8' or '0-9,42'") from None
+    if not seeds:
+        raise click.BadParameter("no seeds given")
+    return seeds
+
+
+def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
+    """Each value is a prompt, or @FILE for a file with one prompt per line."""
+    if not prompts:
+        return None
+    out: list[str] = []
+    for value in prompts:
+        if value.startswith("@"):
+            path = Path(value[1:])
+            if not path.is_file():
+                raise click.BadParameter(f"prompt file {path} does not exist")
+            out += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            out.append(value)
+    return out
+
+
+@click.command()
+@click.argument("model", default="digits")
+@click.option("--objective", help="Objective name or expression (default: the model's, digit-logprob for digits).")
+@click.option("--prompt", "prompts", multiple=True, help="A scoring prompt, or @FILE with one per line. Repeatable.")
+@click.option("--seeds", help="Scoring seeds: '0-99', '3,5,8'. Default: the model's.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(min=1), help="Greedy rounds R.")
+@click.option("--top-k", default=1, show_default=True, type=click.IntRange(min=1), help="Heads added per round.")
+@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="SoftPAG strength u of each head.")
+@click.option("--scale", default=3.0, show_default=True, type=click.FloatRange(min=0), help="Perturbation guidance scale w.")
+@click.option("--cfg", type=click.FloatRange(min=0), help="CFG scale s (diffusers convention); default: the pipeline's.")
+@click.option("--steps", default=12, show_default=True, type=click.IntRange(min=1), help="Sampling steps.")
+@click.option("--perturbation", default="softpag", show_default=True, help="Perturbation plugin (see `headhunter plugins`).")
+@click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
+@click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per pipeline call (default: from memory).")
+@click.option("--eval-seeds", help="Fresh seeds for the evaluation (never the search seeds).")
+@click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
+@click.option("--no-report", is_flag=True, help="Skip the fresh-seed evaluation and report.")
+def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, steps, perturbation, scope,
+         candidates, batch_size, eval_seeds, out_dir, no_resume, no_report) -> None:
+    """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
+    diffusers model id / local path. With no arguments this runs the demo on the embedded model."""
+    from headhunter.search import hunt as run_hunt
+
+    result = run_hunt(
+        _load(model), objective, read_prompts(prompts), parse_seeds(seeds), rounds=rounds, top_k=top_k,
+        strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation, scope=scope,
+        candidates=[c.strip() for c in candidates.split(",")] if candidates else None, batch_size=batch_size,
+        out_dir=out_dir, resume=not no_resume, eval_seeds=parse_seeds(eval_seeds), report=not no_report,
+    )
+    click.echo(f"found head set: {result.headset.notation()}")
+    click.echo(f"search seeds: baseline {result.baseline_score:.4g} -> {result.rounds[-1].set_score:.4g}")
+    if result.best_layer is not None:
+        click.echo(f"best whole layer on search seeds: {result.best_layer[0]} {result.best_layer[1]:.4g}")
+    summary = result.headset.metadata.search.evaluation if result.headset.metadata.search else {}
+    for name, values in summary.items():
+        if isinstance(values, dict):
+            ci = values.get("ci95", [float("nan")] * 2)
+            click.echo(f"fresh seeds, {name}: {values['objective']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
+    click.echo(f"report: {Path(out_dir) / 'index.md'}")
+
+
+def _load(model: str):
+    from headhunter._loading import load_pipeline
+
+    return load_pipeline(model)

@@ -1,0 +1,184 @@
+"""HeadHunter search: Algorithm 1 exactly (against a brute-force reference), batching, determinism,
+checkpoint/resume (including a real kill -9), refusal of changed settings, and the report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from headhunter import HeadSet, SearchError
+from headhunter._runner import GenerationSettings, Row, generate_rows
+from headhunter.objective import Objective, as_tensor_images
+from headhunter.search import hunt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Brightness(Objective):
+    """Mean pixel value: a cheap objective every head moves a little."""
+
+    name = "test-brightness"
+
+    def score(self, images, prompts):
+        return as_tensor_images(images).mean(dim=(1, 2, 3))
+
+
+def tiny_digits_pipe(seed: int = 0):
+    from headhunter.plugins.digits.model import build_pipeline, build_transformer
+
+    torch.manual_seed(seed)
+    pipe = build_pipeline(build_transformer(num_layers=2, num_attention_heads=3, attention_head_dim=8))
+    for module in (pipe.transformer, pipe.label_encoder):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+SETTINGS = dict(prompts=["3", "7"], seeds=[0, 1], steps=3, scale=2.0, strength=0.5, progress=False)
+
+
+def reference_hunt(pipe, objective, rounds, top_k, prompts, seeds, steps, scale, strength):
+    """Algorithm 1 written out plainly: one candidate at a time, each image generated on its own."""
+    from headhunter import get_registry
+
+    adapter = get_registry().adapter_for(pipe)
+    sites = adapter.sites(pipe)
+    gen = GenerationSettings(scale=scale, steps=steps)
+    pool = [(layer, head) for layer, s in enumerate(sites) for head in range(s.num_heads)]
+    selected: list[tuple[int, int]] = []
+    history = []
+    for _ in range(rounds):
+        scores = {}
+        for cand in [c for c in pool if c not in selected]:
+            hs = HeadSet.from_heads([(l, h, strength) for l, h in selected + [cand]], sites=sites,
+                                    architecture=adapter.architecture)
+            values = [float(objective(generate_rows(pipe, [Row(hs, p, s)], gen), [p])[0]) for p in prompts for s in seeds]
+            scores[cand] = sum(values) / len(values)
+        ranked = sorted(scores, key=lambda c: -scores[c])
+        selected += ranked[:top_k]
+        history.append(scores)
+    return selected, history
+
+
+def test_hunt_matches_brute_force_algorithm_1():
+    pipe = tiny_digits_pipe()
+    result = hunt(pipe, Brightness(), rounds=2, top_k=1, batch_size=5, **SETTINGS)
+    ref_selected, ref_history = reference_hunt(pipe, Brightness(), 2, 1, ["3", "7"], [0, 1], 3, 2.0, 0.5)
+    assert [(h.layer, h.head) for h in result.headset] == sorted(ref_selected)
+    assert [r.added[0] for r in result.rounds] == [f"L{l}H{h}" for l, h in ref_selected]
+    for r, ref in zip(result.rounds, ref_history):
+        assert set(r.scores) == {f"L{l}H{h}" for l, h in ref}
+        for (l, h), value in ref.items():
+            assert r.scores[f"L{l}H{h}"] == pytest.approx(value, abs=1e-5)
+    assert all(h.strength == 0.5 for h in result.headset)
+    meta = result.headset.metadata
+    assert meta.origin == "search" and meta.search.rounds == 2 and meta.search.seeds == [0, 1]
+    assert meta.search.round_scores == [[r.set_score] for r in result.rounds]
+
+
+def test_batched_equals_one_at_a_time_and_is_deterministic():
+    pipe = tiny_digits_pipe()
+    a = hunt(pipe, Brightness(), batch_size=64, **SETTINGS)
+    b = hunt(pipe, Brightness(), batch_size=1, **SETTINGS)
+    c = hunt(pipe, Brightness(), batch_size=64, **SETTINGS)
+    for head, value in a.rounds[0].scores.items():
+        assert b.rounds[0].scores[head] == pytest.approx(value, abs=1e-5)
+    assert a.rounds[0].scores == c.rounds[0].scores
+    assert a.headset == c.headset
+
+
+def test_top_k_and_candidates_restrict_the_pool():
+    pipe = tiny_digits_pipe()
+    result = hunt(pipe, Brightness(), rounds=1, top_k=2, candidates=["L1H0", "L1H2", 0], batch_size=16, **SETTINGS)
+    assert set(result.rounds[0].scores) == {"L0H0", "L0H1", "L0H2", "L1H0", "L1H2"}
+    assert len(result.headset) == 2
+    with pytest.raises(SearchError, match="candidate layer 9 out of range"):
+        hunt(pipe, Brightness(), candidates=[9], **SETTINGS)
+    with pytest.raises(SearchError, match="3 heads asked for, but the pool has only 2"):
+        hunt(pipe, Brightness(), rounds=3, candidates=["L0H0", "L0H1"], **SETTINGS)
+
+
+def test_changed_settings_are_refused_naming_the_setting(tmp_path):
+    pipe = tiny_digits_pipe()
+    hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=16, **SETTINGS)
+    changed = {**SETTINGS, "scale": 3.0}
+    with pytest.raises(SearchError, match=r"holds a search with scale=2\.0, but this one has scale=3\.0"):
+        hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=16, **changed)
+    hunt(pipe, Brightness(), out_dir=tmp_path, report=False, resume=False, batch_size=16, **changed)
+
+
+def test_resume_does_not_redo_finished_batches(tmp_path, monkeypatch):
+    pipe = tiny_digits_pipe()
+    full = hunt(pipe, Brightness(), out_dir=tmp_path / "a", report=False, batch_size=4, **SETTINGS)
+    from headhunter import _runner
+
+    calls = []
+    original = _runner.generate_rows
+    monkeypatch.setattr(_runner, "generate_rows", lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = hunt(pipe, Brightness(), out_dir=tmp_path / "a", report=False, batch_size=4, **SETTINGS)
+    assert calls == [] and again.headset == full.headset and again.rounds[0].scores == full.rounds[0].scores
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_search import tiny_digits_pipe, Brightness, SETTINGS
+    from headhunter.search import hunt
+    r = hunt(tiny_digits_pipe(), Brightness(), rounds=2, out_dir={out!r}, report=False, batch_size=2, **SETTINGS)
+    print("RESULT", r.headset.notation(), repr([sorted(x.scores.items()) for x in r.rounds]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_gives_the_same_result(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    straight = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path / "straight"))],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    state = out / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a few batches are checkpointed, mid-search
+        if state.exists() and sum(len(v) for v in json.loads(state.read_text())["done_batches"].values()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = sum(len(v) for v in json.loads(state.read_text())["done_batches"].values())
+    assert done_before >= 5
+    resumed = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    last = lambda text: next(l for l in text.splitlines() if l.startswith("RESULT"))  # noqa: E731
+    assert last(resumed.stdout) == last(straight.stdout)
+    assert list(out.glob("*.tmp")) == []
+
+
+def test_report_files_are_written(tmp_path):
+    pipe = tiny_digits_pipe()
+    result = hunt(pipe, Brightness(), out_dir=tmp_path, eval_seeds=[100, 101], batch_size=16, **SETTINGS)
+    for name in ("index.md", "heatmap_round0.png", "curve.png", "grid.png", "scores.csv", "scores.json",
+                 "evaluation.json", "headset.safetensors", "headset.json", "state.json"):
+        assert (tmp_path / name).is_file(), name
+    index = (tmp_path / "index.md").read_text()
+    assert "found head set" in index and ("beats" in index or "not distinguishable" in index or "worse" in index)
+    from headhunter import load_headset
+
+    saved = load_headset(tmp_path / "headset.safetensors")
+    assert saved.notation() == result.headset.notation()
+    assert "found head set" in saved.metadata.search.evaluation
+    with pytest.raises(SearchError, match="evaluation seeds .* were used by the search"):
+        hunt(pipe, Brightness(), out_dir=tmp_path / "b", eval_seeds=[0, 5], batch_size=16, **SETTINGS)
