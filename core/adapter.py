@@ -1,0 +1,119 @@
+"""Model adapters: recognise a model, list its attention sites in paper order, install perturbing processors.
+
+An adapter plugin teaches headhunter one family of diffusion transformers (built-ins: SD3/SD3.5 and
+FLUX.1). It knows where the heads live (`sites`), how tokens are laid out at each site (`TokenLayout`), and
+how to wrap the model's own attention processors so that the perturbation is added only where a strength
+is non-zero (`make_processor`). The engine that runs inside those processors is headhunter.attention.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+from .errors import ModelError
+from .sites import Site
+
+if TYPE_CHECKING:
+    from .attention import EngineState, Installation, PerturbingProcessor
+    from .perturbation import Perturbation
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where text and image tokens sit in one attention call's sequence.
+
+    `text_first`: FLUX orders `[text | image]`, SD3 `[image | text]`. `grid`: the image tokens' (rows, cols)
+    on the latent patch grid, row-major, when known. An image-only site has `text_len == 0`.
+    """
+
+    text_len: int
+    image_len: int
+    text_first: bool
+    grid: tuple[int, int] | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.image_len
+
+    @property
+    def image_slice(self) -> slice:
+        """The image tokens' positions in the sequence."""
+        return slice(self.text_len, self.seq_len) if self.text_first else slice(0, self.image_len)
+
+    @property
+    def text_slice(self) -> slice:
+        """The text tokens' positions in the sequence (empty at an image-only site)."""
+        return slice(0, self.text_len) if self.text_first else slice(self.image_len, self.seq_len)
+
+
+class ModelAdapter(ABC):
+    """Base class of model adapter plugins (registered with `register_adapters`).
+
+    Subclasses set `name` and `architecture` (the family name stored in head sets, e.g. "sd3") and
+    implement `matches`, `sites` and `make_processor`; `observe` records per-forward facts (text length,
+    image grid) that the attention processors are not told.
+    """
+
+    name: ClassVar[str] = "adapter"
+    architecture: ClassVar[str] = "unknown"
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: Any) -> bool:
+        """True if this adapter handles `model` (a pipeline with `.transformer` or a bare transformer)."""
+
+    def transformer(self, model: Any) -> nn.Module:
+        """The transformer inside `model` (the model itself when it is one)."""
+        inner = getattr(model, "transformer", None)
+        if isinstance(inner, nn.Module):
+            return inner
+        if isinstance(model, nn.Module):
+            return model
+        raise ModelError(f"{type(model).__name__} is neither a transformer nor a pipeline with a .transformer")
+
+    @abstractmethod
+    def sites(self, model: Any) -> list[Site]:
+        """The model's attention sites in paper order (the position is the paper's layer index)."""
+
+    @abstractmethod
+    def make_processor(self, site: Site, module: nn.Module, state: EngineState) -> PerturbingProcessor:
+        """A perturbing processor for `module` (the site's attention module), wrapping its current processor.
+
+        Raise ModelError naming the site and the processor class when the processor is not one this
+        adapter can reproduce exactly.
+        """
+
+    def prepare(self, state: EngineState, transformer: nn.Module) -> None:
+        """Called once at install time, before `make_processor`: record per-model facts on `state.cache`."""
+
+    def observe(self, state: EngineState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Called before every transformer forward with its arguments: record layout facts on `state`.
+
+        Must not synchronise host and device (read shapes, not values). Default: nothing.
+        """
+
+    def layout_summary(self, model: Any, height: int | None = None, width: int | None = None) -> list[str]:
+        """Human-readable lines on the token layout (order, image grid, text length) for `headhunter inspect`."""
+        return []
+
+    def install(
+        self, model: Any, perturbation: Perturbation | str = "softpag", scope: str = "joint", *, mode: str = "fast"
+    ) -> Installation:
+        """Install perturbing processors on every site of `model`; strengths start absent (stock output).
+
+        `scope`: joint | image | pag_mask (docs/engine.md). `mode="reference"` computes every perturbed
+        site with the explicit float64 attention map instead (tests only; slow).
+        """
+        from .attention import Installation
+
+        return Installation(self, model, perturbation, scope, mode=mode)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, architecture={self.architecture!r})"
+
+
+__all__ = ["ModelAdapter", "TokenLayout"]

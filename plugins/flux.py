@@ -1,0 +1,188 @@
+"""Built-in adapter for FLUX.1 (`FluxTransformer2DModel`, `FluxAttnProcessor`).
+
+Sites in paper order: the double-stream `transformer_blocks.{i}.attn` (joint), then the single-stream
+`single_transformer_blocks.{i}.attn` (single); token order [text | image] in both (headhunter.sites.
+flux_sites). Single-stream processors are not told the text length: a forward pre-hook on the transformer
+records it from `encoder_hidden_states` (a shape, never a value). The attention call goes through
+diffusers' `dispatch_attention_fn` with the original processor's backend, so `set_attention_backend`
+keeps working, before and after installation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from diffusers import FluxTransformer2DModel
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+
+from headhunter.adapter import ModelAdapter, TokenLayout
+from headhunter.attention import EngineState, PerturbingProcessor
+from headhunter.errors import ModelError
+from headhunter.hookspecs import hookimpl
+from headhunter.sites import Site
+
+
+class FluxPerturbingProcessor(PerturbingProcessor):
+    """`FluxAttnProcessor` with the perturbation added at the attention call (same signature)."""
+
+    @property
+    def _attention_backend(self):
+        return self.original._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend):
+        self.original._attention_backend = backend
+
+    @property
+    def _parallel_config(self):
+        return self.original._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, config):
+        self.original._parallel_config = config
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        entry = self.state.active.get(self.site_name)
+        if entry is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if attention_mask is not None:
+            raise ModelError(f"{self.site_name}: perturbing attention with an attention_mask is not supported")
+        # From here on: FluxAttnProcessor.__call__ (diffusers 0.42), with `attend` at the attention call.
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query = query.unflatten(-1, (-1, attn.head_dim))
+        key = key.unflatten(-1, (-1, attn.head_dim))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
+            encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))
+            encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))
+            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
+            encoder_query = attn.norm_added_q(encoder_query)
+            encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([encoder_query, query], dim=1)
+            key = torch.cat([encoder_key, key], dim=1)
+            value = torch.cat([encoder_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        layout = self._layout(query.shape[1], encoder_hidden_states)
+        original = self.original
+        out = self.attend(
+            entry, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout,
+            lambda: dispatch_attention_fn(
+                query, key, value, attn_mask=attention_mask, backend=original._attention_backend,
+                parallel_config=original._parallel_config,
+            ).transpose(1, 2),
+        )
+        hidden_states = out.transpose(1, 2).flatten(2, 3)
+        hidden_states = hidden_states.to(query.dtype)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+                [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1
+            )
+            hidden_states = attn.to_out[0](hidden_states.contiguous())
+            hidden_states = attn.to_out[1](hidden_states)
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+            return hidden_states, encoder_hidden_states
+        return hidden_states
+
+    def _layout(self, seq_len: int, encoder_hidden_states: torch.Tensor | None) -> TokenLayout:
+        if encoder_hidden_states is not None:
+            text_len = encoder_hidden_states.shape[1]
+        else:
+            text_len = self.state.text_len
+            if text_len is None:
+                raise ModelError(
+                    f"{self.site_name}: the text length of this single-stream call is unknown; call the "
+                    "transformer itself (its forward pre-hook records it), not the block"
+                )
+        return TokenLayout(text_len=text_len, image_len=seq_len - text_len, text_first=True, grid=self.state.grid)
+
+
+class FluxAdapter(ModelAdapter):
+    """FLUX.1 (`FluxTransformer2DModel`: double-stream then single-stream blocks), and pipelines built on it."""
+
+    name = "flux"
+    architecture = "flux"
+
+    @classmethod
+    def matches(cls, model: Any) -> bool:
+        inner = getattr(model, "transformer", model)
+        return isinstance(inner, FluxTransformer2DModel)
+
+    def sites(self, model: Any) -> list[Site]:
+        t = self.transformer(model)
+        double = [Site(name=f"transformer_blocks.{i}.attn", num_heads=b.attn.heads, kind="joint")
+                  for i, b in enumerate(t.transformer_blocks)]
+        single = [Site(name=f"single_transformer_blocks.{i}.attn", num_heads=b.attn.heads, kind="single")
+                  for i, b in enumerate(t.single_transformer_blocks)]
+        return double + single
+
+    def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> FluxPerturbingProcessor:
+        original = module.processor
+        if type(original).__call__ is not FluxAttnProcessor.__call__:
+            raise ModelError(
+                f"{site.name} runs {type(original).__name__}; the flux adapter reproduces FluxAttnProcessor only "
+                "(unload IP adapters, or reset with model.set_default_attn_processor())"
+            )
+        return FluxPerturbingProcessor(site, original, state)
+
+    def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:
+        params = list(inspect.signature(transformer.forward).parameters)
+        state.cache["positions"] = {name: params.index(name) for name in ("hidden_states", "encoder_hidden_states",
+                                                                          "img_ids")}
+
+    def observe(self, state: EngineState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        positions = state.cache["positions"]
+
+        def arg(name):
+            if name in kwargs:
+                return kwargs[name]
+            index = positions[name]
+            return args[index] if index < len(args) else None
+
+        text = arg("encoder_hidden_states")
+        state.text_len = None if text is None else text.shape[1]
+        if state.perturbation.needs_grid:
+            state.grid = _grid_from_ids(state, arg("img_ids"), arg("hidden_states").shape[1])
+
+    def layout_summary(self, model: Any, height: int | None = None, width: int | None = None) -> list[str]:
+        height, width = height or 1024, width or 1024
+        scale = getattr(model, "vae_scale_factor", 8) * 2  # 2x2 latent packing
+        rows, cols = height // scale, width // scale
+        return [
+            "token order: [text | image] (double- and single-stream sites)",
+            f"image grid at {height}x{width} px: {rows} x {cols} = {rows * cols} image tokens "
+            f"({scale} px per token: VAE x 2x2 packing)",
+            "text tokens: T5 max_sequence_length (512 for FLUX.1-dev, 256 for schnell by default)",
+            "single-stream sites are not told the text length; the adapter records it per forward",
+        ]
+
+
+def _grid_from_ids(state: EngineState, img_ids: torch.Tensor | None, image_len: int) -> tuple[int, int] | None:
+    """(rows, cols) of the image tokens from FLUX's img_ids [N, 3] = (0, row, col), cached per ids tensor:
+    reading a device tensor's values synchronises once per new img_ids (once per generation), never per call."""
+    if img_ids is None:
+        return None
+    key = (img_ids.data_ptr(), tuple(img_ids.shape), str(img_ids.device))
+    cached = state.cache.get("grid_ids")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    ids = img_ids.reshape(-1, img_ids.shape[-1])[-image_len:].detach().to("cpu")
+    rows = int(ids[:, 1].max() - ids[:, 1].min()) + 1
+    cols = int(ids[:, 2].max() - ids[:, 2].min()) + 1
+    grid = (rows, cols) if rows * cols == image_len else None
+    state.cache["grid_ids"] = (key, grid)
+    return grid
+
+
+@hookimpl
+def register_adapters(register):
+    register("flux", FluxAdapter)
