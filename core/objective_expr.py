@@ -11,7 +11,7 @@ objective. The grammar (docs/objectives.md has the full description):
     sum        := ['-'] product (('+' | '-') product)*
     product    := factor ('*' factor)*            (numbers multiply; at most one objective per product)
     factor     := NUMBER | '(' sum ')' | 'harmonic' '(' sum (',' sum)* ')'
-                | 'gate' '(' condition (',' condition)* ';' sum ')' | leaf
+                | 'gate' '(' condition (',' condition)* ';' sum [';' NUMBER] ')' | leaf
     condition  := sum ('>=' | '>' | '<=' | '<') NUMBER
     leaf       := NAME (':' KEY '=' VALUE)*       (VALUE: "quoted", 'quoted', or bare text)
 
@@ -200,10 +200,11 @@ _COMPARISONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
 
 
 class ThresholdGate(Composite):
-    """`then` where every condition holds, else `otherwise` (-inf: ranks last).
+    """`then` where every condition holds, else `otherwise` (default 0: last, for the positive scorers).
 
     The paper code's `pickscore_thresholding_clip` is `gate(pickscore>=20, aesthetic>=6; clipscore)`
-    combined on per-candidate means.
+    combined on per-candidate means (its failing candidates are dropped; here they score `otherwise`).
+    `otherwise` is finite so means, checkpoints and head-set provenance stay plain numbers.
     """
 
     name = "gate"
@@ -212,7 +213,7 @@ class ThresholdGate(Composite):
         self,
         conditions: Sequence[tuple[Objective, str, float]],
         then: Objective,
-        otherwise: float = float("-inf"),
+        otherwise: float = 0.0,
     ) -> None:
         checked = []
         for i, (obj, op, threshold) in enumerate(conditions):
@@ -223,7 +224,7 @@ class ThresholdGate(Composite):
             raise ObjectiveError("gate(...) needs at least one condition")
         self.conditions = checked
         self.then = _check_objective(then, "the ranked objective of gate(...)")
-        self.otherwise = float(otherwise)
+        self.otherwise = _check_finite(otherwise, "the value of gate(...) when a condition fails")
 
     def children(self) -> list[Objective]:
         return [obj for obj, _, _ in self.conditions] + [self.then]
@@ -237,7 +238,8 @@ class ThresholdGate(Composite):
 
     def __str__(self) -> str:
         conds = ", ".join(f"{expression(o)}{op}{format_number(t)}" for o, op, t in self.conditions)
-        return f"gate({conds}; {expression(self.then)})"
+        otherwise = f"; {format_number(self.otherwise)}" if self.otherwise != 0 else ""
+        return f"gate({conds}; {expression(self.then)}{otherwise})"
 
 
 class Leaf(Objective):
@@ -396,8 +398,17 @@ class _Parser:
             conditions.append(self.condition())
         self.expect(";", "',' (another condition) or ';' (then the objective to rank by) in gate(...)")
         then = self.sum()
-        self.expect(")", "')' closing gate(...)")
-        return ThresholdGate(conditions, then)
+        otherwise = 0.0
+        if self.peek(";"):
+            self.pos += 1
+            self.skip()
+            number = _NUMBER.match(self.text, self.pos)
+            if number is None:
+                raise self.error(f"expected the number scored when a condition fails but found {self.found()}")
+            self.pos = number.end()
+            otherwise = float(number.group(0))
+        self.expect(")", "')' closing gate(...)" + ("" if otherwise else " (or ';' and the score when a condition fails)"))
+        return ThresholdGate(conditions, then, otherwise)
 
     def condition(self) -> tuple[Objective, str, float]:
         lhs = self.sum()
