@@ -6,7 +6,7 @@ and safetensors (`torch.load(weights_only=True)` only for a plain `.pth` state d
 missing download fails at once with the command that fetches it. Scoring runs on the images' device in the
 images' floating dtype, one batched forward per call. Images are preprocessed in torch exactly as the
 repo's `preprocessor_config.json` says (resize shortest side, bicubic, centre crop, normalise), which
-matches CLIPImageProcessor up to PIL's 8-bit rounding.
+matches CLIPImageProcessor to within one 8-bit step (PIL rounds to uint8; floats here are not rounded).
 """
 
 from __future__ import annotations
@@ -140,8 +140,10 @@ class ClipPreprocess:
         dtype = x.dtype
         x = x.float()
         size = self.output_size(*x.shape[-2:])
-        if size != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
+        # Two separable passes, width then height, clamped in between: PIL's order and its 8-bit range.
+        for target in ((x.shape[-2], size[1]), size):
+            if target != tuple(x.shape[-2:]):
+                x = F.interpolate(x, size=target, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
         top = (size[0] - self.crop[0]) // 2
         left = (size[1] - self.crop[1]) // 2
         if top < 0 or left < 0:
@@ -386,11 +388,25 @@ def mlp_head(state: Mapping[str, torch.Tensor], where: str) -> torch.nn.Sequenti
     return torch.nn.Sequential(*linears).eval().requires_grad_(False)
 
 
+def vision_config(repo: str) -> Any:
+    """The CLIPVisionConfig of `repo` (a full CLIP or a vision-only config), with CLIP's projection size."""
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    config = AutoConfig.from_pretrained(repo, trust_remote_code=False)
+    if isinstance(config, CLIPVisionConfig):
+        return config
+    vision = getattr(config, "vision_config", None)
+    if not isinstance(vision, CLIPVisionConfig):
+        raise ObjectiveError(f"{repo} is not a CLIP model (config type {type(config).__name__})")
+    vision.projection_dim = config.projection_dim  # CLIPModel sizes visual_projection from the top level
+    return vision
+
+
 def load_aesthetic(weights: str, filename: str, clip: str) -> AestheticBundle:
     """LAION aesthetic predictor: head (+ CLIP vision weights if the file has `clip.*` keys) from `weights`."""
 
     def load() -> AestheticBundle:
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
 
         where = f"{weights}/{filename}"
         state = load_state_dict(resolve_file(weights, filename))
@@ -398,10 +414,13 @@ def load_aesthetic(weights: str, filename: str, clip: str) -> AestheticBundle:
         clip_state = {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}
         preprocess = load_preprocess(clip)
         try:
+            config = vision_config(clip)
             if clip_state:
-                config = CLIPVisionConfig.from_pretrained(clip)
                 vision = CLIPVisionModelWithProjection(config)
-                result = vision.load_state_dict(clip_state, strict=False)
+                try:
+                    result = vision.load_state_dict(clip_state, strict=False)
+                except RuntimeError as err:  # shape mismatch
+                    raise ObjectiveError(f"{where}: CLIP vision weights do not fit {clip}'s config: {err}") from None
                 unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
                 if result.missing_keys or unexpected:
                     raise ObjectiveError(
@@ -409,7 +428,7 @@ def load_aesthetic(weights: str, filename: str, clip: str) -> AestheticBundle:
                         f"(missing {result.missing_keys[:3]}, unexpected {unexpected[:3]})"
                     )
             else:
-                vision = CLIPVisionModelWithProjection.from_pretrained(clip, trust_remote_code=False)
+                vision = CLIPVisionModelWithProjection.from_pretrained(clip, config=config, trust_remote_code=False)
         except _hub_errors() as err:
             raise missing_weights(clip, "the CLIP ViT-L/14 vision tower", err) from None
         head = mlp_head(head_state, where)
