@@ -260,6 +260,25 @@ class HeadSet:
             io.write_safetensors(path, self.dense(), self._meta.model_dump_json())
         return path
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        weight_name: str | None = None,
+        images: Any = None,
+    ) -> Any:
+        """Publish to a Hub repo in one commit (file, JSON, model card, images); see `headhunter.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, private=private, token=token, commit_message=commit_message, revision=revision,
+            create_pr=create_pr, weight_name=weight_name, images=images,
+        )
+
     def to_json(self) -> str:
         """The human-readable, editable JSON rendering; `load_headset` reads it back to an equal HeadSet."""
         doc = {

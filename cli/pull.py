@@ -1,0 +1,38 @@
+"""`headhunter pull`: download a head set from the Hub into the local cache and show it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("repo_id")
+@click.option("--weight-name", help="File to fetch (default: headset.safetensors, or the repo's single head-set file).")
+@click.option("--revision", help="Branch, tag or commit id; a commit id pins the exact file.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: the Hugging Face cache).")
+@click.option("--offline", is_flag=True, help="Use only the local cache (like HF_HUB_OFFLINE=1).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also save a copy here (.safetensors or .json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON rendering instead of the summary.")
+@click.option("--token", help="Hub token for private or gated repos.")
+def pull(repo_id: str, weight_name: str | None, revision: str | None, cache_dir: str | None, offline: bool,
+         output: str | None, as_json: bool, token: str | None) -> None:
+    """Fetch the head set of the Hub repo REPO_ID into the cache, check it, and print it."""
+    from headhunter.errors import HeadSetError
+    from headhunter.headset import HeadSet
+    from headhunter.hub import download_headset
+
+    path, filename = download_headset(
+        repo_id, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=offline
+    )
+    try:
+        headset = HeadSet.from_file(path)
+    except HeadSetError as err:
+        raise HeadSetError(f"{filename!r} in Hub repository {repo_id!r} is not a head set: {err}") from None
+    click.echo(headset.to_json() if as_json else headset.describe())
+    if not as_json:
+        click.echo(f"cached:        {path}")
+    if output:
+        saved = headset.save(Path(output))
+        click.echo(f"saved:         {saved}", err=as_json)

@@ -1,0 +1,590 @@
+"""The Hub: publish, fetch and find head sets the way LoRAs travel.
+
+- `push_to_hub` writes the head-set file, its JSON rendering, a model card and example images to a
+  temporary folder and uploads it as **one commit** (`upload_folder`), creating the repo if needed.
+- `load_from_hub` / `download_headset` go through huggingface_hub's cache (`hf_hub_download`), so a second
+  call and offline mode work from the cache. The file name is resolved like diffusers' `load_lora_weights`:
+  an explicit `weight_name`; else the repo listing's `headset.safetensors`, or its single `.safetensors`
+  file (names with checkpoint/optimizer/scheduler skipped; with several, the one whose header is a head
+  set); else an error listing the candidates. Offline (`local_files_only=True` or `HF_HUB_OFFLINE=1`) the
+  listing is the cached snapshot of that revision instead. Only `.safetensors` files are read.
+- `search_hub` lists head sets by tag (`list_models(filter=[...])`); `remote_metadata` reads a remote
+  head set's metadata from its safetensors header alone (HTTP range request), without the tensors.
+
+Every failure is a `HubError` (or a `HeadSetError` for a file that is not a head set) naming the repo,
+the file and what to do. docs/hub.md is the user guide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Union
+
+from . import _headset_io as io
+from ._version import __version__
+from .errors import HeadSetError, HubError
+from .schema import HeadSetMetadata
+
+if TYPE_CHECKING:  # pragma: no cover
+    from huggingface_hub import CommitInfo, ModelCard
+
+    from .headset import HeadSet
+
+#: `library_name` on every card, and the tag `headhunter search` filters on.
+LIBRARY_NAME = "headhunter"
+#: Tags on every pushed card, before the model family, `text-to-image` and the head set's own tags.
+BASE_TAGS = ("headhunter", "head-set", "perturbation-guidance")
+#: A `.safetensors` file whose name contains one of these is never taken as the head set (as in diffusers).
+SKIPPED_NAME_PARTS = ("checkpoint", "optimizer", "scheduler")
+#: Folder of example images inside a pushed repo.
+IMAGES_DIR = "images"
+#: At most this many candidate headers are read to find the single head set among several files.
+MAX_HEADER_PROBES = 8
+
+ImageLike = Union[str, Path, Any]  # a path, or anything with `.save(path)` (a PIL image)
+
+
+# ----- push ---------------------------------------------------------------------------------------------
+def push_to_hub(
+    headset: HeadSet,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    weight_name: str | None = None,
+    images: Sequence[ImageLike] | Mapping[str, ImageLike] | None = None,
+) -> CommitInfo:
+    """Upload a head set as one commit: the file, its JSON rendering, a model card and example images.
+
+    Creates the repo if needed (`private` applies only then). `weight_name` (default
+    `headset.safetensors`) must end in `.safetensors`; the JSON goes beside it (`headset.json`, or
+    `<stem>.json` for another name). `images` are paths or PIL images, or a mapping prompt -> image
+    (the prompt becomes the card's widget caption); they land in `images/`. Returns the `CommitInfo`
+    (`.commit_url`, `.oid`, `.pr_url` with `create_pr=True`).
+    """
+    from huggingface_hub import HfApi
+
+    weight_name = _check_weight_name(weight_name or io.WEIGHTS_NAME)
+    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+    with tempfile.TemporaryDirectory(prefix="headhunter-push-") as tmp:
+        folder = Path(tmp)
+        headset.save(folder / weight_name)
+        headset.save(folder / json_name(weight_name))
+        captions = _write_images(folder, images)
+        model_card(headset, repo_id, weight_name=weight_name, images=captions).save(folder / "README.md")
+        with _hub_errors(repo_id, revision=revision, action="push to"):
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message or f"Upload head set {headset.name} ({len(headset)} heads)",
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+
+def json_name(weight_name: str) -> str:
+    """Name of the JSON rendering uploaded beside `weight_name`."""
+    if weight_name == io.WEIGHTS_NAME:
+        return io.JSON_NAME
+    return str(PurePosixPath(weight_name).with_suffix(".json"))
+
+
+def _check_weight_name(name: str) -> str:
+    path = PurePosixPath(name)
+    if not name.endswith(".safetensors"):
+        raise HubError(
+            f"weight_name {name!r} is not a .safetensors file; headhunter reads and writes only safetensors "
+            f"head sets (never pickle). Use e.g. {io.WEIGHTS_NAME!r}"
+        )
+    if path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise HubError(f"weight_name {name!r} must be a relative path inside the repo, like 'sets/dark.safetensors'")
+    return name
+
+
+def _write_images(folder: Path, images: Sequence[ImageLike] | Mapping[str, ImageLike] | None) -> list[tuple[str, str]]:
+    """Copy or save example images into `images/`; returns (repo path, caption) pairs."""
+    if images is None:
+        return []
+    pairs = list(images.items()) if isinstance(images, Mapping) else [("", img) for img in images]
+    (folder / IMAGES_DIR).mkdir()
+    out = []
+    for index, (caption, image) in enumerate(pairs):
+        if isinstance(image, (str, Path)):
+            src = Path(image)
+            if not src.is_file():
+                raise HubError(f"example image {str(src)!r} does not exist; pass existing image files or PIL images")
+            name = f"{IMAGES_DIR}/example_{index}{src.suffix.lower() or '.png'}"
+            shutil.copyfile(src, folder / name)
+        elif hasattr(image, "save"):
+            name = f"{IMAGES_DIR}/example_{index}.png"
+            image.save(folder / name)
+        else:
+            raise HubError(f"example image {image!r} must be a file path or a PIL image")
+        out.append((name, str(caption)))
+    return out
+
+
+# ----- model card ---------------------------------------------------------------------------------------
+_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ name }}
+
+{{ description }}
+
+A **head set** for [headhunter](https://pypi.org/project/headhunter-guidance/): the attention heads
+{{ base_phrase }} to perturb for head-level perturbation guidance (HeadHunter / SoftPAG,
+Ahn et al., *Where and How to Perturb*, [arXiv 2506.10978](https://arxiv.org/abs/2506.10978)).
+It is a few kB of safetensors and is applied on top of the stock model, like a LoRA.
+
+## Heads
+
+{{ count }} head{{ '' if count == 1 else 's' }} in paper notation (`L<layer>H<head>`, 0-based; `@u` is the
+SoftPAG strength where it is not 1):
+
+`{{ notation }}`
+
+## Recommended settings
+
+| setting | value |
+|---|---|
+| architecture | `{{ architecture }}` ({{ n_sites }} attention sites) |
+| perturbation | `{{ perturbation }}` |
+| guidance scale w | {{ scale }} |
+| CFG scale s | {{ cfg }} |
+| step window | [{{ start }}, {{ stop }}) of the steps |
+| identity scope | `{{ scope }}` |
+| origin | {{ origin }}{{ source }} |
+{%- if license %}
+| license | {{ license }} |
+{%- endif %}
+
+## How it was found
+
+{{ provenance }}
+
+## Usage
+
+```python
+import headhunter
+{{ load_pipe }}
+headset = headhunter.load_headset("{{ repo_id }}"{{ weight_arg }})
+with headhunter.apply(pipe, headset, scale={{ scale }}):
+    image = pipe("a photo of a lighthouse at dusk").images[0]
+```
+
+From the command line: `headhunter pull {{ repo_id }}{{ weight_flag }}` and `headhunter show {{ repo_id }}`.
+{%- if images %}
+
+## Examples
+
+<Gallery />
+{%- endif %}
+
+## Files
+
+- `{{ weight_name }}`: one float32 `[num_heads]` strength vector per attention site, metadata in the
+  safetensors header under `headhunter` (readable without downloading the tensors)
+- `{{ json_name }}`: the same head set as editable JSON
+
+*Pushed with headhunter {{ version }}.*
+"""
+
+
+def card_tags(headset: HeadSet) -> list[str]:
+    """The card's tags: headhunter's own, the model family, `text-to-image`, then the head set's tags."""
+    tags = [*BASE_TAGS, headset.metadata.architecture, "text-to-image", *headset.metadata.tags]
+    return list(dict.fromkeys(tags))
+
+
+def model_card(
+    headset: HeadSet,
+    repo_id: str,
+    *,
+    weight_name: str = io.WEIGHTS_NAME,
+    images: Sequence[tuple[str, str]] = (),
+) -> ModelCard:
+    """The README of a pushed head set (huggingface_hub ModelCard; YAML via ModelCardData)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    m = headset.metadata
+    g = m.guidance
+    on_hub = m.base_model is not None and len(m.base_model.split("/")) == 2
+    data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        base_model=m.base_model if on_hub else None,
+        tags=card_tags(headset),
+        license=m.license,
+        model_name=m.name,
+        widget=[{"text": caption, "output": {"url": path}} for path, caption in images] or None,
+        **({"base_model_relation": "adapter"} if on_hub else {}),
+    )
+    if on_hub:
+        load_pipe = (
+            "import torch\nfrom diffusers import DiffusionPipeline\n\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{m.base_model}", torch_dtype=torch.bfloat16).to("cuda")'
+        )
+    else:
+        load_pipe = f'\npipe = headhunter.load_model("{m.base_model or m.architecture}")'
+    custom = weight_name != io.WEIGHTS_NAME
+    return ModelCard.from_template(
+        data,
+        template_str=_CARD_TEMPLATE,
+        name=m.name,
+        description=m.description or f"A head set for `{m.base_model or m.architecture}`.",
+        base_phrase=f"of [`{m.base_model}`](https://huggingface.co/{m.base_model})" if on_hub else f"of `{m.base_model or m.architecture}`",
+        count=len(headset),
+        notation=headset.notation() or "(none)",
+        architecture=m.architecture,
+        n_sites=len(m.sites),
+        perturbation=m.perturbation.name + (f" {json.dumps(m.perturbation.params)}" if m.perturbation.params else ""),
+        scale=f"{g.scale:g}",
+        cfg="off (not set)" if g.cfg is None else f"{g.cfg:g}",
+        start=f"{g.start:g}",
+        stop=f"{g.stop:g}",
+        scope=g.scope,
+        origin={"paper": "named in the paper", "search": "found by a headhunter search", "manual": "hand-made"}[m.origin],
+        source=f" ({m.source})" if m.source else "",
+        license=m.license,
+        provenance=_provenance(m),
+        load_pipe=load_pipe,
+        repo_id=repo_id,
+        weight_arg=f', weight_name="{weight_name}"' if custom else "",
+        weight_flag=f" --weight-name {weight_name}" if custom else "",
+        images=bool(images),
+        weight_name=weight_name,
+        json_name=json_name(weight_name),
+        version=__version__,
+    )
+
+
+def _provenance(m: HeadSetMetadata) -> str:
+    """Markdown lines describing where the heads come from (the search settings and scores, if searched)."""
+    s = m.search
+    if s is None:
+        where = {"paper": "Named in the paper", "search": "Found by a headhunter search", "manual": "Chosen by hand"}
+        return f"{where[m.origin]}{': ' + m.source if m.source else ''}. No search record is attached."
+    rows = [
+        ("objective", f"`{s.objective}`"),
+        ("rounds x heads per round", f"{s.rounds or '-'} x {s.top_k or '-'}"),
+        ("candidates", s.candidates),
+        ("sampling steps", s.steps),
+        ("strength u during the search", s.strength),
+        ("guidance scale w / CFG during the search", f"{s.scale if s.scale is not None else '-'} / {s.cfg if s.cfg is not None else '-'}"),
+        ("prompts", "; ".join(f"`{p}`" for p in s.prompts[:10]) + (f" (+{len(s.prompts) - 10} more)" if len(s.prompts) > 10 else "")),
+        ("seeds", ", ".join(map(str, s.seeds[:20])) + (" ..." if len(s.seeds) > 20 else "")),
+        ("baseline score (no guidance)", s.baseline_score),
+        ("best score per round", ", ".join(f"{max(r):.4g}" for r in s.round_scores if r)),
+    ]
+    rows += [(f"evaluation: {k}", json.dumps(v) if not isinstance(v, (int, float, str)) else v) for k, v in s.evaluation.items()]
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v not in (None, "", "- x -")]
+    return (f"Source: {m.source}\n\n" if m.source else "") + "\n".join(lines)
+
+
+# ----- pull ---------------------------------------------------------------------------------------------
+def load_from_hub(
+    repo_id: str,
+    *,
+    weight_name: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> HeadSet:
+    """Download (or take from the cache) a head set from a Hub repo and read it.
+
+    `revision` is a branch, tag or commit id (a commit id pins the exact file). Offline, the name comes
+    from the cached snapshot; see the module docstring for the resolution rules.
+    """
+    from .headset import HeadSet
+
+    path, filename = download_headset(
+        repo_id, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token,
+        local_files_only=local_files_only,
+    )
+    try:
+        return HeadSet.from_file(path)
+    except HeadSetError as err:
+        raise HeadSetError(_not_ours(repo_id, filename, revision, str(err).replace(str(path), "the file"))) from None
+
+
+def download_headset(
+    repo_id: str,
+    *,
+    weight_name: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> tuple[Path, str]:
+    """Fetch the head-set file into the cache; returns (local path, file name in the repo)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    offline = local_files_only or constants.is_offline_mode()
+    if weight_name is not None:
+        filename = _check_weight_name(weight_name)
+    elif offline:
+        filename = _cached_weight_name(repo_id, revision, cache_dir)
+    else:
+        try:
+            filename = resolve_weight_name(repo_id, revision=revision, token=token)
+        except _HubUnreachable:  # like hf_hub_download itself: fall back to the cache when the Hub is down
+            filename, local_files_only = _cached_weight_name(repo_id, revision, cache_dir, unreachable=True), True
+    with _hub_errors(repo_id, filename=filename, revision=revision, offline=offline):
+        path = hf_hub_download(
+            repo_id, filename, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+            library_name=LIBRARY_NAME, library_version=__version__,
+        )
+    return Path(path), filename
+
+
+def resolve_weight_name(repo_id: str, *, revision: str | None = None, token: str | None = None) -> str:
+    """The head-set file of a repo from its listing: `headset.safetensors`, else the single candidate."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with _hub_errors(repo_id, revision=revision):
+        files = api.list_repo_files(repo_id, revision=revision)
+    return _pick(repo_id, revision, files, lambda name: _remote_is_headset(api, repo_id, name, revision))
+
+
+def _cached_weight_name(
+    repo_id: str, revision: str | None, cache_dir: str | Path | None, unreachable: bool = False
+) -> str:
+    """Offline: resolve the file name from the cached snapshot of `revision` (no listing can be asked for)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    ref = folder / "refs" / (revision or "main")
+    snapshot = folder / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
+    if not snapshot.is_dir():
+        if unreachable:
+            raise HubError(
+                f"cannot reach the Hub at {constants.ENDPOINT} to list {_where(repo_id, revision)}, and it is not in "
+                "the local cache; check the network (or HF_ENDPOINT)"
+            )
+        raise HubError(_offline_message(repo_id, revision, None))
+    files = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+    return _pick(repo_id, revision, files, lambda name: _local_is_headset(snapshot / name), cached=True)
+
+
+def _pick(repo_id: str, revision: str | None, files: Sequence[str], is_headset: Any, cached: bool = False) -> str:
+    """Diffusers-style weight-name choice among a listing; `is_headset(name)` reads a candidate's header."""
+    where = _where(repo_id, revision) + (" (cached snapshot; offline)" if cached else "")
+    candidates = [
+        f for f in files
+        if f.endswith(".safetensors") and not any(part in PurePosixPath(f).name.lower() for part in SKIPPED_NAME_PARTS)
+    ]
+    if io.WEIGHTS_NAME in candidates:
+        return io.WEIGHTS_NAME
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        shown = ", ".join(sorted(files)[:10]) or "no files"
+        fix = (
+            "download it once online, or pass weight_name= if it is cached under another revision"
+            if cached else "check the repo id, or publish one with `headhunter push FILE REPO_ID`"
+        )
+        raise HubError(f"{where} has no head-set file: no .safetensors file among {shown}; {fix}")
+    ours = [c for c in candidates[:MAX_HEADER_PROBES] if is_headset(c)] if len(candidates) <= MAX_HEADER_PROBES else candidates
+    if len(ours) == 1:
+        return ours[0]
+    raise HubError(
+        f"{where} holds {len(ours or candidates)} candidate head-set files: {', '.join(ours or candidates)}; "
+        "pass weight_name= one of them (CLI: --weight-name)"
+    )
+
+
+def _remote_is_headset(api: Any, repo_id: str, filename: str, revision: str | None) -> bool:
+    try:
+        meta = api.parse_safetensors_file_metadata(repo_id, filename, revision=revision).metadata
+    except Exception:  # noqa: BLE001 - a probe: any file we cannot parse is simply not a candidate
+        return False
+    return io.METADATA_KEY in (meta or {})
+
+
+def _local_is_headset(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            io.header_metadata(io.read_header(head + handle.read(min(size, io.MAX_HEADER_BYTES)), str(path)), str(path))
+    except (OSError, HeadSetError):
+        return False
+    return True
+
+
+# ----- metadata without the tensors, search -------------------------------------------------------------
+def remote_metadata(
+    repo_id: str, *, weight_name: str | None = None, revision: str | None = None, token: str | None = None
+) -> HeadSetMetadata:
+    """A remote head set's metadata, read from the safetensors header alone (one HTTP range request)."""
+    from huggingface_hub import HfApi
+
+    filename = _check_weight_name(weight_name) if weight_name else resolve_weight_name(repo_id, revision=revision, token=token)
+    source = f"{repo_id}/{filename}"
+    with _hub_errors(repo_id, filename=filename, revision=revision):
+        try:
+            header = HfApi(token=token).parse_safetensors_file_metadata(repo_id, filename, revision=revision)
+        except Exception as err:  # SafetensorsParsingError and friends: not a safetensors file
+            if type(err).__module__.startswith("huggingface_hub") and "Parsing" in type(err).__name__:
+                raise HeadSetError(_not_ours(repo_id, filename, revision, str(err))) from None
+            raise
+    meta = header.metadata or {}
+    if io.METADATA_KEY not in meta:
+        raise HeadSetError(_not_ours(repo_id, filename, revision, f"no '{io.METADATA_KEY}' key in its safetensors header"))
+    return io.parse_metadata(meta[io.METADATA_KEY], source=source)
+
+
+@dataclass
+class HubHeadSet:
+    """One search result: a Hub repo tagged as a head set, optionally with its header metadata."""
+
+    repo_id: str
+    base_model: str | None
+    tags: list[str] = field(default_factory=list)
+    downloads: int | None = None
+    likes: int | None = None
+    last_modified: datetime | None = None
+    metadata: HeadSetMetadata | None = None
+    error: str | None = None  # why the metadata could not be read, when details were asked for
+
+    @property
+    def user_tags(self) -> list[str]:
+        """Tags other than headhunter's own, the library and the Hub's computed `base_model:` tags."""
+        skip = {*BASE_TAGS, "text-to-image", LIBRARY_NAME}
+        return [t for t in self.tags if t not in skip and not t.startswith(("base_model:", "license:", "region:"))]
+
+
+def search_hub(
+    *,
+    model: str | None = None,
+    tags: Sequence[str] = (),
+    author: str | None = None,
+    query: str | None = None,
+    limit: int | None = 50,
+    details: bool = False,
+    token: str | None = None,
+) -> list[HubHeadSet]:
+    """Head sets on the Hub: repos tagged `headhunter` (+ `tags`, + `base_model:<model>`), most downloaded first.
+
+    With `details=True`, each result's metadata is read from its safetensors header (one range request
+    each, no tensors downloaded).
+    """
+    from huggingface_hub import HfApi
+
+    filters = [LIBRARY_NAME, *tags] + ([f"base_model:{model}"] if model else [])
+    api = HfApi(token=token)
+    with _hub_errors("(search)", action="search"):
+        found = list(api.list_models(filter=filters, author=author, search=query, sort="downloads", limit=limit))
+    results = []
+    for info in found:
+        tag_list = list(info.tags or [])
+        base = next((t.split(":", 1)[1] for t in tag_list if t.startswith("base_model:") and t.count(":") == 1), None)
+        entry = HubHeadSet(info.id, base, tag_list, info.downloads, info.likes, info.last_modified)
+        if details:
+            try:
+                entry.metadata = remote_metadata(info.id, token=token)
+            except (HubError, HeadSetError) as err:
+                entry.error = str(err)
+        results.append(entry)
+    return results
+
+
+# ----- errors -------------------------------------------------------------------------------------------
+class _HubUnreachable(HubError):
+    """The Hub endpoint could not be reached at all (connection refused, DNS, timeout)."""
+
+
+def _where(repo_id: str, revision: str | None) -> str:
+    return f"Hub repository {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+
+
+def _not_ours(repo_id: str, filename: str, revision: str | None, detail: str) -> str:
+    return (
+        f"{filename!r} in {_where(repo_id, revision)} is not a headhunter head set ({detail}); "
+        "pick the head-set file with weight_name=, or check that the repo holds a head set (`headhunter search`)"
+    )
+
+
+def _offline_message(repo_id: str, revision: str | None, filename: str | None) -> str:
+    what = f"{filename!r} of {_where(repo_id, revision)}" if filename else _where(repo_id, revision)
+    return (
+        f"{what} is not in the local cache and the Hub cannot be asked (offline: HF_HUB_OFFLINE=1 or "
+        "local_files_only=True). Download it once online (`headhunter pull REPO_ID`), or pass the cache_dir "
+        "it was downloaded to"
+    )
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module in ("httpx2", "httpx", "requests"):
+        with contextlib.suppress(ImportError):
+            mod = __import__(module)
+            errors.append(getattr(mod, "TransportError", None) or getattr(mod, "ConnectionError"))
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def _hub_errors(
+    repo_id: str, *, filename: str | None = None, revision: str | None = None, offline: bool = False,
+    action: str = "fetch from",
+) -> Iterator[None]:
+    """Translate huggingface_hub's exceptions into HubError messages that name the repo, file and fix."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+
+    where = _where(repo_id, revision)
+    try:
+        yield
+    except hf.GatedRepoError:
+        raise HubError(f"{where} is gated: accept its conditions on the Hub and pass token= (or `hf auth login`)") from None
+    except hf.RepositoryNotFoundError:
+        raise HubError(
+            f"{where} not found (or it is private and no valid token was given). Check the id, pass token= "
+            "or log in with `hf auth login`; find head sets with `headhunter search`"
+        ) from None
+    except hf.RevisionNotFoundError:
+        raise HubError(f"revision {revision!r} not found in Hub repository {repo_id!r}; use a branch, tag or commit id that exists") from None
+    except hf.RemoteEntryNotFoundError:
+        raise HubError(f"{where} has no file {filename!r}; pass weight_name= a file the repo holds, or omit it to pick the head set automatically") from None
+    except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as err:
+        if offline or isinstance(err, hf.OfflineModeIsEnabled):
+            raise HubError(_offline_message(repo_id, revision, filename)) from None
+        raise HubError(
+            f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where} and {filename!r} is not cached; "
+            "check the network (or HF_ENDPOINT)"
+        ) from None
+    except hf.HfHubHTTPError as err:
+        raise HubError(f"the Hub refused to {action} {where}: {str(err).splitlines()[0]}") from None
+    except _transport_errors() as err:
+        raise _HubUnreachable(f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where}: {err}; check the network (or HF_ENDPOINT)") from None
+
+
+__all__ = [
+    "BASE_TAGS",
+    "HubHeadSet",
+    "LIBRARY_NAME",
+    "card_tags",
+    "download_headset",
+    "json_name",
+    "load_from_hub",
+    "model_card",
+    "push_to_hub",
+    "remote_metadata",
+    "resolve_weight_name",
+    "search_hub",
+]
