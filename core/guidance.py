@@ -115,6 +115,11 @@ class Branch:
     stop: float
     per_row: tuple[HeadSet | None, ...] | None = None
 
+    @property
+    def guides(self) -> bool:
+        """False when the branch cannot change anything (w = 0, or only unguided rows): it is never computed."""
+        return self.scale != 0.0 and (self.per_row is None or any(hs is not None for hs in self.per_row))
+
     def row_headsets(self, rows: int) -> list[HeadSet | None]:
         """The head set of each of `rows` conditional rows."""
         if self.per_row is None:
@@ -366,7 +371,7 @@ class GuidanceHandle:
         self._pending = None
         step, total = self._step_position()
         active = tuple(j for j, b in enumerate(self.branches)
-                       if b.scale != 0.0 and in_window(step, total, b.start, b.stop))
+                       if b.guides and in_window(step, total, b.start, b.stop))
         if not active:
             return original(**kwargs)
         return_dict = kwargs.pop("return_dict", True)
