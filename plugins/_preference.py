@@ -42,19 +42,24 @@ _CACHE: dict[tuple[Any, ...], Any] = {}
 
 # ---------------------------------------------------------------- fetching
 
-def fetch_command(repo: str) -> str:
-    return f"hf download {repo}"
+#: `--include` patterns that fetch only a repo's configs, tokenizer and preprocessing (no weights).
+SMALL_FILES = '--include "*.json" "*.txt"'
 
 
-def missing_weights(repo: str, what: str, err: BaseException | str) -> ObjectiveError:
-    """The error for weights that are neither cached nor downloadable: names the repo and the fix."""
+def fetch_command(repo: str, include: str = "") -> str:
+    return f"hf download {repo}" + (f" {include}" if include else "")
+
+
+def missing_weights(repo: str, what: str, err: BaseException | str, include: str = "") -> ObjectiveError:
+    """The error for files that are neither cached nor downloadable: names the repo and the fetch command."""
     if Path(repo).is_dir():
         return ObjectiveError(f"cannot load {what} from local folder {repo!r}: {err}")
+    reason = err if isinstance(err, str) else type(err).__name__
+    command = fetch_command(repo, include)
     return ObjectiveError(
         f"cannot load {what} from the Hugging Face Hub repo {repo!r}: not in the local cache and not "
-        f"downloadable here ({type(err).__name__ if not isinstance(err, str) else err}). Fetch it once while online with "
-        f"`{fetch_command(repo)}` (older huggingface_hub: `huggingface-cli download {repo}`), or unset "
-        "HF_HUB_OFFLINE to let it download."
+        f"downloadable here ({reason}). Fetch it once while online with `{command}` (older huggingface_hub: "
+        f"`huggingface-cli download {repo}{' ' + include if include else ''}`), or unset HF_HUB_OFFLINE to let it download."
     )
 
 
@@ -64,7 +69,7 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, HfHubHTTPError)
 
 
-def resolve_file(repo: str, filename: str, revision: str | None = None) -> Path:
+def resolve_file(repo: str, filename: str, revision: str | None = None, include: str = "") -> Path:
     """Path of `filename` in a local folder `repo`, or in the Hub repo `repo` (cache first, then download)."""
     if Path(repo).is_dir():
         path = Path(repo) / filename
@@ -76,7 +81,7 @@ def resolve_file(repo: str, filename: str, revision: str | None = None) -> Path:
     try:
         return Path(hf_hub_download(repo, filename, revision=revision))
     except _hub_errors() as err:
-        raise missing_weights(repo, filename, err) from None
+        raise missing_weights(repo, filename, err, include) from None
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -170,8 +175,8 @@ def rgb_images(images: Images) -> torch.Tensor:
     raise ObjectiveError(f"images have {channels} channels; allowed: 1, 2 (gray[+alpha]), 3, 4 (RGB[A])")
 
 
-def load_preprocess(repo: str, revision: str | None = None) -> ClipPreprocess:
-    path = resolve_file(repo, PREPROCESSOR_FILE, revision)
+def load_preprocess(repo: str, revision: str | None = None, include: str = SMALL_FILES) -> ClipPreprocess:
+    path = resolve_file(repo, PREPROCESSOR_FILE, revision, include=include)
     return ClipPreprocess.from_config(json.loads(path.read_text()))
 
 
@@ -232,11 +237,12 @@ def load_clip(model: str, processor: str, revision: str | None = None) -> ClipBu
     def load() -> ClipBundle:
         from transformers import CLIPModel, CLIPTokenizer
 
-        preprocess = load_preprocess(processor)
+        small = SMALL_FILES if processor != model else ""  # one repo for both: fetch all of it
+        preprocess = load_preprocess(processor, include=small)
         try:
             tokenizer = CLIPTokenizer.from_pretrained(processor)
         except _hub_errors() as err:
-            raise missing_weights(processor, "the CLIP tokenizer", err) from None
+            raise missing_weights(processor, "the CLIP tokenizer", err, small) from None
         try:
             clip = CLIPModel.from_pretrained(model, revision=revision, trust_remote_code=False)
         except _hub_errors() as err:
@@ -264,10 +270,20 @@ class HubObjective(Objective):
             allowed = ", ".join(f"{k} (default {f.default!r})" for k, f in self.Params.model_fields.items())
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in err.errors())
             raise ObjectiveError(f"bad parameters for objective {self.name!r}: {problems}. Allowed: {allowed}") from None
-        self.load()
+        try:
+            self.load()
+        except ObjectiveError as err:
+            commands = [fetch_command(repo, include) for repo, include in self.downloads() if not Path(repo).is_dir()]
+            if "hf download" not in str(err) or len(commands) < 2:
+                raise
+            raise ObjectiveError(f"{err} Everything {self.name!r} needs: " + "; ".join(f"`{c}`" for c in commands)) from None
 
     def load(self) -> None:
         """Load (or fetch from the process cache) the weights; raises ObjectiveError naming the repo."""
+
+    def downloads(self) -> list[tuple[str, str]]:
+        """(repo, `--include` patterns or "") for every repo this objective reads."""
+        return []
 
     def __str__(self) -> str:
         return format_leaf(self.name, self.params.model_dump(exclude_defaults=True))
@@ -284,6 +300,9 @@ class PickScore(HubObjective):
 
     def load(self) -> None:
         self.clip = load_clip(self.params.model, self.params.processor)
+
+    def downloads(self) -> list[tuple[str, str]]:
+        return [(self.params.model, ""), (self.params.processor, SMALL_FILES)]
 
     @torch.no_grad()
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
@@ -314,6 +333,10 @@ class ClipScore(HubObjective):
             raise ObjectiveError(f"clipscore template {template!r} uses {{style}}; give style=...")
         self.clip = load_clip(self.params.model, self.params.processor or self.params.model)
 
+    def downloads(self) -> list[tuple[str, str]]:
+        processor = self.params.processor
+        return [(self.params.model, "")] + ([(processor, SMALL_FILES)] if processor else [])
+
     @property
     def template(self) -> str:
         if self.params.template is not None:
@@ -340,6 +363,9 @@ class HPSv2(HubObjective):
 
     def load(self) -> None:
         self.clip = load_clip(self.params.model, self.params.processor)
+
+    def downloads(self) -> list[tuple[str, str]]:
+        return [(self.params.model, ""), (self.params.processor, SMALL_FILES)]
 
     @torch.no_grad()
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
@@ -430,7 +456,8 @@ def load_aesthetic(weights: str, filename: str, clip: str) -> AestheticBundle:
             else:
                 vision = CLIPVisionModelWithProjection.from_pretrained(clip, config=config, trust_remote_code=False)
         except _hub_errors() as err:
-            raise missing_weights(clip, "the CLIP ViT-L/14 vision tower", err) from None
+            what = "the CLIP config" if clip_state else "the CLIP vision tower"
+            raise missing_weights(clip, what, err, SMALL_FILES if clip_state else "") from None
         head = mlp_head(head_state, where)
         if head[0].in_features != vision.config.projection_dim:
             raise ObjectiveError(
@@ -455,6 +482,11 @@ class Aesthetic(HubObjective):
 
     def load(self) -> None:
         self.predictor = load_aesthetic(self.params.weights, self.params.filename, self.params.clip)
+
+    def downloads(self) -> list[tuple[str, str]]:
+        # the default file carries the CLIP vision weights too: the CLIP repo gives configs only
+        clip_include = SMALL_FILES if self.params.filename.endswith(".safetensors") else ""
+        return [(self.params.weights, f'--include "{self.params.filename}"'), (self.params.clip, clip_include)]
 
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
         return self.predictor(images)

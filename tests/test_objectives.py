@@ -370,7 +370,7 @@ def test_missing_weights_fail_at_creation_naming_repo_and_command(tiny_clip):
     assert "'headhunter-tests/not-cached-anywhere'" in message
     assert "`hf download headhunter-tests/not-cached-anywhere`" in message
     assert "huggingface-cli download headhunter-tests/not-cached-anywhere" in message
-    with pytest.raises(ObjectiveError, match="`hf download headhunter-tests/no-processor`"):
+    with pytest.raises(ObjectiveError, match="`hf download headhunter-tests/no-processor --include \"\*.json\" \"\*.txt\"`"):
         make("clipscore", processor="headhunter-tests/no-processor")
     with pytest.raises(ObjectiveError, match="hf download headhunter-tests/no-head"):
         make("aesthetic", weights="headhunter-tests/no-head", clip=str(tiny_clip))
