@@ -44,7 +44,7 @@ class Repo:
             tags.append(f"base_model:{base}")
             if data.get("base_model_relation"):
                 tags.append(f"base_model:{data['base_model_relation']}:{base}")
-        return tags
+        return list(dict.fromkeys(tags))
 
 
 def _sha(*parts: object) -> str:
@@ -144,10 +144,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         parts, query = self.route()
         if parts[:2] == ["api", "models"] and len(parts) == 2:  # search: every filter value must be a tag
-            wanted = query.get("filter", [])
+            wanted, author, text = query.get("filter", []), query.get("author", [None])[0], query.get("search", [""])[0]
             found = [self.info(rid, r) for rid, r in sorted(self.hub.repos.items())
                      if not r.private and all(t in r.tags() for t in wanted)
-                     and rid.split("/")[0] == query.get("author", [rid.split("/")[0]])[0]]
+                     and author in (None, rid.split("/")[0]) and text.lower() in rid.lower()]
             return self.send(200, found[: int(query.get("limit", [1000])[0])])
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             repo_id, rest = "/".join(parts[2:4]), parts[4:]

@@ -261,6 +261,7 @@ def test_search_by_model_and_tag(hub):
     assert [r.repo_id for r in search_hub(model=FLUX)] == ["you/flux-set"]
     assert [r.repo_id for r in search_hub(tags=["dark"])] == ["me/sd3-set"]
     assert [r.repo_id for r in search_hub(author="me")] == ["me/sd3-set"]
+    assert [r.repo_id for r in search_hub(query="FLUX")] == ["you/flux-set"]
     (found,) = search_hub(model=SD3, details=True)
     assert found.base_model == SD3 and found.user_tags == ["sd3", "dark"]
     assert found.metadata is not None and found.metadata.name == "sd3-set"
@@ -322,3 +323,15 @@ def test_cli_errors_are_clean(hub):
     out = CliRunner().invoke(hub_cli(), ["pull", "me/missing"])
     assert out.exit_code == 1
     assert "Error: Hub repository 'me/missing' not found" in out.output and "Traceback" not in out.output
+
+
+# ----- docs ---------------------------------------------------------------------------------------------
+def test_docs_example_runs(hub, capsys):
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    marker = "<!-- tested: tests/test_hub.py::test_docs_example_runs -->\n```python\n"
+    code = guide.split(marker, 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/hub.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "/your-name/dark-shear/commit/" in out and "your-name/dark-shear 1 darker lighting plus shearing" in out

@@ -140,3 +140,13 @@ def test_cli_presets_shows_origin_model_effect_source():
 def test_presets_live_in_the_package_folder():
     assert (headsets_root() / "index.json").is_file()
     assert all((headsets_root() / p.file).is_file() for p in ENTRIES)
+
+
+def test_docs_list_every_paper_preset():
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    for entry in list_presets(origin="paper"):
+        row = next((line for line in guide.splitlines() if line.startswith(f"| `{entry.name}` |")), None)
+        assert row is not None, f"{entry.name} missing from the preset table in docs/hub.md"
+        assert entry.effect in row and entry.source.split(" (")[0] in row
