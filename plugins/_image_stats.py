@@ -27,9 +27,26 @@ LUMA_601 = (0.299, 0.587, 0.114)
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 
 
-def to_rgb(images: Images) -> torch.Tensor:
-    """float32 [B, 3, H, W] in [0, 1]: gray (C = 1, 2) is repeated to R = G = B, alpha (C = 2, 4) dropped."""
-    x = as_tensor_images(images).float()
+def to_rgb(images: Images, keep_dtype: bool = False) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1]: gray (C = 1, 2) repeated to R = G = B, alpha (C = 2, 4) dropped.
+
+    Float tensors keep their device (and, with `keep_dtype`, their dtype); PIL images become float32.
+    Integer tensors and values far outside [0, 1] (e.g. a VAE's [-1, 1]) are errors, not guesses.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ObjectiveError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
+        if not images.is_floating_point():
+            raise ObjectiveError(f"images tensor has dtype {images.dtype}; give floats in [0, 1] (e.g. images.float() / 255)")
+        if images.numel():
+            lo, hi = (v.item() for v in torch.aminmax(images.detach()))
+            if lo < -0.01 or hi > 1.01:
+                raise ObjectiveError(
+                    f"image values span [{lo:.3g}, {hi:.3g}]; objectives take [0, 1] (from [-1, 1] use (x + 1) / 2)"
+                )
+        x = images if keep_dtype else images.float()
+    else:
+        x = as_tensor_images(images)
     channels = x.shape[1]
     if channels in (1, 2):
         return x[:, :1].expand(-1, 3, -1, -1)

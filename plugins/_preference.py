@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from headhunter.errors import ObjectiveError
-from headhunter.objective import Images, Objective, as_tensor_images, check_prompts
+from headhunter.objective import Images, Objective, check_prompts
 from headhunter.objective_expr import format_leaf
+from headhunter.plugins._image_stats import to_rgb
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -160,19 +161,8 @@ class ClipPreprocess:
 
 
 def rgb_images(images: Images) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1], keeping a floating tensor's device and dtype; gray is repeated to RGB."""
-    if isinstance(images, torch.Tensor) and images.is_floating_point():
-        if images.ndim != 4:
-            raise ObjectiveError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
-        x = images
-    else:
-        x = as_tensor_images(images)
-    channels = x.shape[1]
-    if channels in (1, 2):
-        return x[:, :1].expand(-1, 3, -1, -1)
-    if channels in (3, 4):
-        return x[:, :3]
-    raise ObjectiveError(f"images have {channels} channels; allowed: 1, 2 (gray[+alpha]), 3, 4 (RGB[A])")
+    """[B, 3, H, W] in [0, 1], keeping a float tensor's device and dtype; gray is repeated to RGB."""
+    return to_rgb(images, keep_dtype=True)
 
 
 def load_preprocess(repo: str, revision: str | None = None, include: str = SMALL_FILES) -> ClipPreprocess:

@@ -143,6 +143,8 @@ def test_directions():
         (lambda: make("color", target="red", tint=1), "tint"),
         (lambda: make("brightness", gamma=2), "takes no parameters; got gamma"),
         (lambda: make("brightness")(torch.rand(3, 4, 4), ["p"]), r"\[B, C, H, W\]"),
+        (lambda: make("brightness")(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), ["p"]), "dtype torch.uint8; give floats"),
+        (lambda: make("contrast")(torch.rand(1, 3, 4, 4) * 2 - 1, ["p"]), r"objectives take \[0, 1\]"),
     ],
 )
 def test_offline_errors(build, message):
