@@ -330,9 +330,9 @@ def download_headset(
     local_files_only: bool = False,
 ) -> tuple[Path, str]:
     """Fetch the head-set file into the cache; returns (local path, file name in the repo)."""
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
 
-    offline = local_files_only or constants.is_offline_mode()
+    offline = local_files_only or _is_offline()
     if weight_name is not None:
         filename = _check_weight_name(weight_name)
     elif offline:
@@ -433,16 +433,15 @@ def remote_metadata(
 ) -> HeadSetMetadata:
     """A remote head set's metadata, read from the safetensors header alone (one HTTP range request)."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import SafetensorsParsingError
 
     filename = _check_weight_name(weight_name) if weight_name else resolve_weight_name(repo_id, revision=revision, token=token)
     source = f"{repo_id}/{filename}"
     with _hub_errors(repo_id, filename=filename, revision=revision):
         try:
             header = HfApi(token=token).parse_safetensors_file_metadata(repo_id, filename, revision=revision)
-        except Exception as err:  # SafetensorsParsingError and friends: not a safetensors file
-            if type(err).__module__.startswith("huggingface_hub") and "Parsing" in type(err).__name__:
-                raise HeadSetError(_not_ours(repo_id, filename, revision, str(err))) from None
-            raise
+        except SafetensorsParsingError as err:
+            raise HeadSetError(_not_ours(repo_id, filename, revision, str(err))) from None
     meta = header.metadata or {}
     if io.METADATA_KEY not in meta:
         raise HeadSetError(_not_ours(repo_id, filename, revision, f"no '{io.METADATA_KEY}' key in its safetensors header"))
@@ -530,12 +529,19 @@ def _offline_message(repo_id: str, revision: str | None, filename: str | None) -
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exceptions of whichever HTTP client this huggingface_hub version uses."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx", "requests"):
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)), ("requests", ("ConnectionError", "Timeout"))):
         with contextlib.suppress(ImportError):
             mod = __import__(module)
-            errors.append(getattr(mod, "TransportError", None) or getattr(mod, "ConnectionError"))
+            errors += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
     return tuple(errors)
+
+
+def _is_offline() -> bool:
+    from huggingface_hub import constants
+
+    return getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
 
 
 @contextlib.contextmanager
@@ -548,8 +554,16 @@ def _hub_errors(
     from huggingface_hub import errors as hf
 
     where = _where(repo_id, revision)
+    remote_missing = getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError)  # huggingface_hub < 1.0
     try:
         yield
+    except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as err:  # before EntryNotFoundError (< 1.0)
+        if offline or isinstance(err, hf.OfflineModeIsEnabled):
+            raise HubError(_offline_message(repo_id, revision, filename)) from None
+        raise HubError(
+            f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where} and {filename!r} is not cached; "
+            "check the network (or HF_ENDPOINT)"
+        ) from None
     except hf.GatedRepoError:
         raise HubError(f"{where} is gated: accept its conditions on the Hub and pass token= (or `hf auth login`)") from None
     except hf.RepositoryNotFoundError:
@@ -559,15 +573,8 @@ def _hub_errors(
         ) from None
     except hf.RevisionNotFoundError:
         raise HubError(f"revision {revision!r} not found in Hub repository {repo_id!r}; use a branch, tag or commit id that exists") from None
-    except hf.RemoteEntryNotFoundError:
+    except remote_missing:
         raise HubError(f"{where} has no file {filename!r}; pass weight_name= a file the repo holds, or omit it to pick the head set automatically") from None
-    except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as err:
-        if offline or isinstance(err, hf.OfflineModeIsEnabled):
-            raise HubError(_offline_message(repo_id, revision, filename)) from None
-        raise HubError(
-            f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where} and {filename!r} is not cached; "
-            "check the network (or HF_ENDPOINT)"
-        ) from None
     except hf.HfHubHTTPError as err:
         raise HubError(f"the Hub refused to {action} {where}: {str(err).splitlines()[0]}") from None
     except _transport_errors() as err:

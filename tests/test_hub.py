@@ -134,8 +134,12 @@ def test_custom_weight_name_json_beside_it_and_automatic_pick(hub, tmp_path):
 
 
 def test_pull_by_revision_pins_the_commit(hub, tmp_path):
+    from huggingface_hub import HfApi
+
     first = searched("L1H10").push_to_hub("me/evolving")
-    searched("L13H17, L0H23").push_to_hub("me/evolving")
+    second = searched("L13H17, L0H23").push_to_hub("me/evolving")
+    info = HfApi().model_info("me/evolving")
+    assert info.sha == second.oid and "headset.safetensors" in [s.rfilename for s in info.siblings]
     assert load_from_hub("me/evolving", revision=first.oid, cache_dir=tmp_path / "c").notation() == "L1H10"
     assert load_from_hub("me/evolving", cache_dir=tmp_path / "c").notation() == "L0H23, L13H17"
 
