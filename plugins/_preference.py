@@ -216,12 +216,13 @@ class ClipBundle:
         txt = txt / txt.norm(dim=-1, keepdim=True)
         return (img * txt).sum(dim=-1).float()
 
-    def logit_scale(self) -> torch.Tensor:
-        """exp(logit_scale) of the loaded model, float32 (100 for OpenAI CLIP)."""
-        return self.model.logit_scale.detach().exp().float()
+    def scaled_cosine(self, images: Images, texts: Sequence[str]) -> torch.Tensor:
+        """exp(logit_scale) x cos(image_i, text_i), float32 [B]; the scale is the loaded (float32) model's."""
+        cos = self.cosine(images, texts)
+        return self.model.logit_scale.detach().exp().float().to(cos.device) * cos
 
 
-def load_clip(model: str, processor: str, revision: str | None = None) -> ClipBundle:
+def load_clip(model: str, processor: str) -> ClipBundle:
     """A CLIPModel from `model` with the tokenizer and preprocessing of `processor` (cached per process)."""
 
     def load() -> ClipBundle:
@@ -234,12 +235,12 @@ def load_clip(model: str, processor: str, revision: str | None = None) -> ClipBu
         except _hub_errors() as err:
             raise missing_weights(processor, "the CLIP tokenizer", err, small) from None
         try:
-            clip = CLIPModel.from_pretrained(model, revision=revision, trust_remote_code=False)
+            clip = CLIPModel.from_pretrained(model, trust_remote_code=False)
         except _hub_errors() as err:
             raise missing_weights(model, "the CLIP model", err) from None
         return ClipBundle(clip.eval().requires_grad_(False), tokenizer, preprocess)
 
-    return cached(("clip", model, processor, revision), load)
+    return cached(("clip", model, processor), load)
 
 
 # ---------------------------------------------------------------- objectives
@@ -297,7 +298,7 @@ class PickScore(HubObjective):
     @torch.no_grad()
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
         x = rgb_images(images)
-        return self.clip.logit_scale() * self.clip.cosine(x, check_prompts(x, prompts))
+        return self.clip.scaled_cosine(x, check_prompts(x, prompts))
 
 
 class ClipScore(HubObjective):
@@ -339,7 +340,7 @@ class ClipScore(HubObjective):
     @torch.no_grad()
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
         x = rgb_images(images)
-        return self.clip.logit_scale() * self.clip.cosine(x, self.texts(check_prompts(x, prompts)))
+        return self.clip.scaled_cosine(x, self.texts(check_prompts(x, prompts)))
 
 
 class HPSv2(HubObjective):

@@ -18,7 +18,6 @@ from PIL import Image
 
 from headhunter import ObjectiveError, get_registry
 from headhunter.objective_expr import parse_objective
-from headhunter.plugins import _image_stats as stats
 from headhunter.plugins import _preference as pref
 from headhunter.plugins.objectives import BUILTIN_OBJECTIVES
 
