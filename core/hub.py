@@ -228,7 +228,7 @@ def model_card(
         tags=card_tags(headset),
         license=m.license,
         model_name=m.name,
-        widget=[{"text": caption, "output": {"url": path}} for path, caption in images] or None,
+        widget=[{**({"text": caption} if caption else {}), "output": {"url": path}} for path, caption in images] or None,
         **({"base_model_relation": "adapter"} if on_hub else {}),
     )
     if on_hub:
@@ -398,7 +398,7 @@ def _pick(repo_id: str, revision: str | None, files: Sequence[str], is_headset: 
             "download it once online, or pass weight_name= if it is cached under another revision"
             if cached else "check the repo id, or publish one with `headhunter push FILE REPO_ID`"
         )
-        raise HubError(f"{where} has no head-set file: no .safetensors file among {shown}; {fix}")
+        raise HubError(f"{where} has no head-set file: no .safetensors candidate among {shown}; {fix}")
     ours = [c for c in candidates[:MAX_HEADER_PROBES] if is_headset(c)] if len(candidates) <= MAX_HEADER_PROBES else candidates
     if len(ours) == 1:
         return ours[0]

@@ -85,6 +85,7 @@ def commits(fake: FakeHub) -> int:
 
 # ----- push -> pull --------------------------------------------------------------------------------------
 def test_push_then_pull_in_a_fresh_cache_gives_the_identical_headset(hub, tmp_path):
+    from huggingface_hub import ModelCard
     from PIL import Image
 
     hs = searched()
@@ -95,6 +96,10 @@ def test_push_then_pull_in_a_fresh_cache_gives_the_identical_headset(hub, tmp_pa
     files = hub.repos["me/dark"].files("main")
     assert sorted(files) == ["README.md", "headset.json", "headset.safetensors", "images/example_0.png", "images/example_1.png"]
     assert HeadSet._from_json_text(files["headset.json"].decode(), "json") == hs
+    widget = ModelCard(files["README.md"].decode()).data.to_dict()["widget"]
+    assert widget == [{"text": "a cat", "output": {"url": "images/example_0.png"}},
+                      {"text": "a dog", "output": {"url": "images/example_1.png"}}]
+    assert "<Gallery />" in files["README.md"].decode()
 
     got = load_from_hub("me/dark", cache_dir=tmp_path / "fresh")
     assert got == hs and got.notation() == "L1H10, L11H15@0.5"
@@ -104,7 +109,7 @@ def test_push_then_pull_in_a_fresh_cache_gives_the_identical_headset(hub, tmp_pa
 def test_model_card_carries_the_hub_conventions(hub):
     from huggingface_hub import ModelCard
 
-    searched().push_to_hub("me/dark", images=["/dev/null"] * 0)
+    searched().push_to_hub("me/dark")
     card = ModelCard(hub.repos["me/dark"].files("main")["README.md"].decode())
     data = card.data.to_dict()
     assert data["library_name"] == "headhunter"
