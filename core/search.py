@@ -24,6 +24,7 @@ from ._runner import GenerationSettings, Row, auto_batch_size, run_batches
 from ._version import __version__
 from .errors import SearchError
 from .headset import HeadSet
+from .objective_expr import Composite, combine, components, expression
 from .registry import get_registry
 from .schema import GuidanceSettings, PerturbationSpec, SearchProvenance
 from .sites import Site, format_notation, parse_notation
@@ -228,7 +229,7 @@ def _resolve_objective(objective: Any) -> tuple[Any, str]:
 
         built = parse_objective(objective)
         return built, str(built)
-    return objective, str(getattr(objective, "expression", None) or objective.name)
+    return objective, expression(objective)
 
 
 def _candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) -> list[str]:
@@ -290,7 +291,7 @@ class _State:
         self.data["done_batches"].setdefault(phase, []).append(start)
         self.save()
 
-    def unit_scores(self, unit: str) -> list[float]:
+    def unit_scores(self, unit: str) -> list[dict[str, float]]:
         per_pair = self.data["units"].get(unit, {})
         return [per_pair[k] for k in sorted(per_pair, key=int)]
 
@@ -340,19 +341,32 @@ class _Search:
 
         def on_batch(start: int, images: torch.Tensor) -> None:
             batch_rows = rows[start : start + len(images)]
-            scores = self.objective(images, [r.prompt for r in batch_rows]).double().cpu().tolist()
-            per_unit: dict[str, dict[int, float]] = {}
-            for offset, value in enumerate(scores):
-                index = start + offset
-                if not math.isfinite(value):
-                    raise SearchError(f"objective {self.settings.objective!r} returned {value} for unit {keys[index // m]}")
-                per_unit.setdefault(keys[index // m], {})[index % m] = value
+            leaf_scores = components(self.objective, images, [r.prompt for r in batch_rows])
+            per_unit: dict[str, dict[int, dict[str, float]]] = {}
+            for leaf, values in leaf_scores.items():
+                for offset, value in enumerate(values.double().cpu().tolist()):
+                    index = start + offset
+                    if not math.isfinite(value):
+                        raise SearchError(f"objective {leaf!r} returned {value} for unit {keys[index // m]}")
+                    per_unit.setdefault(keys[index // m], {}).setdefault(index % m, {})[leaf] = value
             self.state.record(phase, start, per_unit)
             self.bar.update(len(images))
 
         run_batches(self.pipe, rows, self.gen, self.settings.batch_size, on_batch,
                     skip=lambda start: self.state.batch_done(phase, start))
-        return {k: _mean(self.state.unit_scores(k)) for k in keys}
+        return {k: self.unit_score(k) for k in keys}
+
+    def unit_score(self, unit: str) -> float:
+        """The objective of a unit: each leaf scorer averaged over the M images, then combined (as the
+        paper's code does for harmonic means and gates; for a plain objective this is just the mean)."""
+        per_pair = self.state.unit_scores(unit)
+        if len(per_pair) != len(self.pairs):
+            raise SearchError(f"internal: unit {unit} has {len(per_pair)} of {len(self.pairs)} scores")
+        means = {leaf: _mean([p[leaf] for p in per_pair]) for leaf in per_pair[0]}
+        if not isinstance(self.objective, Composite):
+            (value,) = means.values()
+            return value
+        return float(combine(self.objective, {k: torch.tensor(v, dtype=torch.float64) for k, v in means.items()}))
 
     def run(self, name: str) -> HuntResult:
         s = self.settings

@@ -182,3 +182,26 @@ def test_report_files_are_written(tmp_path):
     assert "found head set" in saved.metadata.search.evaluation
     with pytest.raises(SearchError, match="evaluation seeds .* were used by the search"):
         hunt(pipe, Brightness(), out_dir=tmp_path / "b", eval_seeds=[0, 5], batch_size=16, **SETTINGS)
+
+
+class Darkness(Objective):
+    name = "test-darkness"
+
+    def score(self, images, prompts):
+        return 1.0 - as_tensor_images(images).mean(dim=(1, 2, 3))
+
+
+def test_composite_objectives_combine_per_candidate_means_as_the_paper_code():
+    """harmonic(A, B) of a candidate = harmonic(mean A, mean B) over its images, not mean of per-image harmonics."""
+    from headhunter.objective_expr import HarmonicMean
+
+    pipe = tiny_digits_pipe()
+    objective = HarmonicMean([Brightness(), Darkness()])
+    result = hunt(pipe, objective, candidates=["L0H1"], batch_size=16, **SETTINGS)
+    adapter_sites = result.sites
+    hs = HeadSet.from_heads([(0, 1, 0.5)], sites=adapter_sites, architecture=result.headset.metadata.architecture)
+    images = generate_rows(pipe, [Row(hs, p, s) for p in ["3", "7"] for s in [0, 1]], GenerationSettings(scale=2.0, steps=3))
+    a = Brightness()(images, ["x"]).double().mean().item()
+    b = Darkness()(images, ["x"]).double().mean().item()
+    assert result.rounds[0].scores["L0H1"] == pytest.approx(2 / (1 / a + 1 / b), rel=1e-5)
+    assert result.settings.objective == "harmonic(test-brightness, test-darkness)"
