@@ -130,7 +130,7 @@ class FluxAdapter(ModelAdapter):
         if type(original).__call__ is not FluxAttnProcessor.__call__:
             raise ModelError(
                 f"{site.name} runs {type(original).__name__}; the flux adapter reproduces FluxAttnProcessor only "
-                "(unload IP adapters, or reset with model.set_default_attn_processor())"
+                "(unload IP adapters, or put FluxAttnProcessor back)"
             )
         return FluxPerturbingProcessor(site, original, state)
 

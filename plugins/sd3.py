@@ -102,7 +102,7 @@ class SD3Adapter(ModelAdapter):
         if type(original).__call__ is not JointAttnProcessor2_0.__call__:
             raise ModelError(
                 f"{site.name} runs {type(original).__name__}; the sd3 adapter reproduces JointAttnProcessor2_0 "
-                "only (unfuse QKV projections / unload IP adapters, or reset with model.set_default_attn_processor())"
+                "only (call transformer.unfuse_qkv_projections(), unload IP adapters, or put JointAttnProcessor2_0 back)"
             )
         return SD3PerturbingProcessor(site, original, state)
 

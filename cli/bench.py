@@ -1,0 +1,228 @@
+"""`headhunter bench`: what the perturbation engine costs per forward, as a ratio to the stock forward.
+
+Cases, timed side by side on the same model object in interleaved rounds (medians):
+  stock      the model's own processors;
+  installed  headhunter processors installed, strengths absent (the stock code path);
+  heads      `--heads` heads spread over all layers, softpag u=1, scope joint: for B >= 2 the second half of
+             the batch is perturbed (a guided step's [cond | perturbed] layout), for B = 1 the one sample;
+  pag_mask   the same heads with scope pag_mask.
+Default models are CPU-sized random-weight SD3 and FLUX transformers; `--full-size sd3-medium|flux-dev`
+builds the published architectures with random weights (speed does not depend on weight values) for a GPU:
+`headhunter bench --full-size sd3-medium --device cuda --dtype bf16 --batch 2`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+SD3_SMALL = dict(sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=6, attention_head_dim=16,
+                 num_attention_heads=8, joint_attention_dim=64, caption_projection_dim=128,
+                 pooled_projection_dim=64, pos_embed_max_size=32)
+FLUX_SMALL = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=16,
+                  num_attention_heads=8, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
+                  axes_dims_rope=(4, 6, 6))
+SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                  attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                  caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A transformer config and the token grid / text length of its inputs."""
+
+    family: str  # "sd3" | "flux"
+    config: dict[str, Any]
+    grid: tuple[int, int]
+    text_len: int
+    label: str
+
+
+MODELS: dict[str, BenchModel] = {
+    "sd3-small": BenchModel("sd3", SD3_SMALL, (16, 16), 16, "SD3 small: 6 joint x 8 heads, 256 img + 16 txt tokens"),
+    "flux-small": BenchModel("flux", FLUX_SMALL, (16, 16), 16,
+                             "FLUX small: 2 double + 4 single x 8 heads, 256 img + 16 txt tokens"),
+    "sd3-medium": BenchModel("sd3", SD3_MEDIUM, (64, 64), 333, "SD3-medium 1024^2: 24 x 24 heads, 4096 + 333 tokens"),
+    "flux-dev": BenchModel("flux", FLUX_DEV, (32, 32), 512, "FLUX.1-dev 512^2: 19 + 38 x 24 heads, 1024 + 512 tokens"),
+}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+CASES = ("stock", "installed", "heads", "pag_mask")
+
+
+def build(spec: BenchModel, device: str, dtype: Any) -> Any:
+    """A random-weight transformer, built directly on `device` in `dtype`, in eval mode."""
+    import torch
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    cls = SD3Transformer2DModel if spec.family == "sd3" else FluxTransformer2DModel
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return cls(**spec.config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def inputs(spec: BenchModel, model: Any, batch: int, device: str, dtype: Any) -> dict[str, Any]:
+    """Random inputs for one forward of `batch` samples (made once, outside the timed region)."""
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(1)
+    c = model.config
+    rows, cols = spec.grid
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype)
+
+    if spec.family == "sd3":
+        return dict(hidden_states=randn(batch, c.in_channels, rows * c.patch_size, cols * c.patch_size),
+                    encoder_hidden_states=randn(batch, spec.text_len, c.joint_attention_dim),
+                    pooled_projections=randn(batch, c.pooled_projection_dim),
+                    timestep=torch.full((batch,), 500.0, device=device, dtype=dtype), return_dict=False)
+    ids = torch.zeros(rows, cols, 3, device=device)
+    ids[..., 1] = torch.arange(rows, device=device)[:, None]
+    ids[..., 2] = torch.arange(cols, device=device)[None, :]
+    extra = {"guidance": torch.full((batch,), 3.5, device=device, dtype=dtype)} if c.guidance_embeds else {}
+    return dict(hidden_states=randn(batch, rows * cols, c.in_channels),
+                encoder_hidden_states=randn(batch, spec.text_len, c.joint_attention_dim),
+                pooled_projections=randn(batch, c.pooled_projection_dim),
+                timestep=torch.full((batch,), 0.5, device=device, dtype=dtype), img_ids=ids.reshape(-1, 3),
+                txt_ids=torch.zeros(spec.text_len, 3, device=device), return_dict=False, **extra)
+
+
+def spread_heads(sites: list[Any], count: int) -> list[tuple[int, int]]:
+    """`count` (layer, head) pairs spread evenly over the layers, heads varied (deterministic)."""
+    count = min(count, sum(s.num_heads for s in sites))
+    picked: list[tuple[int, int]] = []
+    i = 0
+    while len(picked) < count:
+        layer = (i * len(sites)) // count if i < count else i % len(sites)
+        head = (i * 7 + layer) % sites[layer].num_heads
+        if (layer, head) not in picked:
+            picked.append((layer, head))
+        i += 1
+    return picked
+
+
+def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, min_time: float, device: str,
+                dtype_name: str, log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+    """Time every case at every batch size; one result dict per batch size."""
+    import torch
+
+    from headhunter import HeadSet
+    from headhunter.registry import get_registry
+
+    dtype = getattr(torch, DTYPES[dtype_name])
+    model = build(spec, device, dtype)
+    registry = get_registry()
+    adapter = registry.adapter_for(model)
+    sites = adapter.sites(model)
+    headset = HeadSet.from_heads(spread_heads(sites, heads), sites=sites, architecture=adapter.architecture)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    results = []
+    for batch in batches:
+        inp = inputs(spec, model, batch, device, dtype)
+        rows = [headset] if batch == 1 else [None] * (batch - batch // 2) + [headset] * (batch // 2)
+        strengths = batch_rows(rows, sites, adapter.architecture)
+
+        def run():
+            with torch.no_grad():
+                model(**inp)
+
+        reps = _calibrate(run, sync, min_time)
+        samples: dict[str, list[float]] = {case: [] for case in CASES}
+        for _ in range(rounds):
+            samples["stock"].append(_time(run, sync, reps))
+            with adapter.install(model, "softpag", "joint") as inst:
+                samples["installed"].append(_time(run, sync, reps))
+                with inst.strengths(strengths):
+                    samples["heads"].append(_time(run, sync, reps))
+            with adapter.install(model, "softpag", "pag_mask") as inst, inst.strengths(strengths):
+                samples["pag_mask"].append(_time(run, sync, reps))
+        row = {"model": spec.label, "batch": batch, "device": device, "dtype": dtype_name, "heads": len(headset),
+               "rounds": rounds, "reps": reps}
+        for case in CASES:
+            row[f"{case}_ms"] = statistics.median(samples[case]) * 1e3
+            row[f"{case}_ratio"] = statistics.median(
+                t / s for t, s in zip(samples[case], samples["stock"])
+            )
+        results.append(row)
+        log(format_row(row))
+    return results
+
+
+def batch_rows(rows: list[Any], sites: list[Any], architecture: str) -> Any:
+    from headhunter.attention import batch_strengths
+
+    return batch_strengths(rows, sites, architecture=architecture)
+
+
+def _calibrate(run: Callable[[], None], sync: Callable[[], None], min_time: float) -> int:
+    run(), run()
+    sync()
+    start = time.perf_counter()
+    run()
+    sync()
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, int(min_time / once))
+
+
+def _time(run: Callable[[], None], sync: Callable[[], None], reps: int) -> float:
+    run()  # one untimed call after every (re)configuration
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        run()
+    sync()
+    return (time.perf_counter() - start) / reps
+
+
+def format_row(row: dict[str, Any]) -> str:
+    cells = [f"{row['model'][:60]:<60}", f"B={row['batch']:<3d}", f"stock {row['stock_ms']:8.2f} ms"]
+    for case in CASES[1:]:
+        cells.append(f"{case} {row[f'{case}_ms']:8.2f} ms (x{row[f'{case}_ratio']:.3f})")
+    return " | ".join(cells)
+
+
+@click.command("bench")
+@click.option("--model", "models", multiple=True, type=click.Choice(sorted(MODELS)),
+              help="Model(s) to time (default: sd3-small and flux-small).")
+@click.option("--full-size", type=click.Choice(["sd3-medium", "flux-dev"]), multiple=True,
+              help="Published architecture with random weights (for a GPU).")
+@click.option("--batch", "batches", default="1,2,16", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--heads", default=24, show_default=True, help="Heads perturbed in the 'heads' and 'pag_mask' cases.")
+@click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per case (the median is reported).")
+@click.option("--min-time", default=0.05, show_default=True, help="Seconds per timed sample (sets repetitions).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--dtype", "dtype_name", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
+def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, heads: int, rounds: int,
+          min_time: float, device: str, dtype_name: str, threads: int | None, json_path: str | None) -> None:
+    """Time perturbed vs stock forwards (ratios are medians of per-round ratios)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        sizes = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: expected comma-separated integers like 1,2,16", param_hint="--batch")
+    names = list(models) + list(full_size) or ["sd3-small", "flux-small"]
+    click.echo(f"torch {torch.__version__}, device {device}, dtype {dtype_name}, threads {torch.get_num_threads()}")
+    results = []
+    for name in names:
+        results += bench_model(MODELS[name], sizes, heads, rounds, min_time, device, dtype_name, click.echo)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)

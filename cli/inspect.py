@@ -1,0 +1,144 @@
+"""`headhunter inspect MODEL`: a model's attention sites in paper numbering, their heads and kinds, and the
+token layout. Reads only configs, offline: a Hub model must already be in the local cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
+
+from headhunter.errors import ModelError
+
+
+@click.command("inspect")
+@click.argument("model")
+@click.option("--height", type=int, default=None, help="Image height in pixels for the token counts.")
+@click.option("--width", type=int, default=None, help="Image width in pixels for the token counts.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) to read from the cache.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Hugging Face cache to read from.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(model: str, height: int | None, width: int | None, revision: str | None, cache_dir: str | None,
+            as_json: bool) -> None:
+    """Print MODEL's sites (paper layer L, name, heads, kind) and token layout.
+
+    MODEL is a registered model name (e.g. `digits`), a local diffusers folder (a pipeline or a
+    transformer), or a Hub repo id already in the local cache (read offline, configs only).
+    """
+    from headhunter.registry import get_registry
+
+    obj, source = resolve_model(model, revision, cache_dir)
+    registry = get_registry()
+    try:
+        adapter = registry.adapter_for(obj)
+    except ModelError as err:
+        raise ModelError(f"model {model!r}: {err}; install an adapter plugin for this architecture") from None
+    sites = adapter.sites(obj)
+    transformer = adapter.transformer(obj)
+    layout = adapter.layout_summary(obj, height, width)
+    if as_json:
+        click.echo(json.dumps({
+            "model": model, "source": source, "transformer": type(transformer).__name__, "adapter": adapter.name,
+            "architecture": adapter.architecture,
+            "sites": [{"layer": i, **s.model_dump()} for i, s in enumerate(sites)], "layout": layout,
+        }, indent=2))
+        return
+    click.echo(f"model:        {model} ({source})")
+    click.echo(f"transformer:  {type(transformer).__name__}  adapter: {adapter.name}  architecture: {adapter.architecture}")
+    click.echo(f"sites:        {len(sites)} ({sum(s.num_heads for s in sites)} heads); heads are LkHh, 0-based")
+    width_name = max(len(s.name) for s in sites)
+    for i, site in enumerate(sites):
+        click.echo(f"  L{i:<4d} {site.name:<{width_name}}  {site.num_heads:3d} heads  {site.kind}")
+    click.echo("token layout:")
+    for line in layout:
+        click.echo(f"  {line}")
+
+
+def resolve_model(model: str, revision: str | None = None, cache_dir: str | None = None) -> tuple[Any, str]:
+    """The object to inspect and where it came from: a registered model (loaded), else a transformer built on
+    the meta device from its config (no weights read), wrapped with the pipeline's VAE scale when known."""
+    from headhunter.registry import get_registry
+
+    registry = get_registry()
+    if model in registry.names("model"):
+        from headhunter._loading import load_model
+
+        try:
+            return load_model(model), "registered model"
+        except (OSError, ValueError) as err:
+            raise ModelError(f"registered model {model!r} could not be loaded: {err}") from None
+    path = Path(model)
+    if path.exists():
+        return _from_configs(lambda name: _local_json(path, name), f"local folder {path}",
+                             f"{path}: neither model_index.json nor a diffusers config.json with _class_name")
+    if _looks_like_repo_id(model):
+        return _from_configs(lambda name: _cached_json(model, name, revision, cache_dir), "local Hugging Face cache",
+                             _missing_from_cache(model))
+    raise ModelError(_not_found(model, registry.names("model")))
+
+
+def _from_configs(read: Any, source: str, missing: str) -> tuple[Any, str]:
+    index = read("model_index.json")
+    if index is not None:
+        config = read("transformer/config.json")
+        if config is None:
+            raise ModelError(f"{missing} (model_index.json is there, transformer/config.json is not)")
+        vae = read("vae/config.json")
+        scale = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 8
+    else:
+        config = read("config.json")
+        scale = 8
+        if config is None or "_class_name" not in config:
+            raise ModelError(missing)
+    transformer = _build_on_meta(config)
+    return SimpleNamespace(transformer=transformer, vae_scale_factor=scale), source
+
+
+def _build_on_meta(config: dict[str, Any]) -> Any:
+    import diffusers
+    import torch
+
+    name = config.get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ModelError(f"transformer class {name!r} is not a diffusers class; headhunter inspects diffusers models")
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+def _local_json(root: Path, name: str) -> dict[str, Any] | None:
+    file = root / name
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _cached_json(repo_id: str, name: str, revision: str | None, cache_dir: str | None) -> dict[str, Any] | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        file = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, local_files_only=True)
+    except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError):
+        return None
+    return json.loads(Path(file).read_text())
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def _not_found(model: str, registered: list[str]) -> str:
+    return (
+        f"model {model!r} not found: not a registered model ({', '.join(registered) or 'none'}), not a local folder, "
+        "and not a Hub repo id 'org/name'"
+    )
+
+
+def _missing_from_cache(model: str) -> str:
+    return (
+        f"model {model!r} is not in the local Hugging Face cache (inspect reads offline, configs only). Fetch its "
+        f"configs first: `huggingface-cli download {model} model_index.json transformer/config.json "
+        "vae/config.json`, or pass a local folder"
+    )
