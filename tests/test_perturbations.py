@@ -61,7 +61,9 @@ def model_and_inputs(family: str, batch: int):
 
 
 def install(model, name, params, scope, mode="fast"):
-    return REGISTRY.adapter_for(model).install(model, REGISTRY.perturbation(name, **params), scope, mode=mode)
+    """Install a registered perturbation by name, or a perturbation instance (`name`; params ignored)."""
+    perturbation = name if not isinstance(name, str) else REGISTRY.perturbation(name, **params)
+    return REGISTRY.adapter_for(model).install(model, perturbation, scope, mode=mode)
 
 
 def per_sample_strengths(sites, batch, seed=0):
@@ -79,6 +81,22 @@ def per_sample_strengths(sites, batch, seed=0):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize(("name", "params", "scope"), CASES)
 def test_zero_or_absent_strengths_and_remove_are_bit_identical(family, name, params, scope):
+    check_zero_is_stock(family, name, params, scope)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize(("name", "params", "scope"), CASES)
+def test_fast_path_equals_float64_reference(family, name, params, scope):
+    check_fast_equals_reference(family, name, params, scope)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize(("name", "params", "scope"), CASES)
+def test_batched_head_sets_equal_separate_forwards(family, name, params, scope):
+    check_batched_equals_separate(family, name, params, scope)
+
+
+def check_zero_is_stock(family, name, params, scope):
     model, inputs = model_and_inputs(family, 2)
     stock = forward(model, inputs)
     originals = {k: v for k, v in model.attn_processors.items()}
@@ -97,9 +115,7 @@ def test_zero_or_absent_strengths_and_remove_are_bit_identical(family, name, par
     assert all(model.attn_processors[k] is v for k, v in originals.items())
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-@pytest.mark.parametrize(("name", "params", "scope"), CASES)
-def test_fast_path_equals_float64_reference(family, name, params, scope):
+def check_fast_equals_reference(family, name, params, scope):
     model, inputs = model_and_inputs(family, 3)
     stock = forward(model, inputs)
     with install(model, name, params, scope) as fast:
@@ -126,9 +142,7 @@ def _row_headsets(sites, architecture):
     ]
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-@pytest.mark.parametrize(("name", "params", "scope"), CASES)
-def test_batched_head_sets_equal_separate_forwards(family, name, params, scope):
+def check_batched_equals_separate(family, name, params, scope):
     model, inputs = model_and_inputs(family, 4)
     stock = forward(model, inputs)
     with install(model, name, params, scope) as inst:
@@ -257,3 +271,33 @@ def test_half_precision_keeps_dtype(family):
             out = forward(model, inputs)
         assert out.dtype == torch.bfloat16 and torch.equal(out[0], stock[0])
         assert torch.isfinite(out).all()
+
+
+def _doc_blocks():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "engine.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_docs_usage_example_runs():
+    model, inputs = model_and_inputs("sd3", 2)
+    stock = forward(model, inputs)
+    namespace = {"model": model, "inputs": inputs}
+    with torch.no_grad():
+        exec(_doc_blocks()[0], namespace)
+    out = namespace["out"]
+    assert torch.equal(out[0], stock[0]) and (out[1] - stock[1]).abs().max() > 1e-4
+    assert torch.equal(forward(model, inputs), stock)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("scope", ["joint", "image"])
+def test_docs_example_perturbation_passes_the_contract(family, scope):
+    namespace = {}
+    exec(_doc_blocks()[1], namespace)
+    shift = namespace["Shift"]()
+    check_zero_is_stock(family, shift, {}, scope)
+    check_fast_equals_reference(family, shift, {}, scope)
+    check_batched_equals_separate(family, shift, {}, scope)
