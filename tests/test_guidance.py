@@ -394,3 +394,45 @@ def test_images_decode_through_the_vae(sd3, sd3_sets):
         images = sd3(PROMPT, num_inference_steps=2, guidance_scale=3.5, generator=gen(), output_type="pt",
                      **SD3_CALL).images
     assert images.shape == (1, 3, 32, 32) and 0.0 <= images.min() <= images.max() <= 1.0
+
+
+@pytest.mark.parametrize("s", [3.5, 1.0])
+def test_layer_level_setting_equals_diffusers_pag_pipeline(sd3, s):
+    """Every head of layer 1, u = 1, identity with scope pag_mask is diffusers' PAG on "blocks.1"."""
+    from diffusers import StableDiffusion3PAGPipeline
+
+    parts = {k: v for k, v in sd3.components.items() if k not in ("image_encoder", "feature_extractor")}
+    pag = StableDiffusion3PAGPipeline(**parts, pag_applied_layers=["blocks.1"])
+    pag.set_progress_bar_config(disable=True)
+    expected = pag(PROMPT, num_inference_steps=4, guidance_scale=s, pag_scale=2.0, generator=gen(),
+                   output_type="latent", **SD3_CALL).images
+    layer = make_headset(sd3, ", ".join(f"L1H{h}" for h in range(4)), "layer1")
+    with headhunter.apply(sd3, layer, scale=2.0, scope="pag_mask", perturbation="identity"):
+        assert_close(run_sd3(sd3, s=s), expected)
+
+
+def test_digits_pipeline_is_guided_with_no_special_case():
+    from headhunter.plugins.digits.model import build_pipeline
+
+    torch.manual_seed(0)
+    pipe = build_pipeline()
+    for module in (pipe.transformer, pipe.label_encoder):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    hs = make_headset(pipe, "L2H3, L4H0@0.5", "digits")
+    with torch.no_grad():
+        pe, npe, ppe, nppe = pipe.encode_prompt("3", torch.device("cpu"), 1, True)
+        latents = pipe.prepare_latents(1, 1, 16, 16, pe.dtype, torch.device("cpu"), gen())
+        pipe.scheduler.set_timesteps(4)
+        with get_registry().adapter_for(pipe).install(pipe, get_registry().perturbation("softpag")) as inst:
+            for t in pipe.scheduler.timesteps:
+                x = dict(hidden_states=latents, timestep=t.expand(1))
+                cond = pipe.transformer(**x, encoder_hidden_states=pe, pooled_projections=ppe, return_dict=False)[0]
+                uncond = pipe.transformer(**x, encoder_hidden_states=npe, pooled_projections=nppe,
+                                          return_dict=False)[0]
+                ptb = _perturbed(pipe, inst, hs, 1, **x, encoder_hidden_states=pe, pooled_projections=ppe)
+                pred = uncond + 2.0 * (cond - uncond) + 3.0 * (cond - ptb)
+                latents = pipe.scheduler.step(pred, t, latents, return_dict=False)[0]
+    with headhunter.apply(pipe, hs, scale=3.0):
+        actual = pipe("3", num_inference_steps=4, guidance_scale=2.0, generator=gen(), output_type="latent").images
+    assert_close(actual, latents)
