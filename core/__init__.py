@@ -37,6 +37,8 @@ _LAZY = {
     "hunt": "headhunter.search",
     "HuntResult": "headhunter.search",
     "evaluate": "headhunter.evaluation",
+    "parse_objective": "headhunter.objective_expr",
+    "load_pipeline": "headhunter._loading",
 }
 
 __all__ = [
