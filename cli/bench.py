@@ -27,6 +27,7 @@ SD3_SMALL = dict(sample_size=32, patch_size=2, in_channels=4, out_channels=4, nu
 FLUX_SMALL = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=16,
                   num_attention_heads=8, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
                   axes_dims_rope=(4, 6, 6))
+SD3_DIGITS = dict(SD3_SMALL, sample_size=16, in_channels=1, out_channels=1, pos_embed_max_size=8)
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
                   attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
                   caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
@@ -47,6 +48,8 @@ class BenchModel:
 
 
 MODELS: dict[str, BenchModel] = {
+    "sd3-digits": BenchModel("sd3", SD3_DIGITS, (8, 8), 2,
+                             "SD3 digits-sized: 6 joint x 8 heads, 64 img + 2 txt tokens"),
     "sd3-small": BenchModel("sd3", SD3_SMALL, (16, 16), 16, "SD3 small: 6 joint x 8 heads, 256 img + 16 txt tokens"),
     "flux-small": BenchModel("flux", FLUX_SMALL, (16, 16), 16,
                              "FLUX small: 2 double + 4 single x 8 heads, 256 img + 16 txt tokens"),
@@ -115,8 +118,12 @@ def spread_heads(sites: list[Any], count: int) -> list[tuple[int, int]]:
 
 
 def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, min_time: float, device: str,
-                dtype_name: str, log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
-    """Time every case at every batch size; one result dict per batch size."""
+                dtype_name: str, log: Callable[[str], None] = lambda s: None, clock: str = "wall",
+                ) -> list[dict[str, Any]]:
+    """Time every case at every batch size; one result dict per batch size.
+
+    `clock`: "wall" (perf_counter; needed on a GPU) or "cpu" (this process's CPU time: on a shared CPU
+    machine it leaves out the time other processes hold the cores)."""
     import torch
 
     from headhunter import HeadSet
@@ -129,6 +136,7 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
     sites = adapter.sites(model)
     headset = HeadSet.from_heads(spread_heads(sites, heads), sites=sites, architecture=adapter.architecture)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    now = time.process_time if clock == "cpu" else time.perf_counter
     results = []
     for batch in batches:
         inp = inputs(spec, model, batch, device, dtype)
@@ -139,18 +147,18 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
             with torch.no_grad():
                 model(**inp)
 
-        reps = _calibrate(run, sync, min_time)
+        reps = _calibrate(run, sync, min_time, now)
         samples: dict[str, list[float]] = {case: [] for case in CASES}
         for _ in range(rounds):
-            samples["stock"].append(_time(run, sync, reps))
+            samples["stock"].append(_time(run, sync, reps, now))
             with adapter.install(model, "softpag", "joint") as inst:
-                samples["installed"].append(_time(run, sync, reps))
+                samples["installed"].append(_time(run, sync, reps, now))
                 with inst.strengths(strengths):
-                    samples["heads"].append(_time(run, sync, reps))
+                    samples["heads"].append(_time(run, sync, reps, now))
             with adapter.install(model, "softpag", "pag_mask") as inst, inst.strengths(strengths):
-                samples["pag_mask"].append(_time(run, sync, reps))
+                samples["pag_mask"].append(_time(run, sync, reps, now))
         row = {"model": spec.label, "batch": batch, "device": device, "dtype": dtype_name, "heads": len(headset),
-               "rounds": rounds, "reps": reps}
+               "rounds": rounds, "reps": reps, "clock": clock}
         for case in CASES:
             row[f"{case}_ms"] = statistics.median(samples[case]) * 1e3
             row[f"{case}_ratio"] = statistics.median(
@@ -167,24 +175,24 @@ def batch_rows(rows: list[Any], sites: list[Any], architecture: str) -> Any:
     return batch_strengths(rows, sites, architecture=architecture)
 
 
-def _calibrate(run: Callable[[], None], sync: Callable[[], None], min_time: float) -> int:
+def _calibrate(run: Callable[[], None], sync: Callable[[], None], min_time: float, now: Callable[[], float]) -> int:
     run(), run()
     sync()
-    start = time.perf_counter()
+    start = now()
     run()
     sync()
-    once = max(time.perf_counter() - start, 1e-6)
+    once = max(now() - start, 1e-6)
     return max(1, int(min_time / once))
 
 
-def _time(run: Callable[[], None], sync: Callable[[], None], reps: int) -> float:
+def _time(run: Callable[[], None], sync: Callable[[], None], reps: int, now: Callable[[], float]) -> float:
     run()  # one untimed call after every (re)configuration
     sync()
-    start = time.perf_counter()
+    start = now()
     for _ in range(reps):
         run()
     sync()
-    return (time.perf_counter() - start) / reps
+    return (now() - start) / reps
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -206,9 +214,12 @@ def format_row(row: dict[str, Any]) -> str:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", "dtype_name", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
+              help="wall time, or this process's CPU time (auto: cpu on a CPU device, wall on a GPU).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
 def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, heads: int, rounds: int,
-          min_time: float, device: str, dtype_name: str, threads: int | None, json_path: str | None) -> None:
+          min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
+          json_path: str | None) -> None:
     """Time perturbed vs stock forwards (ratios are medians of per-round ratios)."""
     import torch
 
@@ -219,10 +230,13 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, hea
     except ValueError:
         raise click.BadParameter(f"{batches!r}: expected comma-separated integers like 1,2,16", param_hint="--batch")
     names = list(models) + list(full_size) or ["sd3-small", "flux-small"]
-    click.echo(f"torch {torch.__version__}, device {device}, dtype {dtype_name}, threads {torch.get_num_threads()}")
+    if clock == "auto":
+        clock = "cpu" if device == "cpu" else "wall"
+    click.echo(f"torch {torch.__version__}, device {device}, dtype {dtype_name}, threads {torch.get_num_threads()}, "
+               f"clock {clock}")
     results = []
     for name in names:
-        results += bench_model(MODELS[name], sizes, heads, rounds, min_time, device, dtype_name, click.echo)
+        results += bench_model(MODELS[name], sizes, heads, rounds, min_time, device, dtype_name, click.echo, clock)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1)

@@ -140,10 +140,11 @@ def _mix_rows(out, q, k, v, u, layout, perturbation, scope) -> torch.Tensor:
         _check_target(tv, out, layout, perturbation)
         if not all_rows and perturbation.rows == "all":
             tv = tv[:, :, layout.image_slice]
+    tv = tv.to(out.dtype)
     if all_rows or layout.text_len == 0:
-        return torch.addcmul(out, w, tv - out)
+        return torch.lerp(out, tv, w)  # out + w (tv - out): exactly out where w = 0, exactly tv where w = 1
     image = out[:, :, layout.image_slice]
-    mixed = torch.addcmul(image, w, tv - image)
+    mixed = torch.lerp(image, tv, w)
     text = out[:, :, layout.text_slice]
     return torch.cat([text, mixed] if layout.text_first else [mixed, text], dim=2)
 
