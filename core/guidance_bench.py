@@ -8,7 +8,8 @@ Per denoising step, medians over interleaved repetitions in one process:
 - `guided`: `headhunter.apply(pipe, headset)`, batched (one forward per step) and sequential.
 - `diffusers PAG`: `StableDiffusion3PAGPipeline` with `pag_applied_layers=["blocks.L"]`; ours runs the
   equivalent head set (every head of layer L, u = 1, `identity`, scope `pag_mask`), and the latents of the
-  two are compared (they are the same computation).
+  two are compared (they are the same computation). For information, the same heads with the paper's
+  default scope `joint` (a different perturbation, so not compared for equality).
 
 Run it: `python -m headhunter.guidance_bench` (or call `run_bench()`; `format_report()` renders Markdown).
 The model is a tiny-but-not-trivial random SD3 transformer built from a config, no downloads.
@@ -39,12 +40,15 @@ _clock = time.process_time
 
 @dataclass
 class BenchResult:
-    """Medians in milliseconds by configuration: per step (`ms`) and per outermost transformer call
-    (`call_ms`: the step's forward(s), without the pipeline's scheduler update); `checks`: max |diff|."""
+    """Milliseconds by configuration: median per step (`ms`), median per outermost transformer call
+    (`call_ms`: the step's forward(s), without the pipeline's scheduler update), fastest step (`min_ms`:
+    on a shared machine interference only adds time, so the minimum is the steadiest estimate of the
+    intrinsic cost); `checks`: max |diff| figures."""
 
     settings: dict[str, Any]
     ms: dict[str, float] = field(default_factory=dict)
     call_ms: dict[str, float] = field(default_factory=dict)
+    min_ms: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
     checks: dict[str, float] = field(default_factory=dict)
 
@@ -150,9 +154,9 @@ def _run_bench(images: int, steps: int, repeats: int, cfg: float, scale: float, 
             return p(guidance_scale=s, generator=torch.Generator().manual_seed(0), callback_on_step_end=timer,
                      **_embeds(config, n), **call, **extra).images
 
-    def guided(n: int, s: float, batched: bool = True) -> Callable[[_StepTimer], Any]:
+    def guided(n: int, s: float, batched: bool = True, scope: str = "pag_mask") -> Callable[[_StepTimer], Any]:
         def go(timer: _StepTimer) -> Any:
-            with headhunter.apply(pipe, layer, scale=scale, scope="pag_mask", perturbation="identity",
+            with headhunter.apply(pipe, layer, scale=scale, scope=scope, perturbation="identity",
                                   batched=batched):
                 return run(pipe, s, n, timer)
         return go
@@ -181,6 +185,7 @@ def _run_bench(images: int, steps: int, repeats: int, cfg: float, scale: float, 
         "guided step, batched (no CFG)": guided(b, 1.0),
         "guided step, sequential (no CFG)": guided(b, 1.0, batched=False),
         "diffusers PAG step (no CFG)": lambda t: run(pag, 1.0, b, t, pag_scale=scale),
+        "guided step, batched, scope joint (no CFG)": guided(b, 1.0, scope="joint"),
         # CFG: uncond + cond + perturbed = 3B rows
         "floor: stock forward, 3B rows": floor(3 * b),
         "guided step, batched (CFG)": guided(b, cfg),
@@ -207,6 +212,7 @@ def _run_bench(images: int, steps: int, repeats: int, cfg: float, scale: float, 
     for name, timer in timers.items():
         result.ms[name] = 1000 * statistics.median(timer.durations)
         result.call_ms[name] = 1000 * statistics.median(timer.calls)
+        result.min_ms[name] = 1000 * min(timer.durations)
         result.samples[name] = len(timer.durations)
     for s, label in ((1.0, "no CFG"), (cfg, "CFG")):
         ours = guided(b, s)(_StepTimer())
@@ -217,9 +223,11 @@ def _run_bench(images: int, steps: int, repeats: int, cfg: float, scale: float, 
 
 def format_report(result: BenchResult) -> str:
     """A Markdown table of the medians, the ratios the issue asks for, and the agreement with diffusers' PAG."""
-    ms, call = result.ms, result.call_ms
-    lines = ["| configuration | ms / step | ms / transformer call | samples |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {ms[name]:.2f} | {call[name]:.2f} | {result.samples[name]} |" for name in ms]
+    ms, call, low = result.ms, result.call_ms, result.min_ms
+    lines = ["| configuration | median ms / step | median ms / transformer call | min ms / step | samples |",
+             "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {ms[name]:.2f} | {call[name]:.2f} | {low[name]:.2f} | {result.samples[name]} |"
+              for name in ms]
     floor2, floor3 = "floor: stock forward, 2B rows", "floor: stock forward, 3B rows"
     g0, g1 = "guided step, batched (no CFG)", "guided step, batched (CFG)"
     p0, p1 = "diffusers PAG step (no CFG)", "diffusers PAG step (CFG)"
@@ -230,6 +238,10 @@ def format_report(result: BenchResult) -> str:
         ("guided step (no CFG) / floor forward 2B", ms[g0] / call[floor2]),
         ("guided step / diffusers PAG step (no CFG)", ms[g0] / ms[p0]),
         ("guided step / diffusers PAG step (CFG)", ms[g1] / ms[p1]),
+        ("min: guided step (no CFG) / floor forward 2B", low[g0] / low[floor2]),
+        ("min: guided step (CFG) / floor forward 3B", low[g1] / low[floor3]),
+        ("min: guided step / diffusers PAG step (no CFG)", low[g0] / low[p0]),
+        ("min: guided step / diffusers PAG step (CFG)", low[g1] / low[p1]),
     ]
     if "stock step, 3B rows (CFG, 1.5B images)" in ms:
         ratios.insert(3, ("guided step (CFG) / stock step 3B", ms[g1] / ms["stock step, 3B rows (CFG, 1.5B images)"]))

@@ -436,3 +436,17 @@ def test_digits_pipeline_is_guided_with_no_special_case():
     with headhunter.apply(pipe, hs, scale=3.0):
         actual = pipe("3", num_inference_steps=4, guidance_scale=2.0, generator=gen(), output_type="latent").images
     assert_close(actual, latents)
+
+
+def test_docs_example_runs(sd3, sd3_sets):
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guidance.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", guide, flags=re.S)[0]
+    scope = {"pipe": sd3, "headset": sd3_sets[0]}
+    torch.manual_seed(0)
+    exec(example, scope)
+    assert not scope["handle"].active
+    assert len(scope["guided"]) == len(scope["plain"]) == 1
+    assert scope["guided"][0].size == scope["plain"][0].size == (32, 32)
