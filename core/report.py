@@ -96,6 +96,7 @@ def plot_curve(result: HuntResult, path: Path, evaluation: Evaluation | None = N
     if best is not None:
         ax.axhline(best[1], color="tab:red", linestyle=":", label=f"best layer {best[0]} (all heads)")
     ax.set_xlabel("number of heads")
+    ax.set_xticks(counts)
     ax.set_ylabel(result.settings.objective)
     ax.set_title("HeadHunter: score vs number of selected heads", fontsize=9)
     ax.legend(fontsize=8)
