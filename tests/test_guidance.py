@@ -378,9 +378,11 @@ def test_scheduler_swapped_after_apply_is_still_guided(sd3_sets):
 def test_lora_on_the_transformer_still_works(sd3_sets):
     peft = pytest.importorskip("peft")
     pipe = build_sd3()
+    without = run_sd3(pipe)
     torch.manual_seed(1)
-    pipe.transformer.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+    pipe.transformer.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    assert (run_sd3(pipe) - without).abs().max() > 1e-3  # the LoRA is live
     a, _ = sd3_sets
     with headhunter.apply(pipe, a, scale=2.0):
         actual = run_sd3(pipe)
