@@ -137,6 +137,7 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
     headset = HeadSet.from_heads(spread_heads(sites, heads), sites=sites, architecture=adapter.architecture)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     now = time.process_time if clock == "cpu" else time.perf_counter
+    overhead = wrapper_overhead_us(model, adapter, calls=20000 if min_time > 0 else 100)
     results = []
     for batch in batches:
         inp = inputs(spec, model, batch, device, dtype)
@@ -148,25 +149,71 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
                 model(**inp)
 
         reps = _calibrate(run, sync, min_time, now)
-        samples: dict[str, list[float]] = {case: [] for case in CASES}
-        for _ in range(rounds):
-            samples["stock"].append(_time(run, sync, reps, now))
-            with adapter.install(model, "softpag", "joint") as inst:
-                samples["installed"].append(_time(run, sync, reps, now))
-                with inst.strengths(strengths):
-                    samples["heads"].append(_time(run, sync, reps, now))
-            with adapter.install(model, "softpag", "pag_mask") as inst, inst.strengths(strengths):
-                samples["pag_mask"].append(_time(run, sync, reps, now))
+        configure = {
+            "installed": lambda: adapter.install(model, "softpag", "joint"),
+            "heads": lambda: _with_strengths(adapter.install(model, "softpag", "joint"), strengths),
+            "pag_mask": lambda: _with_strengths(adapter.install(model, "softpag", "pag_mask"), strengths),
+        }
+        stock: list[float] = []
+        samples: dict[str, list[float]] = {case: [] for case in CASES[1:]}
+        ratios: dict[str, list[float]] = {case: [] for case in CASES[1:]}
+        for r in range(rounds):  # paired samples: each case right after a stock sample, order rotated
+            order = list(configure)[r % 3:] + list(configure)[: r % 3]
+            for case in order:
+                stock.append(_time(run, sync, reps, now))
+                with configure[case]():
+                    samples[case].append(_time(run, sync, reps, now))
+                ratios[case].append(samples[case][-1] / stock[-1])
         row = {"model": spec.label, "batch": batch, "device": device, "dtype": dtype_name, "heads": len(headset),
-               "rounds": rounds, "reps": reps, "clock": clock}
-        for case in CASES:
+               "rounds": rounds, "reps": reps, "clock": clock, "stock_ms": statistics.median(stock) * 1e3,
+               "stock_ratio": 1.0}
+        for case in CASES[1:]:
             row[f"{case}_ms"] = statistics.median(samples[case]) * 1e3
-            row[f"{case}_ratio"] = statistics.median(
-                t / s for t, s in zip(samples[case], samples["stock"])
-            )
+            row[f"{case}_ratio"] = statistics.median(ratios[case])
+        row["call_overhead_us"], row["forward_overhead_us"] = overhead
+        row["wrapper_ratio"] = 1 + overhead[1] / 1e3 / row["stock_ms"]
         results.append(row)
         log(format_row(row))
     return results
+
+
+def _with_strengths(inst: Any, strengths: Any) -> Any:
+    inst.set_strengths(strengths)
+    return inst
+
+
+def wrapper_overhead_us(model: Any, adapter: Any, calls: int = 20000) -> tuple[float, float]:
+    """What installing costs with strengths absent, measured directly (microseconds, wall clock): one call
+    through an installed processor minus one direct call of the processor it wraps (both wrapping a no-op,
+    so only the dispatch is timed), and one forward's worth: every site plus the transformer's pre-hook.
+    On a busy machine whole-forward ratios are far noisier than this difference."""
+    import torch
+
+    def noop(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    def per_call(fn: Callable[[], None]) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+
+    with adapter.install(model, "softpag", "joint") as inst:
+        processor = model.get_submodule(inst.sites[0].name).processor
+        real, processor.original = processor.original, noop
+        try:
+            wrapped = statistics.median(per_call(lambda: processor(None, None)) for _ in range(5))
+            direct = statistics.median(per_call(lambda: noop(None, None, None, None)) for _ in range(5))
+        finally:
+            processor.original = real
+    probe = torch.nn.Identity()
+    plain = statistics.median(per_call(lambda: probe(0)) for _ in range(5))
+    hook = probe.register_forward_pre_hook(lambda m, a, k: None, with_kwargs=True)
+    hooked = statistics.median(per_call(lambda: probe(0)) for _ in range(5))
+    hook.remove()
+    call = (wrapped - direct) * 1e6
+    return call, call * len(inst.sites) + (hooked - plain) * 1e6
 
 
 def batch_rows(rows: list[Any], sites: list[Any], architecture: str) -> Any:
@@ -199,6 +246,7 @@ def format_row(row: dict[str, Any]) -> str:
     cells = [f"{row['model'][:60]:<60}", f"B={row['batch']:<3d}", f"stock {row['stock_ms']:8.2f} ms"]
     for case in CASES[1:]:
         cells.append(f"{case} {row[f'{case}_ms']:8.2f} ms (x{row[f'{case}_ratio']:.3f})")
+    cells.append(f"wrapper +{row['forward_overhead_us']:.1f} us/forward (x{row['wrapper_ratio']:.4f})")
     return " | ".join(cells)
 
 

@@ -266,7 +266,7 @@ def test_inspect_a_cached_hub_model(tmp_path):
 def test_bench_runs_on_tiny_settings(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(make_cli(), ["bench", "--model", "flux-small", "--batch", "2", "--rounds", "1",
-                                             "--min-time", "0", "--heads", "4", "--json", str(out)])
+                                             "--min-time", "0", "--heads", "4", "--dtype", "bf16", "--json", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert rows[0]["batch"] == 2 and rows[0]["heads"] == 4
