@@ -98,36 +98,24 @@ def _generators(seeds: list[int], device: str) -> list[Any]:
 
 # ----- model and call ---------------------------------------------------------------------------------------
 def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, str]:
-    """A registered model by name, else a diffusers pipeline from a local folder or the local Hub cache
-    (never downloaded). Returns the pipeline on `device` and the dtype name it runs in."""
+    """`headhunter.load_pipeline` (registered model, else a local diffusers folder or cached repo; never a
+    download), on `device`; returns the pipeline and the dtype name it runs in. Registered models keep
+    their own dtype unless `dtype` is given; diffusers pipelines default to bfloat16 on CUDA, else float32."""
     import torch
 
-    from headhunter.errors import ModelError
+    from headhunter._loading import load_pipeline as load
     from headhunter.registry import get_registry
 
-    registry = get_registry()
-    if model in registry.names("model"):
-        pipe = registry.model_loader(model)()
-        pipe.to(device)
-        if dtype is not None:
-            pipe.to(dtype=getattr(torch, dtype))
-        return pipe, dtype or str(pipe.transformer.dtype).removeprefix("torch.")
-    from diffusers import DiffusionPipeline
-
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in newer diffusers
-            pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, torch_dtype=getattr(torch, dtype))
-    except (OSError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = "" if Path(model).exists() else f" (download it once first, e.g. `hf download {model}`)"
-        raise ModelError(
-            f"cannot load model {model!r} offline: {first}. MODEL is a registered model "
-            f"({', '.join(registry.names('model')) or 'none'}), a local diffusers pipeline folder, or a Hub "
-            f"repo id already in the Hugging Face cache{hint}"
-        ) from None
-    return pipe.to(device), dtype
+    registered = model in get_registry().names("model")
+    if dtype is None and not registered:
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch_dtype -> dtype rename in newer diffusers
+        pipe = load(model, torch_dtype=None if registered or dtype is None else getattr(torch, dtype))
+    pipe.to(device)
+    if registered and dtype is not None:
+        pipe.to(dtype=getattr(torch, dtype))
+    return pipe, dtype or str(pipe.transformer.dtype).removeprefix("torch.")
 
 
 def call_kwargs(pipe: Any, prompts: list[str], negative_prompt: str | None, cfg: float | None,

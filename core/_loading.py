@@ -55,10 +55,11 @@ def load_model(name: str = "digits") -> Any:
     return get_registry().model_loader(name)()
 
 
-def load_pipeline(name_or_path: str) -> Any:
+def load_pipeline(name_or_path: str, torch_dtype: Any = None) -> Any:
     """A registered model (`digits`) or a diffusers pipeline from a local folder or the local Hub cache.
 
     Never downloads and never runs remote code: `local_files_only=True`; safetensors weights only.
+    `torch_dtype` (diffusers pipelines only) loads the weights in that dtype (e.g. torch.bfloat16 on a GPU).
     """
     from .errors import ModelError
 
@@ -68,7 +69,8 @@ def load_pipeline(name_or_path: str) -> Any:
     from diffusers import DiffusionPipeline
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(name_or_path, local_files_only=True, use_safetensors=True)
+        extra = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+        pipe = DiffusionPipeline.from_pretrained(name_or_path, local_files_only=True, use_safetensors=True, **extra)
     except (OSError, ValueError) as err:
         raise ModelError(
             f"cannot load model {name_or_path!r} offline: {str(err).splitlines()[0][:200]}. Registered models: "
