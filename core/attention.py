@@ -35,12 +35,14 @@ MODES = ("fast", "reference")
 
 
 class SiteStrength(NamedTuple):
-    """One site's strengths as the hot path reads them: u [B, H] and, when known on the host, the heads
-    with any non-zero strength (`heads`, a device index tensor) with their columns `u_heads` [B, len(heads)]."""
+    """One site's strengths as the hot path reads them: u [B, H] and, when known on the host, the samples
+    and heads with a non-zero strength (device index tensors; None = all) with `u_sub` = u[samples][:, heads].
+    Heavy targets (a second attention) run on that sub-batch only."""
 
     u: torch.Tensor
+    samples: torch.Tensor | None
     heads: torch.Tensor | None
-    u_heads: torch.Tensor | None
+    u_sub: torch.Tensor | None
 
 
 class EngineState:
@@ -59,15 +61,21 @@ class EngineState:
 
 
 class StrengthMap(dict):
-    """`{site: Tensor[B, H]}` that also carries, per site, the heads with a non-zero strength (host lists).
+    """`{site: Tensor[B, H]}` that also carries, per site, the samples and heads with a non-zero strength
+    (host lists), already validated.
 
-    `batch_strengths` returns one; `set_strengths` uses `heads` to restrict heavy targets (a second
-    attention) to the selected heads without ever reading device tensors.
+    `batch_strengths` returns one. `set_strengths` uses `samples`/`heads` to restrict heavy targets (a
+    second attention) to the selected samples and heads without reading device tensors, and caches what it
+    prepared on the map, so setting the same map again (every step) costs a dict lookup. Treat it as
+    read-only once used.
     """
 
-    def __init__(self, data: Mapping[str, torch.Tensor], heads: Mapping[str, list[int]]) -> None:
+    def __init__(self, data: Mapping[str, torch.Tensor], heads: Mapping[str, list[int]],
+                 samples: Mapping[str, list[int]] | None = None) -> None:
         super().__init__(data)
         self.heads = dict(heads)
+        self.samples = dict(samples or {})
+        self.prepared: dict[Any, dict[str, SiteStrength]] = {}
 
 
 class PerturbingProcessor:
@@ -120,14 +128,22 @@ def mix(
     scope: str,
 ) -> torch.Tensor:
     """`O + u (T·V - O)` per sample and head on the scope's rows (paper Eq. 7 applied to A·V)."""
-    if entry.heads is not None and (perturbation.heavy or scope == "pag_mask"):
-        pick = entry.heads
-        mixed = _mix_rows(
-            out.index_select(1, pick), q.index_select(1, pick), k.index_select(1, pick), v.index_select(1, pick),
-            entry.u_heads, layout, perturbation, scope,
-        )
-        return out.index_copy(1, pick, mixed)
+    if entry.u_sub is not None and (perturbation.heavy or scope == "pag_mask"):
+        samples, heads = entry.samples, entry.heads
+        part = [_pick(t, samples, heads) for t in (out, q, k, v)]
+        mixed = _mix_rows(*part, entry.u_sub, layout, perturbation, scope)
+        if samples is None:
+            return out.index_copy(1, heads, mixed)
+        if heads is not None:
+            mixed = out.index_select(0, samples).index_copy(1, heads, mixed)
+        return out.index_copy(0, samples, mixed)
     return _mix_rows(out, q, k, v, entry.u, layout, perturbation, scope)
+
+
+def _pick(t: torch.Tensor, samples: torch.Tensor | None, heads: torch.Tensor | None) -> torch.Tensor:
+    if samples is not None:
+        t = t.index_select(0, samples)
+    return t if heads is None else t.index_select(1, heads)
 
 
 def _mix_rows(out, q, k, v, u, layout, perturbation, scope) -> torch.Tensor:
@@ -225,13 +241,14 @@ class Installation:
         if strengths is None:
             self._state.active = {}
             return
-        hints = getattr(strengths, "heads", {})
-        active = {}
-        for name, value in strengths.items():
-            entry = self._entry(name, value, hints.get(name))
-            if entry is not None:
-                active[name] = entry
-        self._state.active = active
+        device, dtype = _device_dtype(self.transformer)
+        if isinstance(strengths, StrengthMap):
+            key = (self._state, device, dtype)  # the state itself, so a later installation never shares a key
+            if key not in strengths.prepared:
+                strengths.prepared[key] = self._prepare(strengths, device, dtype, trusted=True)
+            self._state.active = strengths.prepared[key]
+        else:
+            self._state.active = self._prepare(strengths, device, dtype, trusted=False)
 
     @contextmanager
     def strengths(self, strengths: Mapping[str, torch.Tensor] | None) -> Iterator[Installation]:
@@ -292,7 +309,19 @@ class Installation:
         if self._removed:
             raise ModelError("this installation was removed; install again with adapter.install(model, ...)")
 
-    def _entry(self, name: str, value: Any, hint: list[int] | None) -> SiteStrength | None:
+    def _prepare(self, strengths: Mapping[str, Any], device: torch.device, dtype: torch.dtype,
+                 trusted: bool) -> dict[str, SiteStrength]:
+        heads = getattr(strengths, "heads", {})
+        samples = getattr(strengths, "samples", {})
+        active = {}
+        for name, value in strengths.items():
+            entry = self._entry(name, value, heads.get(name), samples.get(name), device, dtype, trusted)
+            if entry is not None:
+                active[name] = entry
+        return active
+
+    def _entry(self, name: str, value: Any, heads: list[int] | None, samples: list[int] | None,
+               device: torch.device, dtype: torch.dtype, trusted: bool) -> SiteStrength | None:
         site = self._by_name.get(name)
         if site is None:
             raise HeadSetError(
@@ -304,20 +333,29 @@ class Installation:
             raise HeadSetError(
                 f"strengths for {name} have shape {list(u.shape)}; expected [batch, {site.num_heads}]"
             )
-        heads = hint
-        if u.device.type == "cpu":  # host-side: checking and picking heads reads no device memory
+        if u.device.type == "cpu" and (not trusted or heads is None or samples is None):
+            # host-side: checking and picking reads no device memory
             bad = ~((u >= 0) & (u <= 1))
             if bool(bad.any()):
                 raise HeadSetError(f"strengths for {name} must be in [0, 1]; got {u[bad][0].item()!r}")
-            heads = torch.nonzero(u.abs().sum(dim=0)).flatten().tolist()
-            if not heads:
-                return None  # all zero: the stock code path
-        device, dtype = _device_dtype(self.transformer)
+            nonzero = u != 0
+            heads = torch.nonzero(nonzero.any(dim=0)).flatten().tolist()
+            samples = torch.nonzero(nonzero.any(dim=1)).flatten().tolist()
+        if heads is not None and not heads:
+            return None  # all zero: the stock code path
         u = self.perturbation.strengths(u.to(device=device, dtype=dtype))
-        if heads is None or len(heads) == site.num_heads:
-            return SiteStrength(u, None, None)
-        pick = torch.tensor(heads, dtype=torch.long, device=device)
-        return SiteStrength(u, pick, u.index_select(1, pick))
+        pick_heads = _index(heads, site.num_heads, device)
+        pick_samples = _index(samples, u.shape[0], device)
+        if pick_heads is None and pick_samples is None:
+            return SiteStrength(u, None, None, None)
+        return SiteStrength(u, pick_samples, pick_heads, _pick(u, pick_samples, pick_heads))
+
+
+def _index(chosen: list[int] | None, size: int, device: torch.device) -> torch.Tensor | None:
+    """A device index tensor for a strict subset of range(size), None for all (or unknown)."""
+    if chosen is None or len(chosen) == size:
+        return None
+    return torch.tensor(chosen, dtype=torch.long, device=device)
 
 
 def batch_strengths(
@@ -349,7 +387,7 @@ def batch_strengths(
             raise HeadSetError(f"row {i} of the batch is {type(row).__name__}; expected a HeadSet or None")
         row.validate_against(sites, architecture)
         dense_rows.append(row.dense())
-    data, heads = {}, {}
+    data, heads, samples = {}, {}, {}
     for site in sites:
         if not any(site.name in d for d in dense_rows):
             continue
@@ -357,10 +395,12 @@ def batch_strengths(
         for i, d in enumerate(dense_rows):
             if site.name in d:
                 table[i] = d[site.name]
+        table = np.repeat(table, repeat, axis=0)
         heads[site.name] = np.flatnonzero(table.any(axis=0)).tolist()
-        tensor = torch.from_numpy(np.repeat(table, repeat, axis=0))
+        samples[site.name] = np.flatnonzero(table.any(axis=1)).tolist()
+        tensor = torch.from_numpy(table)
         data[site.name] = tensor.to(device=device, dtype=dtype) if device is not None else tensor.to(dtype)
-    return StrengthMap(data, heads)
+    return StrengthMap(data, heads, samples)
 
 
 def _check_scope(perturbation: Perturbation, scope: str) -> None:

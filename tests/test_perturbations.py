@@ -301,3 +301,21 @@ def test_docs_example_perturbation_passes_the_contract(family, scope):
     check_zero_is_stock(family, shift, {}, scope)
     check_fast_equals_reference(family, shift, {}, scope)
     check_batched_equals_separate(family, shift, {}, scope)
+
+
+def test_a_strength_map_is_prepared_once_per_installation():
+    model, inputs = model_and_inputs("sd3", 4)
+    with install(model, "softpag", {}, "pag_mask") as inst:
+        rows = _row_headsets(inst.sites, inst.architecture)
+        strengths = inst.batch_strengths(rows)
+        assert strengths.samples[inst.sites[0].name] == [1, 2, 3]
+        inst.set_strengths(strengths)
+        prepared = inst._state.active
+        first = forward(model, inputs)
+        inst.set_strengths(None)
+        inst.set_strengths(strengths)
+        assert inst._state.active is prepared
+        assert torch.equal(forward(model, inputs), first)
+    with install(model, "identity", {}, "pag_mask") as other:
+        other.set_strengths(strengths)
+        assert other._state.active is not prepared
