@@ -271,3 +271,24 @@ def test_bench_runs_on_tiny_settings(tmp_path):
     rows = json.loads(out.read_text())
     assert rows[0]["batch"] == 2 and rows[0]["heads"] == 4
     assert {"stock_ms", "installed_ratio", "heads_ratio", "pag_mask_ratio"} <= set(rows[0])
+
+
+def test_inspect_a_registered_model(fresh_registry):
+    """`headhunter inspect NAME` loads a model registered by a plugin (the digits demo is one)."""
+    from headhunter.hookspecs import hookimpl
+    from headhunter.plugins.digits.model import build_pipeline
+    from headhunter.registry import Registry, get_plugin_manager
+
+    class DemoModels:
+        @hookimpl
+        def register_models(self, register):
+            register("tiny-digits", build_pipeline)
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(DemoModels(), name="demo-models")
+    fresh_registry.reset_registry(Registry(pm))
+    result = CliRunner().invoke(make_cli(pm), ["inspect", "tiny-digits"])
+    assert result.exit_code == 0, result.output
+    assert "registered model" in result.output and "architecture: sd3" in result.output
+    assert re.search(r"L5 +transformer_blocks\.5\.attn +8 heads +joint", result.output)
+    assert "8 x 8 = 64 image tokens" in result.output
