@@ -136,8 +136,8 @@ class FluxAdapter(ModelAdapter):
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:
         params = list(inspect.signature(transformer.forward).parameters)
-        state.cache["positions"] = {name: params.index(name) for name in ("hidden_states", "encoder_hidden_states",
-                                                                          "img_ids")}
+        names = ("hidden_states", "encoder_hidden_states", "img_ids")
+        state.cache["positions"] = {name: params.index(name) for name in names if name in params}
 
     def observe(self, state: EngineState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         positions = state.cache["positions"]
@@ -145,8 +145,8 @@ class FluxAdapter(ModelAdapter):
         def arg(name):
             if name in kwargs:
                 return kwargs[name]
-            index = positions[name]
-            return args[index] if index < len(args) else None
+            index = positions.get(name)
+            return args[index] if index is not None and index < len(args) else None
 
         text = arg("encoder_hidden_states")
         state.text_len = None if text is None else text.shape[1]
