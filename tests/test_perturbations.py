@@ -319,3 +319,35 @@ def test_a_strength_map_is_prepared_once_per_installation():
     with install(model, "identity", {}, "pag_mask") as other:
         other.set_strengths(strengths)
         assert other._state.active is not prepared
+
+
+class _SquareSpy(TorchDispatchMode):
+    """Records ops whose output ends in an [S, S] block (an attention map) for the given sequence lengths."""
+
+    def __init__(self, lengths):
+        super().__init__()
+        self.lengths = set(lengths)
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        shape = getattr(out, "shape", ())
+        if len(shape) >= 2 and shape[-1] == shape[-2] and shape[-1] in self.lengths:
+            self.seen.append(f"{func.__name__}{list(shape)}")
+        return out
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize(("name", "params", "scope"), [
+    ("identity", {}, "joint"), ("softpag", {}, "pag_mask"), ("uniform", {}, "image"), ("drop", {}, "joint"),
+    ("blur", {"sigma": math.inf}, "joint"), ("blur", {"sigma": math.inf, "mean_over": "all"}, "joint"),
+])
+def test_no_attention_map_is_materialised(family, name, params, scope):
+    from tiny import GRID, TEXT_LEN
+
+    model, inputs = model_and_inputs(family, 2)
+    image = GRID[0] * GRID[1]
+    with install(model, name, params, scope) as inst, inst.strengths(per_sample_strengths(inst.sites, 2)):
+        with _SquareSpy({image, image + TEXT_LEN}) as spy:
+            forward(model, inputs)
+    assert spy.seen == []
