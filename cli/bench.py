@@ -265,11 +265,31 @@ def format_row(row: dict[str, Any]) -> str:
 @click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
               help="wall time, or this process's CPU time (auto: cpu on a CPU device, wall on a GPU).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
+@click.option("--suite", default="forward", show_default=True,
+              help="Comma-separated: forward (perturbed vs stock forward), guided (guided step vs floor vs "
+                   "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time).")
 def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, heads: int, rounds: int,
           min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
-          json_path: str | None) -> None:
-    """Time perturbed vs stock forwards (ratios are medians of per-round ratios)."""
+          json_path: str | None, suite: str) -> None:
+    """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search."""
     import torch
+
+    suites = [s.strip() for s in suite.split(",") if s.strip()]
+    unknown = sorted(set(suites) - {"forward", "guided", "search"})
+    if unknown:
+        raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search", param_hint="--suite")
+    if threads:
+        torch.set_num_threads(threads)
+    if "guided" in suites:
+        from headhunter import guidance_bench
+
+        click.echo(guidance_bench.format_report(guidance_bench.run_bench(threads=threads)))
+    if "search" in suites:
+        from headhunter import search_bench
+
+        click.echo(search_bench.format_report(search_bench.run()))
+    if "forward" not in suites:
+        return
 
     if threads:
         torch.set_num_threads(threads)

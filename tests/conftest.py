@@ -20,3 +20,12 @@ def fresh_registry():
     registry.reset_registry(None)
     yield registry
     registry.reset_registry(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and the suite's timing is steadier on shared machines)."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
