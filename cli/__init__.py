@@ -31,7 +31,7 @@ def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
 
     pm = pm if pm is not None else get_plugin_manager()
 
-    @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "obj": pm})
     @click.version_option(__version__, prog_name="headhunter")
     def cli() -> None:
         """Find, store, share and apply head-level perturbation guidance (HeadHunter, SoftPAG)

@@ -9,9 +9,11 @@ import click
 @click.option("--kind", type=click.Choice(["perturbation", "adapter", "objective", "model"]), help="Only this kind.")
 def plugins(kind: str | None) -> None:
     """List installed perturbations, adapters, objectives and models with their source."""
-    from headhunter.registry import get_registry
+    from headhunter.registry import Registry, get_registry
 
-    entries = get_registry().entries(kind)
+    pm = click.get_current_context().find_root().obj
+    registry = Registry(pm) if pm is not None else get_registry()
+    entries = registry.entries(kind)
     width = max((len(e.name) for e in entries), default=4)
     for e in entries:
         click.echo(f"{e.kind:<13} {e.name:<{width}}  {e.distribution} {e.version} ({e.plugin})  {e.description}")
