@@ -82,8 +82,8 @@ def prompt_to_label(prompt: str) -> int:
     return NUM_CLASSES if prompt == NULL_PROMPT else int(prompt)
 
 
-def prompts_to_labels(prompts: str | list[str]) -> torch.Tensor:
+def prompts_to_labels(prompts: str | list[str] | tuple[str, ...]) -> torch.Tensor:
     """Validate a prompt or list of prompts and return int64 labels [B]."""
-    if isinstance(prompts, str):
+    if not isinstance(prompts, (list, tuple)):
         prompts = [prompts]
     return torch.tensor([prompt_to_label(p) for p in prompts], dtype=torch.long)

@@ -308,6 +308,8 @@ def load_digits_pipeline(weights_dir: str | Path | None = None, device: str | to
     label_encoder = LabelEncoder.from_config(config["label_encoder"])
     for module, name in ((transformer, TRANSFORMER_FILE), (label_encoder, LABEL_ENCODER_FILE)):
         module.load_state_dict({k: v.float() for k, v in load_file(str(wdir / name)).items()}, strict=True)
-        module.to(device=device, dtype=dtype).eval()
+        module.to(device).eval()
+        if dtype != torch.float32:
+            module.to(dtype)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(config["scheduler"])
     return DigitsPipeline(transformer=transformer, label_encoder=label_encoder, scheduler=scheduler)
