@@ -23,11 +23,33 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 
 
+#: What `headhunter hunt` does on this model when not told otherwise: the paper's unconditional setting
+#: (prompt ""), the non-saturating classifier objective, and the independent yardsticks for the report.
+DEMO_DEFAULTS: dict[str, Any] = {
+    "objective": "digit-logprob",
+    "prompts": [""],
+    "seeds": list(range(48)),
+    "eval_seeds": list(range(10_000, 10_128)),
+    "metrics": ["digit-confidence"],
+}
+
+
+def fd_digits_metric(images: Any, prompts: Any) -> tuple[float, tuple[float, float]]:
+    """FD-digits (lower is better) of a sample set vs the held-out digits, with its 95 % interval."""
+    from .metrics import fd_digits
+
+    result = fd_digits(images)
+    return result.fd, (result.low, result.high)
+
+
 def load_digits_pipeline(**kwargs: Any) -> Any:
-    """The shipped digits ``DigitsPipeline``, offline, in eval mode (see ``model.load_digits_pipeline``)."""
+    """The shipped digits ``DigitsPipeline``, offline, in eval mode (see ``model.load_digits_pipeline``),
+    carrying its search defaults as ``headhunter_defaults``."""
     from .model import load_digits_pipeline as load
 
-    return load(**kwargs)
+    pipe = load(**kwargs)
+    pipe.headhunter_defaults = {**DEMO_DEFAULTS, "set_metrics": {"FD-digits (lower is better)": fd_digits_metric}}
+    return pipe
 
 
 def _objective_factory(class_name: str) -> Callable[..., Any]:
