@@ -103,7 +103,7 @@ def plot_curve(result: HuntResult, path: Path, evaluation: Evaluation | None = N
     return _save_figure(fig, path)
 
 
-def write_grid(evaluation: Evaluation, path: Path, cell: int = 64) -> Path:
+def write_grid(evaluation: Evaluation, path: Path, cell: int = 64, gap: int = 3) -> Path:
     """PNG grid: one row per setting, one column per fresh sample (same seeds down each column)."""
     from PIL import Image, ImageDraw
 
@@ -111,12 +111,13 @@ def write_grid(evaluation: Evaluation, path: Path, cell: int = 64) -> Path:
     images = [evaluation.settings[n].images for n in names]
     cols = min(len(i) for i in images)
     label_w = 150
-    grid = Image.new("RGB", (label_w + cols * cell, len(names) * cell), "white")
+    pitch = cell + gap
+    grid = Image.new("RGB", (label_w + cols * pitch, len(names) * pitch), "white")
     draw = ImageDraw.Draw(grid)
     for row, (name, batch) in enumerate(zip(names, images)):
-        draw.text((4, row * cell + cell // 2 - 6), name[:22], fill="black")
+        draw.text((4, row * pitch + cell // 2 - 6), name[:24], fill="black")
         for col in range(cols):
-            grid.paste(_to_pil(batch[col]).resize((cell, cell), Image.NEAREST), (label_w + col * cell, row * cell))
+            grid.paste(_to_pil(batch[col]).resize((cell, cell), Image.NEAREST), (label_w + col * pitch, row * pitch))
     buffer = _io.BytesIO()
     grid.save(buffer, format="PNG")
     write_atomic(path, buffer.getvalue())

@@ -104,11 +104,11 @@ def hunt(
     prompts: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     *,
-    rounds: int = 1,
-    top_k: int = 1,
-    strength: float = 1.0,
-    scale: float = 3.0,
-    steps: int = 12,
+    rounds: int | None = None,
+    top_k: int | None = None,
+    strength: float | None = None,
+    scale: float | None = None,
+    steps: int | None = None,
     cfg: float | None = None,
     perturbation: str = "softpag",
     perturbation_params: dict[str, Any] | None = None,
@@ -128,7 +128,8 @@ def hunt(
 
     model: a pipeline or a registered model name; objective: an Objective or an expression string
     (defaults come from the model's `headhunter_defaults` where it has them); prompts x seeds are the M
-    scoring pairs; candidates: heads in paper notation (`L3H2`), layer indices or site names (default:
+    scoring pairs; rounds, top_k, strength (u), scale (w), steps left as None take the model's defaults,
+    else 1, 1, 1.0, 3.0, 12; candidates: heads in paper notation (`L3H2`), layer indices or site names (default:
     every head). With `out_dir`, state is checkpointed after every batch and the search resumes from it,
     and (with `report`) the found set is compared with the baseline and every whole layer on `eval_seeds`
     (fresh seeds, never the search's) and a report is written there (index.md, PNGs, CSV/JSON).
@@ -138,6 +139,11 @@ def hunt(
     objective_obj, objective_text = _resolve_objective(objective if objective is not None else defaults.get("objective"))
     prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
     seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
+    rounds, top_k, strength, scale, steps = (
+        value if value is not None else defaults.get(key, fallback)
+        for key, value, fallback in (("rounds", rounds, 1), ("top_k", top_k, 1), ("strength", strength, 1.0),
+                                     ("scale", scale, 3.0), ("steps", steps, 12))
+    )
     if not prompts:
         raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
     adapter = get_registry().adapter_for(pipe)
