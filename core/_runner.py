@@ -6,7 +6,8 @@ image its own perturbed branch, so one transformer forward scores many candidate
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +61,7 @@ def generate_rows(pipe: Any, rows: Sequence[Row], settings: GenerationSettings) 
         perturbation_params=settings.perturbation_params,
         scope=settings.scope,
     )
-    with handle, torch.no_grad():
+    with handle, torch.no_grad(), _quiet(pipe):
         out = pipe(
             prompt=[r.prompt for r in rows],
             num_inference_steps=settings.steps,
@@ -70,6 +71,22 @@ def generate_rows(pipe: Any, rows: Sequence[Row], settings: GenerationSettings) 
         )
     images = out.images if hasattr(out, "images") else out[0]
     return images.float().cpu()
+
+
+@contextmanager
+def _quiet(pipe: Any) -> Iterator[None]:
+    """Silence the pipeline's own per-call progress bar (the search shows one bar over everything)."""
+    had = hasattr(pipe, "_progress_bar_config")
+    saved = dict(getattr(pipe, "_progress_bar_config", {}))
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(**{**saved, "disable": True})
+    try:
+        yield
+    finally:
+        if had:
+            pipe._progress_bar_config = saved
+        elif hasattr(pipe, "_progress_bar_config"):
+            del pipe._progress_bar_config
 
 
 def run_batches(

@@ -31,6 +31,11 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "seeds": list(range(48)),
     "eval_seeds": list(range(10_000, 10_128)),
     "metrics": ["digit-confidence"],
+    "rounds": 2,
+    "top_k": 1,
+    "strength": 1.0,
+    "scale": 2.0,
+    "steps": 12,
 }
 
 
