@@ -28,7 +28,7 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 DEMO_DEFAULTS: dict[str, Any] = {
     "objective": "digit-logprob",
     "prompts": [""],
-    "seeds": list(range(48)),
+    "seeds": list(range(40)),
     "eval_seeds": list(range(10_000, 10_128)),
     "metrics": ["digit-confidence"],
     "rounds": 2,

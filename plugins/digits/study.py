@@ -80,9 +80,9 @@ def write_study(out: Path, result: Any, tables: dict[float, Evaluation], seconds
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, default=64, help="search seeds (unconditional samples per candidate)")
-    parser.add_argument("--eval-seeds", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=40, help="search seeds (unconditional samples per candidate)")
+    parser.add_argument("--eval-seeds", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--objective", default="digit-logprob")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     fresh = list(range(100_000, 100_000 + args.eval_seeds))
     result = hunt(pipe, objective, prompts=[""], seeds=range(args.seeds), rounds=args.rounds, top_k=1,
                   strength=1.0, scale=args.scale, steps=args.steps, out_dir=args.out / "hunt", eval_seeds=fresh)
-    tables = softpag_table(pipe, result, objective, fresh, [0.25, 0.5, 1.0], [1.0, args.scale])
+    tables = softpag_table(pipe, result, objective, fresh, [0.25, 0.5, 1.0], [args.scale])
     path = write_study(args.out, result, tables, time.perf_counter() - start)
     summary = {str(w): {n: {"objective": r.objective.mean, **{m: e.mean for m, e in r.metrics.items()}}
                         for n, r in ev.settings.items()} for w, ev in tables.items()}
