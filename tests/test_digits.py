@@ -143,3 +143,32 @@ def test_fd_is_zero_against_itself_and_large_against_noise(heldout):
     assert result.fd > 20 * fd_bootstrap(real[:150], real[150:], n_boot=20).fd
     assert result.low <= result.fd <= result.high
     assert np.isfinite(result.sd)
+
+
+def _card() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "docs" / "digits.md").read_text()
+
+
+def test_model_card_example_runs():
+    import re
+
+    code = re.findall(r"```python\n(.*?)```", _card(), flags=re.S)[0]
+    scope: dict = {}
+    exec(compile(code, "docs/digits.md", "exec"), scope)  # noqa: S102 (our own documentation)
+    assert scope["images"].shape == (3, 1, 16, 16) and scope["scores"].shape == (3,)
+
+
+def test_model_card_quotes_the_shipped_quality_figures():
+    import json
+
+    from headhunter.plugins.digits.model import WEIGHTS_DIR
+
+    card, quality = _card(), json.loads((WEIGHTS_DIR / "quality.json").read_text())
+    rows = [quality["real"]["fd_train_vs_heldout"]] + [quality[k]["fd"] for k in
+                                                        ("cond_cfg1", "cond_cfg1.5", "cond_cfg3", "uncond")]
+    for fd in rows:
+        assert f"{fd['fd']:.1f} ± {1.96 * fd['sd']:.1f}" in card
+    acc = quality["cond_cfg1"]["accuracy"]
+    assert f"{acc['mean']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]" in card

@@ -307,7 +307,8 @@ def load_digits_pipeline(weights_dir: str | Path | None = None, device: str | to
     transformer = SD3Transformer2DModel.from_config(config["transformer"])
     label_encoder = LabelEncoder.from_config(config["label_encoder"])
     for module, name in ((transformer, TRANSFORMER_FILE), (label_encoder, LABEL_ENCODER_FILE)):
-        module.load_state_dict({k: v.float() for k, v in load_file(str(wdir / name)).items()}, strict=True)
+        state = {k: v.float() for k, v in load_file(str(wdir / name)).items()}
+        module.load_state_dict(state, strict=True, assign=True)  # assign: no second copy of the weights
         module.to(device).eval()
         if dtype != torch.float32:
             module.to(dtype)
