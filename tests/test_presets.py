@@ -75,7 +75,10 @@ def test_strength_suffix_and_unknown_names():
 
 def test_filters():
     assert {p.architecture for p in list_presets(model="flux")} == {"flux"}
-    assert list_presets(model=SD3_MEDIUM) == list_presets(model="sd3")
+    sd3_family = list_presets(model="sd3")
+    assert {p.architecture for p in sd3_family} == {"sd3"}
+    assert list_presets(model=SD3_MEDIUM) == [p for p in sd3_family if p.model == SD3_MEDIUM]
+    assert [p.name for p in list_presets(model="digits")] == [p.name for p in ENTRIES if p.model == "digits"]
     assert list_presets(origin="search") == [p for p in ENTRIES if p.origin == "search"]
 
 
