@@ -22,8 +22,17 @@ from headhunter.plugins.digits.train import TrainConfig, run  # noqa: E402
 #: Measured on the shipped model: 100 % of these 50 seeded samples are recognised (docs/digits.md); the
 #: floor leaves room for platform-dependent float differences, not for a broken model.
 SHIPPED_ACCURACY_FLOOR = 0.9
-TINY = dict(steps=40, batch_size=32, warmup=5, num_layers=1, num_attention_heads=2, attention_head_dim=8,
+TINY = dict(steps=30, batch_size=32, warmup=5, num_layers=1, num_attention_heads=2, attention_head_dim=8,
             classifier_epochs=1, lr=2e-3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These calls are small: one thread is as fast, and immune to the OpenMP stalls of a shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +90,19 @@ def test_pipeline_is_deterministic_and_has_sd3_outputs(pipe):
     pil = sample("pil")
     assert len(pil) == 2 and pil[0].size == (16, 16)
     assert pipe.num_timesteps == 3 and not pipe.do_classifier_free_guidance
+
+
+def test_pipeline_callbacks_and_images_per_prompt(pipe):
+    calls = []
+
+    def on_step_end(p, i, t, tensors):
+        calls.append((i, tuple(tensors["latents"].shape)))
+        return {}
+
+    out = pipe("5", num_images_per_prompt=2, num_inference_steps=2, guidance_scale=1.5, output_type="pt",
+               callback_on_step_end=on_step_end)
+    assert out.images.shape == (2, 1, 16, 16)
+    assert calls == [(0, (2, 1, 16, 16)), (1, (2, 1, 16, 16))]
 
 
 def test_cfg_batch_is_uncond_then_cond(pipe):

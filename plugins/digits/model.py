@@ -59,7 +59,11 @@ SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 1.0}
 
 
 def build_transformer(**overrides: Any) -> SD3Transformer2DModel:
-    """A randomly initialised ``SD3Transformer2DModel`` of the demo config (``overrides`` replace keys)."""
+    """A randomly initialised ``SD3Transformer2DModel`` of the demo config (``overrides`` replace keys).
+
+    ``caption_projection_dim`` always follows ``num_attention_heads * attention_head_dim``: SD3's joint
+    blocks need the projected text tokens to have the width of the image tokens.
+    """
     config = {**TRANSFORMER_CONFIG, **overrides}
     config["caption_projection_dim"] = config["num_attention_heads"] * config["attention_head_dim"]
     return SD3Transformer2DModel(**config)
