@@ -108,7 +108,7 @@ def run_batches(
         on_batch(start, generate_rows(pipe, rows[start : start + batch_size], settings))
 
 
-def auto_batch_size(pipe: Any, images_per_unit: int, cap: int = 256) -> int:
+def auto_batch_size(pipe: Any, cap: int = 256) -> int:
     """Rows per pipeline call: a fixed budget on CPU, sized from free memory on CUDA."""
     device = pipeline_device(pipe)
     if device.type != "cuda":

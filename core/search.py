@@ -155,7 +155,7 @@ def hunt(
         model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
         strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation,
         perturbation_params=perturbation_params or {}, scope=scope, candidates=pool,
-        layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe, len(prompts) * len(seeds)),
+        layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
         pipeline_kwargs=pipeline_kwargs or {},
     )
     if rounds * top_k > len(pool):

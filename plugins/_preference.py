@@ -280,14 +280,10 @@ class HubObjective(Objective):
         return format_leaf(self.name, self.params.model_dump(exclude_defaults=True))
 
 
-class PickScore(HubObjective):
-    """PickScore v1: logit_scale.exp() x cos(image, prompt), about 18-23 on SD3 images (the paper's objective)."""
+class _PairScorer(HubObjective):
+    """A CLIP model scoring (image, prompt) pairs: cosine, times logit_scale.exp() when `scaled`."""
 
-    name = "pickscore"
-
-    class Params(_Params):
-        model: str = pydantic.Field(PICKSCORE_MODEL, description="CLIP weights (Hub repo id or local folder)")
-        processor: str = pydantic.Field(PICKSCORE_PROCESSOR, description="tokenizer + preprocessing repo")
+    scaled: ClassVar[bool] = True
 
     def load(self) -> None:
         self.clip = load_clip(self.params.model, self.params.processor)
@@ -298,7 +294,18 @@ class PickScore(HubObjective):
     @torch.no_grad()
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
         x = rgb_images(images)
-        return self.clip.scaled_cosine(x, check_prompts(x, prompts))
+        texts = check_prompts(x, prompts)
+        return self.clip.scaled_cosine(x, texts) if self.scaled else self.clip.cosine(x, texts)
+
+
+class PickScore(_PairScorer):
+    """PickScore v1: logit_scale.exp() x cos(image, prompt), about 18-23 on SD3 images (the paper's objective)."""
+
+    name = "pickscore"
+
+    class Params(_Params):
+        model: str = pydantic.Field(PICKSCORE_MODEL, description="CLIP weights (Hub repo id or local folder)")
+        processor: str = pydantic.Field(PICKSCORE_PROCESSOR, description="tokenizer + preprocessing repo")
 
 
 class ClipScore(HubObjective):
@@ -343,25 +350,15 @@ class ClipScore(HubObjective):
         return self.clip.scaled_cosine(x, self.texts(check_prompts(x, prompts)))
 
 
-class HPSv2(HubObjective):
+class HPSv2(_PairScorer):
     """HPS v2 (community transformers conversion): cos(image, prompt), about 0.2-0.3."""
 
     name = "hps"
+    scaled = False
 
     class Params(_Params):
         model: str = pydantic.Field(HPS_MODEL, description="HPS v2 weights as a transformers CLIPModel")
         processor: str = pydantic.Field(PICKSCORE_PROCESSOR, description="tokenizer + preprocessing (OpenCLIP ViT-H-14)")
-
-    def load(self) -> None:
-        self.clip = load_clip(self.params.model, self.params.processor)
-
-    def downloads(self) -> list[tuple[str, str]]:
-        return [(self.params.model, ""), (self.params.processor, SMALL_FILES)]
-
-    @torch.no_grad()
-    def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
-        x = rgb_images(images)
-        return self.clip.cosine(x, check_prompts(x, prompts))
 
 
 # ---------------------------------------------------------------- LAION aesthetic

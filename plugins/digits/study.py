@@ -22,13 +22,7 @@ from headhunter.evaluation import Evaluation, evaluate
 from headhunter.objective_expr import parse_objective
 from headhunter.search import hunt
 
-
-def fd_metric(images: torch.Tensor, prompts: list[str]) -> tuple[float, tuple[float, float]]:
-    """FD-digits of a set of samples against the held-out digits, with its 95 % bootstrap interval."""
-    from .metrics import fd_digits
-
-    result = fd_digits(images)
-    return result.fd, (result.low, result.high)
+from . import fd_digits_metric
 
 
 def softpag_table(pipe: Any, result: Any, objective: Any, seeds: list[int], strengths: list[float],
@@ -54,7 +48,7 @@ def softpag_table(pipe: Any, result: Any, objective: Any, seeds: list[int], stre
         gen = GenerationSettings(scale=w, steps=result.settings.steps)
         evaluations[w] = evaluate(pipe, table, objective, result.settings.prompts, seeds, gen,
                                   batch_size=result.settings.batch_size, metrics={},
-                                  set_metrics={"FD-digits (lower is better)": fd_metric}, keep_images=0)
+                                  set_metrics={"FD-digits (lower is better)": fd_digits_metric}, keep_images=0)
     return evaluations
 
 
