@@ -68,7 +68,7 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
          candidates, batch_size, eval_seeds, out_dir, no_resume, no_report) -> None:
     """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
     diffusers model id / local path. With no arguments this runs the demo on the embedded model."""
-    from headhunter.search import hunt as run_hunt
+    from headhunter.workflow import hunt as run_hunt
 
     result = run_hunt(
         _load(model), objective, read_prompts(prompts), parse_seeds(seeds), rounds=rounds, top_k=top_k,

@@ -34,7 +34,7 @@ _LAZY = {
     "ModelAdapter": "headhunter.adapter",
     "apply": "headhunter.guidance",
     "GuidanceHandle": "headhunter.guidance",
-    "hunt": "headhunter.search",
+    "hunt": "headhunter.workflow",
     "HuntResult": "headhunter.search",
     "evaluate": "headhunter.evaluation",
     "parse_objective": "headhunter.objective_expr",

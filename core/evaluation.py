@@ -117,3 +117,34 @@ def _score(name, images, prompts, objective, metrics, set_metrics, keep) -> Sett
         value, (low, high) = fn(images, prompts)
         estimates[m] = Estimate(float(value), float(low), float(high), len(images))
     return SettingResult(name, bootstrap_mean(scores), scores, estimates, images[:keep].clone())
+
+
+def evaluate_result(pipe: Any, result: Any, objective: Any, seeds: Sequence[int], *,
+                    metrics: Sequence[str] | Mapping[str, Any] = (), set_metrics: Mapping[str, SetMetric] | None = None,
+                    progress: bool = True) -> Evaluation:
+    """Fresh-seed comparison of a search result (`headhunter.search.HuntResult`): no guidance, the best
+    layer, the found head set, each earlier round's set and every whole layer (`result.comparison_headsets()`),
+    on the search's prompts and generation settings. metrics: per-image objective names (or name -> Objective)."""
+    from tqdm.auto import tqdm
+
+    from .registry import get_registry
+
+    settings = result.comparison_headsets()
+    if not isinstance(metrics, Mapping):
+        metrics = {m: get_registry().objective(m) for m in metrics}
+    prompts = result.settings.prompts
+    bar = tqdm(total=len(settings) * len(prompts) * len(seeds), desc="evaluation", unit="img", disable=not progress)
+    evaluation = evaluate(pipe, settings, objective, prompts, seeds, result.generation(),
+                          batch_size=result.settings.batch_size, metrics=metrics, set_metrics=set_metrics or {},
+                          progress=bar.update)
+    bar.close()
+    return evaluation
+
+
+def evaluation_summary(evaluation: Evaluation) -> dict[str, Any]:
+    """The figures stored in the found head set's metadata: means, 95 % intervals, metrics per setting
+    (whole layers other than the best one are left out)."""
+    return {"seeds": evaluation.seeds,
+            **{name: {"objective": r.objective.mean, "ci95": [r.objective.low, r.objective.high],
+                      **{m: e.mean for m, e in r.metrics.items()}}
+               for name, r in evaluation.settings.items() if not name.startswith("layer ")}}

@@ -1,6 +1,7 @@
 """Search reports people look at: per-round head heatmaps, score curve, image grids, tables, an index.
 
-Everything is written atomically into the search's output folder; `index.md` links it all and states
+The report reads a search result (`headhunter.search.HuntResult`, used by attribute only: this module does
+not import the search) and an optional fresh-seed `Evaluation`. Everything is written atomically into the search's output folder; `index.md` links it all and states
 plainly whether the found head set beat the unguided model and the best whole layer on fresh seeds.
 """
 
@@ -17,10 +18,9 @@ import torch
 
 from ._headset_io import write_atomic
 from .evaluation import Evaluation
-from .search import HuntResult
 
 
-def write_report(result: HuntResult, out_dir: Path, evaluation: Evaluation | None = None) -> Path:
+def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = None) -> Path:
     """Write all report files into out_dir; returns the path of index.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     heatmaps = [plot_heatmap(result, r.index, out_dir / f"heatmap_round{r.index}.png") for r in result.rounds]
@@ -46,7 +46,7 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def heat_matrix(result: HuntResult, round_index: int) -> np.ndarray:
+def heat_matrix(result: Any, round_index: int) -> np.ndarray:
     """Scores of round r as a layers x heads matrix (NaN where a head was not a candidate)."""
     width = max(s.num_heads for s in result.sites)
     matrix = np.full((len(result.sites), width), np.nan)
@@ -56,7 +56,7 @@ def heat_matrix(result: HuntResult, round_index: int) -> np.ndarray:
     return matrix
 
 
-def plot_heatmap(result: HuntResult, round_index: int, path: Path) -> Path:
+def plot_heatmap(result: Any, round_index: int, path: Path) -> Path:
     """Paper Fig. 2/22 style: every head's score in this round, selected heads boxed."""
     import matplotlib
 
@@ -80,7 +80,7 @@ def plot_heatmap(result: HuntResult, round_index: int, path: Path) -> Path:
     return _save_figure(fig, path)
 
 
-def plot_curve(result: HuntResult, path: Path, evaluation: Evaluation | None = None) -> Path:
+def plot_curve(result: Any, path: Path, evaluation: Evaluation | None = None) -> Path:
     """Objective vs number of selected heads, with the baseline and the best whole layer as lines."""
     import matplotlib
 
@@ -134,7 +134,7 @@ def _to_pil(image: torch.Tensor) -> Any:
 
 
 # ----- tables -------------------------------------------------------------------------------------------
-def write_scores(result: HuntResult, out_dir: Path) -> None:
+def write_scores(result: Any, out_dir: Path) -> None:
     """scores.csv (one row per round and candidate) and scores.json (everything, machine-readable)."""
     rows = result.score_table()
     buffer = _io.StringIO()
@@ -186,7 +186,7 @@ def verdict(evaluation: Evaluation, found: str, rival: str) -> str:
     return f"**{found} {outcome} {rival}** on fresh seeds: difference {diff.mean:+.4g} (95 % CI [{diff.low:+.4g}, {diff.high:+.4g}], n = {diff.n})."
 
 
-def render_index(result: HuntResult, evaluation: Evaluation | None, heatmaps: list[Path], curve: Path, grid: Path | None) -> str:
+def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path], curve: Path, grid: Path | None) -> str:
     s = result.settings
     lines = [
         f"# HeadHunter report: {result.headset.name}",

@@ -97,128 +97,70 @@ class HuntResult:
             return None
         return max(self.layer_scores.items(), key=lambda kv: kv[1])
 
+    def generation(self) -> GenerationSettings:
+        """How the search made its images (scale, steps, perturbation, scope, ...): reuse it to compare."""
+        return generation_settings(self.settings)
 
-def hunt(
-    model: Any = "digits",
-    objective: Any = None,
-    prompts: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    *,
-    rounds: int | None = None,
-    top_k: int | None = None,
-    strength: float | None = None,
-    scale: float | None = None,
-    steps: int | None = None,
-    cfg: float | None = None,
-    perturbation: str = "softpag",
-    perturbation_params: dict[str, Any] | None = None,
-    scope: str = "joint",
-    candidates: Sequence[str | int] | None = None,
-    batch_size: int | None = None,
-    out_dir: str | Path | None = None,
-    resume: bool = True,
-    layer_baselines: bool = True,
-    pipeline_kwargs: dict[str, Any] | None = None,
-    progress: bool = True,
-    name: str | None = None,
-    eval_seeds: Sequence[int] | None = None,
-    report: bool = True,
-) -> HuntResult:
-    """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
+    def layer_headset(self, layer: int) -> HeadSet:
+        """Every head of one layer at the search's strength u (layer-level PAG/SoftPAG)."""
+        return HeadSet.from_heads([(layer, h, self.settings.strength) for h in range(self.sites[layer].num_heads)],
+                                  sites=self.sites, architecture=self.headset.metadata.architecture, name=f"L{layer}")
 
-    model: a pipeline or a registered model name; objective: an Objective or an expression string
-    (defaults come from the model's `headhunter_defaults` where it has them); prompts x seeds are the M
-    scoring pairs; rounds, top_k, strength (u), scale (w), steps left as None take the model's defaults,
-    else 1, 1, 1.0, 3.0, 12; candidates: heads in paper notation (`L3H2`), layer indices or site names (default:
-    every head). With `out_dir`, state is checkpointed after every batch and the search resumes from it,
-    and (with `report`) the found set is compared with the baseline and every whole layer on `eval_seeds`
-    (fresh seeds, never the search's) and a report is written there (index.md, PNGs, CSV/JSON).
+    def round_headset(self, index: int) -> HeadSet:
+        """The set S after round `index` (round 0: the first heads added), at the search's strength u."""
+        heads = self.rounds[index].selected_before + self.rounds[index].added
+        return HeadSet.from_heads([(*parse_notation(h)[:2], self.settings.strength) for h in heads], sites=self.sites,
+                                  architecture=self.headset.metadata.architecture, name=f"round {index}")
+
+    def comparison_headsets(self) -> dict[str, HeadSet | None]:
+        """What a fair comparison of this result needs, by display name: no guidance, the best whole layer
+        (chosen on the search seeds, as the head set was), the found set, each earlier round's set, and
+        every whole layer. None means unguided."""
+        out: dict[str, HeadSet | None] = {"no guidance": None}
+        best = self.best_layer
+        if best is not None:
+            out[f"best layer ({best[0]})"] = self.layer_headset(int(best[0][1:]))
+        out["found head set"] = self.headset
+        for r in self.rounds[:-1]:
+            out[f"round {r.index} set"] = self.round_headset(r.index)
+        out.update({f"layer {name}": self.layer_headset(int(name[1:])) for name in self.layer_scores})
+        return out
+
+
+def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str | Path | None = None,
+           resume: bool = True, progress: bool = True, name: str | None = None) -> HuntResult:
+    """The search loop alone (paper Algorithm 1): rounds over the candidates in `settings`, scored with
+    `objective` on settings.prompts x settings.seeds; returns the result, writes nothing but the checkpoint.
+
+    With `out_dir`, per-image scores are checkpointed to out_dir/state.json after every batch and a
+    search with equal settings resumes from it (`resume=False` starts over). Evaluation on fresh seeds
+    and the report are separate steps (`headhunter.evaluation.evaluate_result`, `headhunter.report`);
+    `headhunter.hunt` composes all three. Raises SearchError on bad settings or a foreign checkpoint.
     """
-    pipe, model_name = _resolve_model(model)
-    defaults = getattr(pipe, "headhunter_defaults", {})
-    objective_obj, objective_text = _resolve_objective(objective if objective is not None else defaults.get("objective"))
-    prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
-    seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
-    rounds, top_k, strength, scale, steps = (
-        value if value is not None else defaults.get(key, fallback)
-        for key, value, fallback in (("rounds", rounds, 1), ("top_k", top_k, 1), ("strength", strength, 1.0),
-                                     ("scale", scale, 3.0), ("steps", steps, 12))
-    )
-    if not prompts:
-        raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
     adapter = get_registry().adapter_for(pipe)
     sites = adapter.sites(pipe)
-    architecture = adapter.architecture
-    pool = _candidate_pool(sites, candidates)
-    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # validate early
-    settings = SearchSettings(
-        model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
-        strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation,
-        perturbation_params=perturbation_params or {}, scope=scope, candidates=pool,
-        layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
-        pipeline_kwargs=pipeline_kwargs or {},
-    )
-    if rounds * top_k > len(pool):
-        raise SearchError(f"rounds x top_k = {rounds * top_k} heads asked for, but the pool has only {len(pool)} candidates")
+    pool_size = len(settings.candidates)
+    if settings.rounds * settings.top_k > pool_size:
+        raise SearchError(f"rounds x top_k = {settings.rounds * settings.top_k} heads asked for, but the pool has only {pool_size} candidates")
     state = _State.open(Path(out_dir) if out_dir else None, settings, resume)
-    search = _Search(pipe, sites, architecture, settings, objective_obj, state, progress)
-    result = search.run(name or f"headhunter-{model_name.split('/')[-1]}")
+    loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress)
+    result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
-    if out_dir:
-        if report:
-            fresh = _fresh_seeds(eval_seeds, defaults, seeds)
-            evaluation = evaluate_result(pipe, result, objective_obj, fresh, defaults, progress)
-            result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
-                update={"evaluation": _evaluation_summary(evaluation)}))
-            from .report import write_report
-
-            write_report(result, Path(out_dir), evaluation)
-        result.headset.save(Path(out_dir) / io.WEIGHTS_NAME)
-        result.headset.save(Path(out_dir) / io.JSON_NAME)
     return result
 
 
-def _fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seeds: list[int]) -> list[int]:
-    fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.get("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
-    overlap = sorted(set(fresh) & set(seeds))
-    if overlap:
-        raise SearchError(f"evaluation seeds {overlap[:5]} were used by the search; evaluation needs fresh seeds")
-    return fresh
-
-
-def evaluate_result(pipe: Any, result: HuntResult, objective: Any, seeds: Sequence[int],
-                    defaults: dict[str, Any] | None = None, progress: bool = True) -> Any:
-    """Fresh-seed comparison of no guidance, the best layer, every layer and the found head set."""
-    from .evaluation import evaluate
-
-    defaults = defaults or {}
-    s = result.settings
-    search = _Search(pipe, result.sites, result.headset.metadata.architecture, s, objective,
-                     _State(None, s, {"units": {}, "done_batches": {}}), progress=False)
-    settings: dict[str, HeadSet | None] = {"no guidance": None}
-    best = result.best_layer
-    if best is not None:
-        settings[f"best layer ({best[0]})"] = search.layer_headset(int(best[0][1:]))
-    settings["found head set"] = result.headset
-    settings.update({f"layer {name}": search.layer_headset(int(name[1:])) for name in result.layer_scores})
-    metrics = {m: get_registry().objective(m) for m in defaults.get("metrics", [])}
-    total = len(settings) * len(s.prompts) * len(seeds)
-    bar = tqdm(total=total, desc="evaluation", unit="img", disable=not progress)
-    evaluation = evaluate(pipe, settings, objective, s.prompts, seeds, search.gen, batch_size=s.batch_size,
-                          metrics=metrics, set_metrics=defaults.get("set_metrics", {}), progress=bar.update)
-    bar.close()
-    return evaluation
-
-
-def _evaluation_summary(evaluation: Any) -> dict[str, Any]:
-    return {"seeds": evaluation.seeds,
-            **{name: {"objective": r.objective.mean, "ci95": [r.objective.low, r.objective.high],
-                      **{m: e.mean for m, e in r.metrics.items()}}
-               for name, r in evaluation.settings.items() if not name.startswith("layer ")}}
+def generation_settings(settings: SearchSettings) -> GenerationSettings:
+    """The generation settings every image of this search is made with."""
+    return GenerationSettings(
+        scale=settings.scale, steps=settings.steps, cfg=settings.cfg, perturbation=settings.perturbation,
+        perturbation_params=settings.perturbation_params, scope=settings.scope,
+        pipeline_kwargs=settings.pipeline_kwargs,
+    )
 
 
 # ----- resolution of arguments ----------------------------------------------------------------------
-def _resolve_model(model: Any) -> tuple[Any, str]:
+def resolve_model(model: Any) -> tuple[Any, str]:
+    """(pipeline, name): a registered model name is loaded; a pipeline is used as it is."""
     if isinstance(model, str):
         from ._loading import load_model
 
@@ -227,7 +169,8 @@ def _resolve_model(model: Any) -> tuple[Any, str]:
     return model, str(name or type(model).__name__)
 
 
-def _resolve_objective(objective: Any) -> tuple[Any, str]:
+def resolve_objective(objective: Any) -> tuple[Any, str]:
+    """(Objective, canonical expression) from an Objective or an expression string; SearchError if None."""
     if objective is None:
         raise SearchError("no objective given and the model has no default objective; pass objective='NAME'")
     if isinstance(objective, str):
@@ -238,7 +181,7 @@ def _resolve_objective(objective: Any) -> tuple[Any, str]:
     return objective, expression(objective)
 
 
-def _candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) -> list[str]:
+def candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) -> list[str]:
     """Candidate heads in paper notation; layer indices and site names expand to all their heads."""
     all_heads = [format_notation(i, h) for i, s in enumerate(sites) for h in range(s.num_heads)]
     if candidates is None:
@@ -318,11 +261,7 @@ class _Search:
         self.pipe, self.sites, self.architecture = pipe, sites, architecture
         self.settings, self.objective, self.state = settings, objective, state
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
-        self.gen = GenerationSettings(
-            scale=settings.scale, steps=settings.steps, cfg=settings.cfg, perturbation=settings.perturbation,
-            perturbation_params=settings.perturbation_params, scope=settings.scope,
-            pipeline_kwargs=settings.pipeline_kwargs,
-        )
+        self.gen = generation_settings(settings)
         total_units = 1 + (len(sites) if settings.layer_baselines else 0)
         total_units += sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
         total_units += settings.rounds if settings.top_k > 1 else 0

@@ -18,7 +18,7 @@ import torch
 from headhunter import HeadSet, SearchError
 from headhunter._runner import GenerationSettings, Row, generate_rows
 from headhunter.objective import Objective, as_tensor_images
-from headhunter.search import hunt
+from headhunter.workflow import hunt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {tests!r})
     from test_search import tiny_digits_pipe, Brightness, SETTINGS
-    from headhunter.search import hunt
+    from headhunter.workflow import hunt
     r = hunt(tiny_digits_pipe(), Brightness(), rounds=2, out_dir={out!r}, report=False, batch_size=2, **SETTINGS)
     print("RESULT", r.headset.notation(), repr([sorted(x.scores.items()) for x in r.rounds]))
     """
@@ -205,3 +205,28 @@ def test_composite_objectives_combine_per_candidate_means_as_the_paper_code():
     b = Darkness()(images, ["x"]).double().mean().item()
     assert result.rounds[0].scores["L0H1"] == pytest.approx(2 / (1 / a + 1 / b), rel=1e-5)
     assert result.settings.objective == "harmonic(test-brightness, test-darkness)"
+
+
+def test_search_evaluation_and_report_are_separate_steps(tmp_path):
+    """The loop returns a result and writes only its checkpoint; search and report never import each other."""
+    import ast
+
+    from headhunter.evaluation import evaluate_result
+    from headhunter.report import write_report
+    from headhunter.search import SearchSettings, search
+
+    for module, other in (("search", "report"), ("report", "search")):
+        tree = ast.parse((ROOT / "core" / f"{module}.py").read_text())
+        imported = {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(name.split(".")[-1] == other for name in imported), (module, imported)
+    pipe = tiny_digits_pipe()
+    settings = SearchSettings(model="tiny", objective="test-brightness", prompts=["3"], seeds=[0, 1], steps=3,
+                              scale=2.0, strength=0.5, candidates=["L0H0", "L1H2"], batch_size=8)
+    result = search(pipe, settings, Brightness(), out_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert set(result.comparison_headsets()) == {"no guidance", "best layer (L%s)" % result.best_layer[0][1:],
+                                                 "found head set", "layer L0", "layer L1"}
+    evaluation = evaluate_result(pipe, result, Brightness(), [50, 51], progress=False)
+    write_report(result, tmp_path, evaluation)
+    assert (tmp_path / "index.md").is_file() and "found head set" in (tmp_path / "index.md").read_text()

@@ -20,7 +20,7 @@ import torch
 from headhunter._loading import load_model
 from headhunter.evaluation import Evaluation, evaluate
 from headhunter.objective_expr import parse_objective
-from headhunter.search import hunt
+from headhunter.workflow import hunt
 
 from . import fd_digits_metric
 

@@ -1,0 +1,113 @@
+"""The hunt workflow: search, then fresh-seed evaluation, then the report (`headhunter.hunt`).
+
+Three separate steps, composed here and in the CLI: `headhunter.search.search` returns a `HuntResult`
+(writing only its checkpoint); `headhunter.evaluation.evaluate_result` compares it with no guidance and
+every whole layer on fresh seeds; `headhunter.report.write_report` renders both. The search and the report
+never import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _headset_io as io
+from ._runner import auto_batch_size
+from .errors import SearchError
+from .evaluation import evaluate_result, evaluation_summary
+from .registry import get_registry
+from .search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
+
+
+def model_defaults(pipe: Any) -> dict[str, Any]:
+    """The model's search defaults (objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, ...)."""
+    return dict(getattr(pipe, "headhunter_defaults", {}))
+
+
+def hunt(
+    model: Any = "digits",
+    objective: Any = None,
+    prompts: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    *,
+    rounds: int | None = None,
+    top_k: int | None = None,
+    strength: float | None = None,
+    scale: float | None = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    perturbation: str = "softpag",
+    perturbation_params: dict[str, Any] | None = None,
+    scope: str = "joint",
+    candidates: Sequence[str | int] | None = None,
+    batch_size: int | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    layer_baselines: bool = True,
+    pipeline_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    name: str | None = None,
+    eval_seeds: Sequence[int] | None = None,
+    report: bool = True,
+) -> HuntResult:
+    """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
+
+    model: a pipeline or a registered model name; objective: an Objective or an expression string
+    (defaults come from the model's search defaults where it has them); prompts x seeds are the M
+    scoring pairs; rounds, top_k, strength (u), scale (w), steps left as None take the model's defaults,
+    else 1, 1, 1.0, 3.0, 12; candidates: heads in paper notation (`L3H2`), layer indices or site names
+    (default: every head). With `out_dir`, state is checkpointed after every batch and the search resumes
+    from it, and (with `report`) the found set is compared with no guidance and every whole layer on
+    `eval_seeds` (fresh seeds, never the search's) and a report is written there (index.md, PNGs,
+    CSV/JSON), then the head set (headset.safetensors, headset.json). Raises SearchError on bad settings.
+    """
+    pipe, model_name = resolve_model(model)
+    defaults = model_defaults(pipe)
+    objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.get("objective"))
+    prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
+    seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
+    rounds, top_k, strength, scale, steps = (
+        value if value is not None else defaults.get(key, fallback)
+        for key, value, fallback in (("rounds", rounds, 1), ("top_k", top_k, 1), ("strength", strength, 1.0),
+                                     ("scale", scale, 3.0), ("steps", steps, 12))
+    )
+    if not prompts:
+        raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
+    sites = get_registry().adapter_for(pipe).sites(pipe)
+    pool = candidate_pool(sites, candidates)
+    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # validate early
+    settings = SearchSettings(
+        model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
+        strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation,
+        perturbation_params=perturbation_params or {}, scope=scope, candidates=pool,
+        layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
+        pipeline_kwargs=pipeline_kwargs or {},
+    )
+    result = search(pipe, settings, objective_obj, out_dir=out_dir, resume=resume, progress=progress, name=name)
+    if out_dir:
+        out = Path(out_dir)
+        evaluation = None
+        if report:
+            fresh = fresh_seeds(eval_seeds, defaults, seeds)
+            evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
+                                         set_metrics=defaults.get("set_metrics", {}), progress=progress)
+            result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
+                update={"evaluation": evaluation_summary(evaluation)}))
+        result.headset.save(out / io.WEIGHTS_NAME)
+        result.headset.save(out / io.JSON_NAME)
+        if report:
+            from .report import write_report
+
+            write_report(result, out, evaluation)
+    return result
+
+
+def fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seeds: Sequence[int]) -> list[int]:
+    """The evaluation seeds: given, else the model's, else 10,000.. (as many as the search's, at least 8);
+    SearchError if any was used by the search."""
+    fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.get("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
+    overlap = sorted(set(fresh) & {int(s) for s in seeds})
+    if overlap:
+        raise SearchError(f"evaluation seeds {overlap[:5]} were used by the search; evaluation needs fresh seeds")
+    return fresh
