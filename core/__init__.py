@@ -34,6 +34,7 @@ _LAZY = {
     "ModelAdapter": "headhunter.adapter",
     "apply": "headhunter.guidance",
     "GuidanceHandle": "headhunter.guidance",
+    "HeadHunterGuidance": "headhunter.guider",
     "hunt": "headhunter.workflow",
     "HuntResult": "headhunter.search",
     "evaluate": "headhunter.evaluation",

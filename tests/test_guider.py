@@ -1,0 +1,381 @@
+"""HeadHunterGuidance: diffusers' guider API in modular pipelines, checked against `headhunter.apply` on the
+matching stock pipeline, against diffusers' own PerturbedAttentionGuidance, and its config round trip
+(local folders and the fake Hub)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.configuration_utils import FrozenDict
+from diffusers.guiders import ClassifierFreeGuidance, PerturbedAttentionGuidance
+from diffusers.modular_pipelines import FluxAutoBlocks, StableDiffusion3AutoBlocks
+from diffusers.modular_pipelines.flux.denoise import FluxLoopDenoiser
+from diffusers.modular_pipelines.modular_pipeline_utils import ComponentSpec, InputParam
+from tiny_pipes import FLUX_CALL, SD3_CALL, build_flux, build_sd3
+
+import headhunter
+from headhunter import HeadSet, HeadSetError, HubError, ModelError
+from headhunter.attention import PerturbingProcessor
+from headhunter.guider import HeadHunterGuidance
+
+PROMPT = "a photo of a red cat"
+STEPS = 4
+TOL = 1e-5
+
+
+def make_headset(pipe, notation: str, name: str) -> HeadSet:
+    adapter = headhunter.get_registry().adapter_for(pipe)
+    return HeadSet.from_notation(notation, sites=adapter.sites(pipe), architecture=adapter.architecture, name=name)
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return build_sd3()
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return build_flux(num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def sd3_sets(sd3):
+    return make_headset(sd3, "L0H1, L1H3@0.5", "a"), make_headset(sd3, "L1H0", "b")
+
+
+# ----- modular pipelines from the tiny stock pipelines' components -------------------------------------
+def modular(blocks, pipe, guider=None):
+    components = {k: v for k, v in pipe.components.items() if v is not None}
+    if guider is not None:
+        components["guider"] = guider
+    mp = blocks.init_pipeline()
+    mp.update_components(**components)
+    mp.set_progress_bar_config(disable=True)
+    return mp
+
+
+def run_modular_sd3(pipe, guider, cfg: bool, prompt: str = PROMPT) -> torch.Tensor:
+    extra = {"negative_prompt": ""} if cfg else {}  # the modular SD3 encoder makes negatives only when asked
+    mp = modular(StableDiffusion3AutoBlocks(), pipe, guider)
+    return mp(prompt=prompt, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+              output="latents", **extra, **SD3_CALL)
+
+
+def run_stock_sd3(pipe, s: float, prompt: str = PROMPT) -> torch.Tensor:
+    return pipe(prompt, guidance_scale=s, num_inference_steps=STEPS, output_type="latent",
+                generator=torch.Generator().manual_seed(0), **SD3_CALL).images
+
+
+class GuidedFluxLoopDenoiser(FluxLoopDenoiser):
+    """FLUX.1's loop denoiser with the guider contract of diffusers' SD3 loop (`StableDiffusion3LoopDenoiser`).
+
+    diffusers 0.42.1's modular FLUX.1 pipeline calls the transformer once per step and has no guider, so
+    the FLUX tests swap this block in; it has no negative prompt (FLUX.1's modular encoder makes none).
+    """
+
+    @property
+    def expected_components(self):
+        return [ComponentSpec("guider", ClassifierFreeGuidance, config=FrozenDict({"guidance_scale": 1.0}),
+                              default_creation_method="from_config"), *super().expected_components]
+
+    @property
+    def inputs(self):
+        return [*super().inputs, InputParam("num_inference_steps", type_hint=int)]
+
+    @torch.no_grad()
+    def __call__(self, components, block_state, i, t):
+        guider = components.guider
+        guider.set_state(step=i, num_inference_steps=block_state.num_inference_steps, timestep=t)
+        batches = guider.prepare_inputs({"hidden_states": block_state.latents,
+                                         "encoder_hidden_states": block_state.prompt_embeds,
+                                         "pooled_projections": block_state.pooled_prompt_embeds})
+        for batch in batches:
+            guider.prepare_models(components.transformer)
+            rows = batch.hidden_states.shape[0]
+            batch.noise_pred = components.transformer(
+                hidden_states=batch.hidden_states, timestep=t.expand(rows) / 1000, guidance=block_state.guidance,
+                encoder_hidden_states=batch.encoder_hidden_states, pooled_projections=batch.pooled_projections,
+                joint_attention_kwargs=block_state.joint_attention_kwargs, txt_ids=block_state.txt_ids,
+                img_ids=block_state.img_ids, return_dict=False)[0]
+            guider.cleanup_models(components.transformer)
+        block_state.noise_pred = guider(batches).pred
+        return components, block_state
+
+
+def guided_flux_blocks():
+    blocks = FluxAutoBlocks()
+    blocks.sub_blocks["denoise"].sub_blocks["denoise"].sub_blocks["denoiser"] = GuidedFluxLoopDenoiser()
+    return blocks
+
+
+def run_modular_flux(pipe, guider) -> torch.Tensor:
+    mp = modular(guided_flux_blocks(), pipe, guider)
+    return mp(prompt=PROMPT, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="latents",
+              **FLUX_CALL)
+
+
+def run_stock_flux(pipe) -> torch.Tensor:
+    packed = pipe(PROMPT, num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0),
+                  **FLUX_CALL).images
+    return pipe._unpack_latents(packed, FLUX_CALL["height"], FLUX_CALL["width"], pipe.vae_scale_factor)
+
+
+def assert_stock_processors(transformer) -> None:
+    processors = transformer.attn_processors.values()
+    assert not any(isinstance(p, PerturbingProcessor) for p in processors)
+
+
+# ----- equality with apply() ----------------------------------------------------------------------------
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("s", [4.5, 1.0])
+def test_sd3_modular_equals_apply_on_the_stock_pipeline(sd3, sd3_sets, s, batched):
+    a, b = sd3_sets
+    guider = HeadHunterGuidance(headsets=[a, b], perturbed_guidance_scale=[2.0, 1.5], perturbed_guidance_stop=[1.0, 0.5],
+                                guidance_scale=s, batched=batched)
+    got = run_modular_sd3(sd3, guider, cfg=s > 1)
+    with headhunter.apply(sd3, [a, b], scale=[2.0, 1.5], stop=[1.0, 0.5]):
+        expected = run_stock_sd3(sd3, s)
+    plain = run_stock_sd3(sd3, s)
+    assert (got - expected).abs().max().item() < TOL
+    assert (got - plain).abs().max().item() > 1e-2  # the guidance did something
+    assert_stock_processors(sd3.transformer)
+
+
+def test_sd3_batch_layout_and_model_state(sd3, sd3_sets):
+    """Separate mode: one forward per prediction, processors installed only around the perturbed ones."""
+    a, b = sd3_sets
+    guider = HeadHunterGuidance(headsets=[a, b], perturbed_guidance_scale=2.0, perturbed_guidance_start=[0.0, 0.5],
+                                guidance_scale=3.0)
+    seen = []
+    hook = sd3.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs["hidden_states"].shape[0], any(
+            isinstance(p, PerturbingProcessor) for p in m.attn_processors.values()))), with_kwargs=True)
+    try:
+        run_modular_sd3(sd3, guider, cfg=True)
+    finally:
+        hook.remove()
+    # steps 0, 1: cond, uncond, a; steps 2, 3 (b's window [0.5, 1)): cond, uncond, a, b
+    assert seen == [(1, False), (1, False), (1, True)] * 2 + [(1, False), (1, False), (1, True), (1, True)] * 2
+    batched = guider.new(batched=True)
+    assert batched.config.batched and batched.config.perturbed_guidance_start == [0.0, 0.5]
+    seen.clear()
+    hook = sd3.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        run_modular_sd3(sd3, batched, cfg=True)
+    finally:
+        hook.remove()
+    assert seen == [3, 3, 4, 4]
+    assert_stock_processors(sd3.transformer)
+
+
+def test_flux_modular_loop_equals_apply_on_the_stock_pipeline(flux):
+    hs = make_headset(flux, "L0H1, L1H0@0.7", "f")  # L1 is the single-stream block
+    guider = HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0)
+    got = run_modular_flux(flux, guider)
+    with headhunter.apply(flux, hs, scale=2.0):
+        expected = run_stock_flux(flux)
+    assert (got - expected).abs().max().item() < TOL
+    assert (got - run_stock_flux(flux)).abs().max().item() > 1e-3
+    assert_stock_processors(flux.transformer)
+
+
+# ----- where diffusers' PerturbedAttentionGuidance fails ------------------------------------------------------
+def test_sd3_stock_pag_guider_raises_where_ours_works(sd3):
+    pag = PerturbedAttentionGuidance(guidance_scale=4.5, perturbed_guidance_scale=2.0, perturbed_guidance_layers=[1],
+                                     perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
+    with pytest.raises(ValueError, match="JointAttnProcessor2_0'> not registered"):
+        run_modular_sd3(sd3, pag, cfg=True)
+    assert not any(hasattr(m, "_diffusers_hook") for m in sd3.transformer.transformer_blocks[1].modules())
+    # ours on the same layer: every head of layer 1 with identity (PAG) and diffusers' joint identity scope
+    sites = headhunter.get_registry().adapter_for(sd3).sites(sd3)
+    layer = HeadSet.from_heads([(1, h) for h in range(sites[1].num_heads)], sites=sites, architecture="sd3", name="L1")
+    ours = HeadHunterGuidance(headsets=layer, perturbed_guidance_scale=2.0, guidance_scale=4.5, perturbation="identity")
+    got = run_modular_sd3(sd3, ours, cfg=True)
+    with headhunter.apply(sd3, layer, scale=2.0, perturbation="identity"):
+        expected = run_stock_sd3(sd3, 4.5)
+    assert (got - expected).abs().max().item() < TOL
+
+
+def test_flux_stock_pag_guider_raises_where_ours_works(flux):
+    pag = PerturbedAttentionGuidance(guidance_scale=3.0, perturbed_guidance_scale=2.0, perturbed_guidance_layers=[0],
+                                     perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
+    with pytest.raises(AttributeError, match="'FluxAttention' object has no attribute 'is_cross_attention'"):
+        run_modular_flux(flux, pag)
+    # without CFG it does not raise, but never perturbs either: its hook goes on at the third prepared batch only
+    no_cfg = pag.new(guidance_scale=1.0)
+    plain = run_modular_flux(flux, ClassifierFreeGuidance(guidance_scale=1.0))
+    assert torch.equal(run_modular_flux(flux, no_cfg), plain)
+    sites = headhunter.get_registry().adapter_for(flux).sites(flux)
+    layer = HeadSet.from_heads([(0, h) for h in range(sites[0].num_heads)], sites=sites, architecture="flux", name="L0")
+    ours = HeadHunterGuidance(headsets=layer, perturbed_guidance_scale=2.0, perturbation="identity")
+    got = run_modular_flux(flux, ours)
+    with headhunter.apply(flux, layer, scale=2.0, perturbation="identity"):
+        expected = run_stock_flux(flux)
+    assert (got - expected).abs().max().item() < TOL
+    assert (got - plain).abs().max().item() > 1e-3
+
+
+# ----- settings and errors ------------------------------------------------------------------------------------
+def test_defaults_come_from_the_headset_metadata(sd3):
+    hs = make_headset(sd3, "L0H1", "rec").with_metadata(
+        guidance={"scale": 2.5, "cfg": 5.0, "start": 0.25, "stop": 0.75, "scope": "image"},
+        perturbation={"name": "uniform", "params": {}})
+    guider = HeadHunterGuidance(headsets=hs)
+    cfg = guider.config
+    assert (cfg.perturbed_guidance_scale, cfg.perturbed_guidance_start, cfg.perturbed_guidance_stop) == ([2.5], [0.25], [0.75])
+    assert (cfg.guidance_scale, cfg.scope, cfg.perturbation) == (5.0, "image", "uniform")
+    assert HeadHunterGuidance(headsets=make_headset(sd3, "L0H1", "plain")).config.guidance_scale == 1.0  # CFG off
+    guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(1.0))
+    assert guider.num_conditions == 2  # cond, uncond: the branch starts at step 1
+    guider.set_state(step=1, num_inference_steps=4, timestep=torch.tensor(1.0))
+    assert guider.num_conditions == 3
+
+
+def test_forward_is_the_guidance_equation(sd3, sd3_sets):
+    a, b = sd3_sets
+    guider = HeadHunterGuidance(headsets=[a, b], perturbed_guidance_scale=[2.0, 0.5], guidance_scale=4.0,
+                                guidance_rescale=0.0)
+    g = torch.Generator().manual_seed(0)
+    cond, uncond, p0, p1 = (torch.randn(1, 4, 2, 2, generator=g, dtype=torch.float64) for _ in range(4))
+    out = guider.forward(cond, uncond, pred_cond_perturbed_0=p0, pred_cond_perturbed_1=p1).pred
+    assert torch.allclose(out, uncond + 4.0 * (cond - uncond) + 2.0 * (cond - p0) + 0.5 * (cond - p1), atol=1e-12)
+    assert torch.allclose(guider.forward(cond, pred_cond_perturbed_1=p1).pred, cond + 0.5 * (cond - p1), atol=1e-12)
+
+
+def test_bad_settings_are_refused_by_name(sd3, sd3_sets, flux):
+    a, b = sd3_sets
+    with pytest.raises(HeadSetError, match="at least one head set"):
+        HeadHunterGuidance(headsets=[])
+    with pytest.raises(HeadSetError, match="perturbed_guidance_scale= has 3 values for 2 head sets"):
+        HeadHunterGuidance(headsets=[a, b], perturbed_guidance_scale=[1.0, 2.0, 3.0])
+    with pytest.raises(HeadSetError, match="scope='everything' is not allowed"):
+        HeadHunterGuidance(headsets=a, scope="everything")
+    with pytest.raises(HeadSetError, match="guidance_scale=-1"):
+        HeadHunterGuidance(headsets=a, guidance_scale=-1)
+    with pytest.raises(HeadSetError, match="not found"):
+        HeadHunterGuidance(headsets="no/such/file.safetensors")
+    with pytest.raises(HeadSetError, match="unknown keys"):
+        HeadHunterGuidance(headsets={"source": "x/y", "sha": "1"})
+    # a head set for another model: refused before anything is installed, the model left stock
+    flux_set = make_headset(flux, "L0H1", "f")
+    with pytest.raises(HeadSetError, match="architecture 'flux'"):
+        run_modular_sd3(sd3, HeadHunterGuidance(headsets=flux_set, guidance_scale=1.0), cfg=False)
+    assert_stock_processors(sd3.transformer)
+
+
+def test_a_forward_that_raised_leaves_nothing_behind_for_the_next_step(sd3, sd3_sets):
+    guider = HeadHunterGuidance(headsets=sd3_sets[0], perturbed_guidance_scale=2.0)
+    guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(1.0))
+    guider.prepare_inputs({"hidden_states": torch.zeros(1, 4, 16, 16)})
+    guider.prepare_models(sd3.transformer)  # cond: nothing installed
+    assert_stock_processors(sd3.transformer)
+    guider.prepare_models(sd3.transformer)  # perturbed: installed; suppose the forward raised, no cleanup_models
+    assert any(isinstance(p, PerturbingProcessor) for p in sd3.transformer.attn_processors.values())
+    guider.set_state(step=1, num_inference_steps=4, timestep=torch.tensor(1.0))
+    guider.prepare_inputs({"hidden_states": torch.zeros(1, 4, 16, 16)})
+    guider.prepare_models(sd3.transformer)  # the next prepare removes the leftover
+    assert_stock_processors(sd3.transformer)
+    with pytest.raises(ModelError, match="does not split into 2 equal blocks"):
+        batched = guider.new(batched=True)
+        batched.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(1.0))
+        batched.prepare_inputs({"hidden_states": torch.zeros(1, 4, 16, 16)})
+        batched.prepare_models(sd3.transformer)
+        try:
+            sd3.transformer(hidden_states=torch.zeros(3, 4, 16, 16), timestep=torch.ones(3),
+                            encoder_hidden_states=torch.zeros(3, 8, 32), pooled_projections=torch.zeros(3, 32))
+        finally:
+            batched.cleanup_models(sd3.transformer)
+    assert_stock_processors(sd3.transformer)
+
+
+# ----- the config: guider_config.json round trips -------------------------------------------------------------
+def test_local_round_trip_references_the_file(sd3, sd3_sets, tmp_path):
+    a, b = sd3_sets
+    a.save(tmp_path / "a.safetensors")
+    guider = HeadHunterGuidance(headsets=[str(tmp_path / "a.safetensors")], perturbed_guidance_scale=2.0,
+                                guidance_scale=3.0, perturbation="softpag", scope="image")
+    guider.save_pretrained(tmp_path / "repo" / "guider")
+    saved = json.loads((tmp_path / "repo" / "guider" / "guider_config.json").read_text())
+    assert saved["_class_name"] == "HeadHunterGuidance"
+    assert saved["headsets"] == [{"source": str(tmp_path / "a.safetensors"), "revision": None, "weight_name": None}]
+    assert "L0H1" not in json.dumps(saved)  # referenced, not embedded
+    loaded = HeadHunterGuidance.from_pretrained(tmp_path / "repo", subfolder="guider")
+    assert loaded.headsets == [a]
+    keep = ("headsets", "perturbed_guidance_scale", "guidance_scale", "scope", "perturbation", "perturbation_params")
+    assert {k: loaded.config[k] for k in keep} == {k: guider.config[k] for k in keep}
+    assert torch.equal(run_modular_sd3(sd3, loaded, cfg=True), run_modular_sd3(sd3, guider, cfg=True))
+
+
+def test_presets_are_referenced_by_name_and_objects_cannot_be_saved(sd3_sets, tmp_path):
+    guider = HeadHunterGuidance(headsets="preset:digits-uncond-greedy")
+    guider.save_pretrained(tmp_path / "g")
+    assert HeadHunterGuidance.from_pretrained(tmp_path / "g").config.headsets == [
+        {"source": "preset:digits-uncond-greedy", "revision": None, "weight_name": None}]
+    with pytest.raises(HeadSetError, match="head set 'a' was given as an object"):
+        HeadHunterGuidance(headsets=sd3_sets[0]).save_pretrained(tmp_path / "h")
+    assert not (tmp_path / "h").exists()
+
+
+# ----- the Hub (tests/fakehub.py) ------------------------------------------------------------------------------
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    from fakehub import FakeHub
+    from test_hub import point_hub_at
+
+    with FakeHub() as fake:
+        point_hub_at(monkeypatch, fake.endpoint, tmp_path / "hf-cache")
+        # diffusers' push_to_hub calls huggingface_hub's module-level create_repo/upload_folder, bound to an HfApi
+        # made at import time (its endpoint read then)
+        from huggingface_hub import hf_api
+
+        monkeypatch.setattr(hf_api.api, "endpoint", fake.endpoint)
+        yield fake
+
+
+def test_hub_round_trip_pins_the_headset_commit(hub, sd3, sd3_sets, tmp_path):
+    a, b = sd3_sets
+    a.push_to_hub("me/heads")
+    first = hub.repos["me/heads"].refs["main"]
+    guider = HeadHunterGuidance(headsets="me/heads", perturbed_guidance_scale=2.0, guidance_scale=3.0)
+    assert guider.config.headsets == [{"source": "me/heads", "revision": first, "weight_name": "headset.safetensors"}]
+    guider.push_to_hub("me/sd3-headhunter", subfolder="guider")
+    assert "guider/guider_config.json" in hub.repos["me/sd3-headhunter"].files("main")
+    b.push_to_hub("me/heads")  # the head-set repo moves on; the guider config still points at the first commit
+    assert hub.repos["me/heads"].refs["main"] != first
+    loaded = HeadHunterGuidance.from_pretrained("me/sd3-headhunter", subfolder="guider")
+    assert loaded.headsets == [a] and loaded.config.headsets == guider.config.headsets
+    assert torch.equal(run_modular_sd3(sd3, loaded, cfg=True), run_modular_sd3(sd3, guider, cfg=True))
+    assert HeadHunterGuidance(headsets="me/heads").headsets == [b]  # unpinned: the newest
+
+
+def test_push_refuses_headsets_others_cannot_fetch(hub, sd3_sets, tmp_path):
+    path = sd3_sets[0].save(tmp_path / "a.safetensors")
+    with pytest.raises(HubError, match="is a local file"):
+        HeadHunterGuidance(headsets=str(path)).push_to_hub("me/guider", subfolder="guider")
+    with pytest.raises(HeadSetError, match="given as an object"):
+        HeadHunterGuidance(headsets=sd3_sets[0]).push_to_hub("me/guider", subfolder="guider")
+    assert "me/guider" not in hub.repos
+
+
+# ----- export and docs ---------------------------------------------------------------------------------------
+def test_exported_from_the_package():
+    assert headhunter.HeadHunterGuidance is HeadHunterGuidance
+    assert "HeadHunterGuidance" in headhunter.__all__
+
+
+def test_guidance_docs_modular_example_runs(sd3, sd3_sets, tmp_path, monkeypatch):
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guidance.md").read_text()
+    section = guide.split("## Modular diffusers", 1)[1]
+    example = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    sd3_sets[0].save(tmp_path / "my-headset.safetensors")
+    scope = {"pipe": sd3}
+    exec(example, scope)
+    assert scope["image"].size == (32, 32)
+    assert scope["same"].config.headsets == scope["guider"].config.headsets
+    assert (tmp_path / "my-sd3-guider" / "guider" / "guider_config.json").is_file()
