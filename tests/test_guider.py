@@ -145,6 +145,26 @@ def test_sd3_modular_equals_apply_on_the_stock_pipeline(sd3, sd3_sets, s, batche
     assert_stock_processors(sd3.transformer)
 
 
+def test_sd35_like_model_equals_apply():
+    """qk RMSNorm and the image-only attn2 site of SD3.5-medium."""
+    pipe = build_sd3(qk_norm="rms_norm", dual_attention_layers=(0,))
+    hs = make_headset(pipe, "L0H1, L2H3", "c")  # L2 = transformer_blocks.0.attn2
+    got = run_modular_sd3(pipe, HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=4.5),
+                          cfg=True)
+    with headhunter.apply(pipe, hs, scale=2.0):
+        expected = run_stock_sd3(pipe, 4.5)
+    assert (got - expected).abs().max().item() < TOL
+
+
+def test_nothing_guided_is_bit_identical_to_diffusers_cfg_guider(sd3, sd3_sets):
+    """w = 0, or every branch outside its window: no perturbed pass, the stock CFG guider's output bit for bit."""
+    stock = run_modular_sd3(sd3, ClassifierFreeGuidance(guidance_scale=4.5), cfg=True)
+    for guider in (HeadHunterGuidance(headsets=sd3_sets[0], perturbed_guidance_scale=0.0, guidance_scale=4.5),
+                   HeadHunterGuidance(headsets=sd3_sets[0], perturbed_guidance_start=0.0, perturbed_guidance_stop=0.0,
+                                      guidance_scale=4.5)):
+        assert torch.equal(run_modular_sd3(sd3, guider, cfg=True), stock)
+
+
 def test_sd3_batch_layout_and_model_state(sd3, sd3_sets):
     """Separate mode: one forward per prediction, processors installed only around the perturbed ones."""
     a, b = sd3_sets
