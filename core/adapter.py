@@ -27,13 +27,16 @@ class TokenLayout:
     """Where text and image tokens sit in one attention call's sequence.
 
     `text_first`: FLUX orders `[text | image]`, SD3 `[image | text]`. `grid`: the image tokens' (rows, cols)
-    on the latent patch grid, row-major, when known. An image-only site has `text_len == 0`.
+    on the latent patch grid of one frame, row-major, when known. `frames`: video frames (latent, after
+    temporal patching; 1 for images); the image tokens are then `frames x rows x cols`, frame-major (Wan).
+    An image-only site (SD3.5 `attn2`, Wan self-attention) has `text_len == 0`.
     """
 
     text_len: int
     image_len: int
     text_first: bool
     grid: tuple[int, int] | None = None
+    frames: int = 1
 
     @property
     def seq_len(self) -> int:

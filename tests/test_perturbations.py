@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from tiny import FAMILIES, forward, slice_inputs
+from tiny import FAMILIES, attention_lengths, forward, slice_inputs, to_dtype
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from headhunter import HeadSet
@@ -22,7 +22,8 @@ from headhunter.registry import get_registry
 from headhunter.schema import SCOPES
 
 REGISTRY = get_registry()
-EXTRA_PARAMS = {"blur": [{"sigma": math.inf}, {"sigma": math.inf, "mean_over": "all"}, {"sigma": 0.7}]}
+EXTRA_PARAMS = {"blur": [{"sigma": math.inf}, {"sigma": math.inf, "mean_over": "all"}, {"sigma": 0.7},
+                         {"sigma": 0.7, "temporal_sigma": 1.5}, {"sigma": math.inf, "temporal_sigma": 2.0}]}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -263,8 +264,7 @@ def test_hot_path_reads_no_device_values(family, name, params, scope):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_half_precision_keeps_dtype(family):
     model = FAMILIES[family][0]().to(torch.bfloat16)
-    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() and k not in ("img_ids", "txt_ids") else v)
-              for k, v in FAMILIES[family][1](model, 2).items()}
+    inputs = to_dtype(FAMILIES[family][1](model, 2), torch.bfloat16)
     stock = forward(model, inputs)
     for scope in ("joint", "pag_mask"):
         with install(model, "softpag", {}, scope) as inst, inst.strengths(per_sample_strengths(inst.sites, 2)):
@@ -343,11 +343,8 @@ class _SquareSpy(TorchDispatchMode):
     ("blur", {"sigma": math.inf}, "joint"), ("blur", {"sigma": math.inf, "mean_over": "all"}, "joint"),
 ])
 def test_no_attention_map_is_materialised(family, name, params, scope):
-    from tiny import GRID, TEXT_LEN
-
     model, inputs = model_and_inputs(family, 2)
-    image = GRID[0] * GRID[1]
     with install(model, name, params, scope) as inst, inst.strengths(per_sample_strengths(inst.sites, 2)):
-        with _SquareSpy({image, image + TEXT_LEN}) as spy:
+        with _SquareSpy(attention_lengths(family)) as spy:
             forward(model, inputs)
     assert spy.seen == []

@@ -1,0 +1,35 @@
+"""Built-in plugin: FLUX.2 (`Flux2Transformer2DModel`): the adapter and the published model's site table.
+
+Sites in paper order: the double-stream `transformer_blocks.{i}.attn` (joint), then the single-stream
+`single_transformer_blocks.{i}.attn` (single), as for FLUX.1; token order [text | image] in both. The
+adapter itself (`headhunter.plugins.flux2.adapter`, torch + diffusers) is imported when the hook runs.
+"""
+
+from __future__ import annotations
+
+from headhunter.hookspecs import hookimpl
+from headhunter.sites import Site
+
+
+def flux2_sites(num_layers: int, num_single_layers: int, num_heads: int) -> list[Site]:
+    """Sites of a FLUX.2 transformer: double-stream blocks 0..n-1, then single-stream blocks n.. (paper order:
+    FLUX.2-dev 0-7 double, 8-55 single)."""
+    double = [Site(name=f"transformer_blocks.{i}.attn", num_heads=num_heads, kind="joint") for i in range(num_layers)]
+    single = [
+        Site(name=f"single_transformer_blocks.{i}.attn", num_heads=num_heads, kind="single")
+        for i in range(num_single_layers)
+    ]
+    return double + single
+
+
+#: Published FLUX.2 models (Hub id -> double-stream blocks, single-stream blocks, heads): diffusers' defaults.
+PUBLISHED: dict[str, tuple[int, int, int]] = {
+    "black-forest-labs/FLUX.2-dev": (8, 48, 48),
+}
+
+
+@hookimpl
+def register_adapters(register):
+    from .adapter import Flux2Adapter
+
+    register("flux2", Flux2Adapter)

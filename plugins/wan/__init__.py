@@ -1,0 +1,30 @@
+"""Built-in plugin: Wan 2.x video (`WanTransformer3DModel`): the adapter and the published models' site tables.
+
+Sites in paper order: the self-attention `blocks.{i}.attn1` of every block (kind `image`: video tokens
+only, frames x rows x cols). The text cross-attention `blocks.{i}.attn2` is not a site: it stays stock.
+The adapter (`headhunter.plugins.wan.adapter`, torch + diffusers) is imported when the hook runs.
+"""
+
+from __future__ import annotations
+
+from headhunter.hookspecs import hookimpl
+from headhunter.sites import Site
+
+
+def wan_sites(num_layers: int, num_heads: int) -> list[Site]:
+    """Sites of a Wan transformer: the self-attention of blocks 0..n-1 (Wan 2.1 14B: 0-39)."""
+    return [Site(name=f"blocks.{i}.attn1", num_heads=num_heads, kind="image") for i in range(num_layers)]
+
+
+#: Published Wan models (Hub id -> blocks, heads).
+PUBLISHED: dict[str, tuple[int, int]] = {
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": (40, 40),  # diffusers' WanTransformer3DModel defaults
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": (30, 12),
+}
+
+
+@hookimpl
+def register_adapters(register):
+    from .adapter import WanAdapter
+
+    register("wan", WanAdapter)
