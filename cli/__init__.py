@@ -2,11 +2,19 @@
 
 Built-in commands live one module per verb in this package and are added through the same
 `register_commands` hook that third-party plugins use (see headhunter.plugins.commands).
+
+Errors: a user mistake never prints a traceback. A usage error (bad option, value out of range) prints
+click's usage line and one `Error: ...` line and exits with 2; a failure (a HeadhunterError, a pydantic
+validation error, an OSError such as a read-only folder or a full disk) prints one `Error: ...` line and
+exits with 1; an unexpected exception (a bug) prints one `Error: internal error ...` line and exits with 1.
+`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads made sampling up to
@@ -21,14 +29,85 @@ from headhunter._version import __version__
 from headhunter.errors import HeadhunterError
 
 
-class _Group(click.Group):
-    """A click group that turns library errors into clean CLI errors (no traceback for user mistakes)."""
+#: Environment variable that turns on tracebacks (like `--debug`).
+DEBUG_ENV = "HEADHUNTER_DEBUG"
+#: Exit codes: click's usage errors are 2; every other failure is 1.
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
-    def invoke(self, ctx: click.Context) -> Any:
+
+_debug_flag = False
+
+
+def debug_enabled() -> bool:
+    """Whether tracebacks are shown: `--debug` was given or HEADHUNTER_DEBUG is set to a true value."""
+    return _debug_flag or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def error_line(err: BaseException) -> str:
+    """One line describing a failure for the user (newlines folded, the path named for OSErrors)."""
+    if isinstance(err, OSError) and not isinstance(err, HeadhunterError):
+        what = err.strerror or str(err)
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        text = f"{where}: {what}" if where else what
+    elif _is_validation_error(err):
+        first = err.errors()[0]  # type: ignore[attr-defined]
+        loc = ".".join(str(p) for p in first.get("loc", ())) or "value"
+        text = f"{loc}: {first['msg']} (got {first.get('input')!r})"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _is_validation_error(err: BaseException) -> bool:
+    module = sys.modules.get("pydantic")
+    return module is not None and isinstance(err, module.ValidationError)
+
+
+def _fail(err: BaseException, message: str, code: int) -> None:
+    if debug_enabled():
+        traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """The CLI group: runs a command and turns every failure into one `Error:` line and an exit code.
+
+    Exit codes: 0 success, 2 usage error (click), 1 any other failure, 130 interrupted. Tracebacks
+    only with `--debug` or HEADHUNTER_DEBUG=1.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        global _debug_flag
+        _debug_flag = False
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            return super().invoke(ctx)
-        except HeadhunterError as err:
-            raise click.ClickException(str(err)) from err
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort as err:
+            _fail(err, "aborted", EXIT_INTERRUPTED)
+        except KeyboardInterrupt as err:
+            _fail(err, "interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as err:  # usage errors (2) and ClickExceptions raised by commands (1)
+            if debug_enabled():
+                traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+            err.message = " ".join(str(err.message).split())
+            err.show()
+            sys.exit(err.exit_code)
+        except (HeadhunterError, OSError) as err:
+            _fail(err, error_line(err), EXIT_FAILURE)
+        except Exception as err:  # noqa: BLE001 - last resort: a bug still gets one line, not a traceback
+            if _is_validation_error(err):
+                _fail(err, error_line(err), EXIT_FAILURE)
+            _fail(err, f"internal error ({type(err).__name__}: {error_line(err)[:300]}); rerun with --debug "
+                       f"(or {DEBUG_ENV}=1) for the traceback and report it", EXIT_FAILURE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    global _debug_flag
+    _debug_flag = _debug_flag or value
 
 
 def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
@@ -39,6 +118,8 @@ def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
 
     @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "obj": pm})
     @click.version_option(__version__, prog_name="headhunter")
+    @click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                  help=f"Show the Python traceback of a failure (also {DEBUG_ENV}=1).")
     def cli() -> None:
         """Find, store, share and apply head-level perturbation guidance (HeadHunter, SoftPAG)
         for diffusion transformers: SD3/SD3.5, FLUX.1 and the embedded digits demo model."""

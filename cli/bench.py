@@ -17,9 +17,12 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import click
+
+from headhunter.cli.params import BoundedInt, Device, FiniteFloat, IntList
 
 SD3_SMALL = dict(sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=6, attention_head_dim=16,
                  num_attention_heads=8, joint_attention_dim=64, caption_projection_dim=128,
@@ -255,20 +258,24 @@ def format_row(row: dict[str, Any]) -> str:
               help="Model(s) to time (default: sd3-small and flux-small).")
 @click.option("--full-size", type=click.Choice(["sd3-medium", "flux-dev"]), multiple=True,
               help="Published architecture with random weights (for a GPU).")
-@click.option("--batch", "batches", default="1,2,16", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--heads", default=24, show_default=True, help="Heads perturbed in the 'heads' and 'pag_mask' cases.")
-@click.option("--rounds", default=7, show_default=True, help="Interleaved rounds per case (the median is reported).")
-@click.option("--min-time", default=0.05, show_default=True, help="Seconds per timed sample (sets repetitions).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--batch", "batches", default="1,2,16", show_default=True, type=IntList(1, 4096),
+              help="Comma-separated batch sizes, each in [1, 4096].")
+@click.option("--heads", default=24, show_default=True, type=BoundedInt(0, 100_000),
+              help="Heads perturbed in the 'heads' and 'pag_mask' cases.")
+@click.option("--rounds", default=7, show_default=True, type=BoundedInt(1, 1000),
+              help="Interleaved rounds per case (the median is reported).")
+@click.option("--min-time", default=0.05, show_default=True, type=FiniteFloat(0.0, 60.0),
+              help="Seconds per timed sample (sets repetitions), in [0, 60].")
+@click.option("--device", default="cpu", show_default=True, type=Device(), help="cpu, cuda, cuda:1, mps")
 @click.option("--dtype", "dtype_name", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--threads", type=BoundedInt(1, 1024), default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
               help="wall time, or this process's CPU time (auto: cpu on a CPU device, wall on a GPU).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
 @click.option("--suite", default="forward", show_default=True,
               help="Comma-separated: forward (perturbed vs stock forward), guided (guided step vs floor vs "
                    "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time).")
-def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, heads: int, rounds: int,
+def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int], heads: int, rounds: int,
           min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
           json_path: str | None, suite: str) -> None:
     """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search."""
@@ -293,10 +300,7 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, hea
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        sizes = [int(b) for b in batches.split(",") if b.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{batches!r}: expected comma-separated integers like 1,2,16", param_hint="--batch")
+    sizes = batches
     names = list(models) + list(full_size) or ["sd3-small", "flux-small"]
     if clock == "auto":
         clock = "cpu" if device == "cpu" else "wall"
@@ -306,5 +310,6 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: str, hea
     for name in names:
         results += bench_model(MODELS[name], sizes, heads, rounds, min_time, device, dtype_name, click.echo, clock)
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(results, f, indent=1)
+        from headhunter._files import write_atomic
+
+        write_atomic(Path(json_path), (json.dumps(results, indent=1) + "\n").encode())

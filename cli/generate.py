@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shlex
 import sys
 import warnings
@@ -18,6 +17,7 @@ from typing import Any
 
 import click
 
+from headhunter.cli.params import NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, FiniteFloat, WritableDir
 from headhunter.schema import SCOPES
 
 SIDECAR = "generate.json"
@@ -31,25 +31,25 @@ DTYPES = ("float32", "float16", "bfloat16")
               help="Head set: a file, a folder, `preset:NAME` or a Hub repo id. Repeat for several branches.")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable; digits: '0'..'9').")
 @click.option("--negative-prompt", help="Negative prompt for CFG (default: the pipeline's, usually '').")
-@click.option("--scale", type=click.FloatRange(min=0), help="Perturbation guidance scale w (default: the head set's).")
-@click.option("--cfg", type=click.FloatRange(min=0),
+@click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w (default: the head set's).")
+@click.option("--cfg", type=NON_NEGATIVE,
               help="CFG scale s, diffusers convention uncond + s (cond - uncond); s <= 1 turns CFG off. On FLUX "
                    "this is true CFG (true_cfg_scale). Default: the head set's recommendation, else the pipeline's.")
-@click.option("--distilled-guidance", type=float,
+@click.option("--distilled-guidance", type=FiniteFloat(min=0.0),
               help="FLUX.1-dev's guidance embedding (the pipeline's guidance_scale); default: the pipeline's.")
-@click.option("--start", type=click.FloatRange(0, 1), help="Window start, fraction of steps, inclusive (default: head set's).")
-@click.option("--stop", type=click.FloatRange(0, 1), help="Window stop, fraction of steps, exclusive (default: head set's).")
+@click.option("--start", type=UNIT, help="Window start, fraction of steps, inclusive (default: head set's).")
+@click.option("--stop", type=UNIT, help="Window stop, fraction of steps, exclusive (default: head set's).")
 @click.option("--scope", type=click.Choice(SCOPES), help="Identity scope (default: the head set's).")
-@click.option("--steps", type=click.IntRange(min=1), help="Denoising steps (default: the pipeline's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image; image i uses seed + i.")
-@click.option("--num-images", type=click.IntRange(min=1), default=1, show_default=True, help="Images per prompt.")
-@click.option("--height", type=click.IntRange(min=8), help="Image height in pixels (default: the model's).")
-@click.option("--width", type=click.IntRange(min=8), help="Image width in pixels (default: the model's).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("generated"), show_default=True,
+@click.option("--steps", type=STEPS, help="Denoising steps (default: the pipeline's).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the first image; image i uses seed + i.")
+@click.option("--num-images", type=POSITIVE_INT, default=1, show_default=True, help="Images per prompt.")
+@click.option("--height", type=PIXELS, help="Image height in pixels (default: the model's).")
+@click.option("--width", type=PIXELS, help="Image width in pixels (default: the model's).")
+@click.option("--out", type=WritableDir(), default=Path("generated"), show_default=True,
               help="Output folder for the PNGs and generate.json.")
 @click.option("--compare", is_flag=True, help="Also make the unguided images (same seeds) and compare.png.")
 @click.option("--sequential", is_flag=True, help="Run the perturbed pass as its own forward (less memory).")
-@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.option("--device", type=Device(), help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu).")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Weights dtype (default: bfloat16 on cuda, float32 on cpu).")
 def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], negative_prompt: str | None,
              scale: float | None, cfg: float | None, distilled_guidance: float | None, start: float | None,
@@ -236,9 +236,9 @@ def _save_png(image: Any, path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from headhunter._files import write_atomic
+
+    write_atomic(path, data)  # temp file + fsync + rename; no temp file left behind on failure
 
 
 def settings(model: str, pipe: Any, sources: tuple[str, ...], loaded: list[Any], handle: Any,

@@ -6,27 +6,16 @@ from pathlib import Path
 
 import click
 
+from headhunter.errors import HeadhunterError
+from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, Seeds, WritableDir
 
-def parse_seeds(text: str | None) -> list[int] | None:
-    """'0-99' (inclusive range), '3,5,8' or a mix like '0-9,42'."""
-    if text is None:
-        return None
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                low, high = part.split("-", 1)
-                if int(high) < int(low):
-                    raise click.BadParameter(f"seed range {part!r} is empty (end before start)")
-                seeds += range(int(low), int(high) + 1)
-            elif part:
-                seeds.append(int(part))
-        except ValueError:
-            raise click.BadParameter(f"cannot read seeds {part!r}; use '0-99', '3,5,8' or '0-9,42'") from None
-    if not seeds:
-        raise click.BadParameter("no seeds given")
-    return seeds
+
+#: Largest prompt file read (@FILE).
+MAX_PROMPT_FILE = 16 * 1024 * 1024
+
+
+class _PromptFileError(HeadhunterError):
+    pass
 
 
 def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
@@ -36,10 +25,17 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
     out: list[str] = []
     for value in prompts:
         if value.startswith("@"):
+            from headhunter._files import read_regular
+
             path = Path(value[1:])
-            if not path.is_file():
-                raise click.BadParameter(f"prompt file {path} does not exist")
-            out += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            try:
+                text = read_regular(path, max_bytes=MAX_PROMPT_FILE, error=_PromptFileError, what="prompt file")
+                lines = text.decode("utf-8").splitlines()
+            except _PromptFileError as err:
+                raise click.BadParameter(str(err), param_hint="--prompt") from None
+            except UnicodeDecodeError:
+                raise click.BadParameter(f"prompt file {path} is not UTF-8 text", param_hint="--prompt") from None
+            out += [line.strip() for line in lines if line.strip()]
         else:
             out.append(value)
     return out
@@ -49,19 +45,19 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.argument("model", default="digits")
 @click.option("--objective", help="Objective name or expression (default: the model's, digit-logprob for digits).")
 @click.option("--prompt", "prompts", multiple=True, help="A scoring prompt, or @FILE with one per line. Repeatable.")
-@click.option("--seeds", help="Scoring seeds: '0-99', '3,5,8'. Default: the model's.")
-@click.option("--rounds", type=click.IntRange(min=1), help="Greedy rounds R (default: the model's, else 1).")
-@click.option("--top-k", type=click.IntRange(min=1), help="Heads added per round (default: the model's, else 1).")
-@click.option("--strength", type=click.FloatRange(0, 1, min_open=True), help="SoftPAG strength u of each head (default: the model's, else 1).")
-@click.option("--scale", type=click.FloatRange(min=0), help="Perturbation guidance scale w (default: the model's, else 3).")
-@click.option("--cfg", type=click.FloatRange(min=0), help="CFG scale s (diffusers convention); default: the pipeline's.")
-@click.option("--steps", type=click.IntRange(min=1), help="Sampling steps (default: the model's, else 12).")
+@click.option("--seeds", type=Seeds(), help="Scoring seeds: '0-99', '3,5,8'. Default: the model's.")
+@click.option("--rounds", type=POSITIVE_INT, help="Greedy rounds R (default: the model's, else 1).")
+@click.option("--top-k", type=POSITIVE_INT, help="Heads added per round (default: the model's, else 1).")
+@click.option("--strength", type=STRENGTH, help="SoftPAG strength u of each head, in (0, 1] (default: the model's, else 1).")
+@click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w >= 0 (default: the model's, else 3).")
+@click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s >= 0 (diffusers convention); default: the pipeline's.")
+@click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
 @click.option("--perturbation", default="softpag", show_default=True, help="Perturbation plugin (see `headhunter plugins`).")
 @click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
 @click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per pipeline call (default: from memory).")
-@click.option("--eval-seeds", help="Fresh seeds for the evaluation (never the search seeds).")
-@click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
+@click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
+@click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
 @click.option("--no-report", is_flag=True, help="Skip the fresh-seed evaluation and report.")
 def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, steps, perturbation, scope,
@@ -71,10 +67,10 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
     from headhunter.workflow import hunt as run_hunt
 
     result = run_hunt(
-        _load(model), objective, read_prompts(prompts), parse_seeds(seeds), rounds=rounds, top_k=top_k,
+        _load(model), objective, read_prompts(prompts), seeds, rounds=rounds, top_k=top_k,
         strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation, scope=scope,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None, batch_size=batch_size,
-        out_dir=out_dir, resume=not no_resume, eval_seeds=parse_seeds(eval_seeds), report=not no_report,
+        out_dir=out_dir, resume=not no_resume, eval_seeds=eval_seeds, report=not no_report,
     )
     click.echo(f"found head set: {result.headset.notation()}")
     click.echo(f"search seeds: baseline {result.baseline_score:.4g} -> {result.rounds[-1].set_score:.4g}")
@@ -85,7 +81,9 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
         if isinstance(values, dict):
             ci = values.get("ci95", [float("nan")] * 2)
             click.echo(f"fresh seeds, {name}: {values['objective']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
-    click.echo(f"report: {Path(out_dir) / 'index.md'}")
+    click.echo(f"head set: {Path(out_dir) / 'headset.safetensors'}")
+    if not no_report:
+        click.echo(f"report: {Path(out_dir) / 'index.md'}")
 
 
 def _load(model: str):

@@ -10,13 +10,17 @@ from typing import Any
 
 import click
 
+from headhunter.cli.params import PIXELS
 from headhunter.errors import ModelError
+
+#: Largest config file read.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 @click.command("inspect")
 @click.argument("model")
-@click.option("--height", type=int, default=None, help="Image height in pixels for the token counts.")
-@click.option("--width", type=int, default=None, help="Image width in pixels for the token counts.")
+@click.option("--height", type=PIXELS, default=None, help="Image height in pixels for the token counts.")
+@click.option("--width", type=PIXELS, default=None, help="Image width in pixels for the token counts.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) to read from the cache.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Hugging Face cache to read from.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -86,7 +90,8 @@ def _from_configs(read: Any, source: str, missing: str) -> tuple[Any, str]:
         if config is None:
             raise ModelError(f"{missing} (model_index.json is there, transformer/config.json is not)")
         vae = read("vae/config.json")
-        scale = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 8
+        channels = vae.get("block_out_channels") if vae else None
+        scale = 2 ** (len(channels) - 1) if isinstance(channels, list) and 0 < len(channels) <= 16 else 8
     else:
         config = read("config.json")
         scale = 8
@@ -101,16 +106,31 @@ def _build_on_meta(config: dict[str, Any]) -> Any:
     import torch
 
     name = config.get("_class_name", "")
-    cls = getattr(diffusers, name, None)
-    if cls is None:
+    cls = getattr(diffusers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if cls is None or not hasattr(cls, "from_config"):
         raise ModelError(f"transformer class {name!r} is not a diffusers class; headhunter inspects diffusers models")
-    with torch.device("meta"):
-        return cls.from_config(config)
+    try:
+        with torch.device("meta"):
+            return cls.from_config(config)
+    except Exception as err:  # noqa: BLE001 - any value in a config from outside can break the constructor
+        raise ModelError(
+            f"cannot build {name} from its config: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        ) from None
 
 
 def _local_json(root: Path, name: str) -> dict[str, Any] | None:
     file = root / name
-    return json.loads(file.read_text()) if file.is_file() else None
+    return _read_config(file) if file.exists() else None
+
+
+def _read_config(file: Path) -> dict[str, Any]:
+    """A config JSON from outside: a regular file, bounded size and depth, finite numbers, an object."""
+    from headhunter._files import read_json
+
+    config = read_json(file, max_bytes=MAX_CONFIG_BYTES, error=ModelError, what="config file")
+    if not isinstance(config, dict):
+        raise ModelError(f"config file {file} must hold a JSON object, not {type(config).__name__}")
+    return config
 
 
 def _cached_json(repo_id: str, name: str, revision: str | None, cache_dir: str | None) -> dict[str, Any] | None:
@@ -121,7 +141,7 @@ def _cached_json(repo_id: str, name: str, revision: str | None, cache_dir: str |
         file = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, local_files_only=True)
     except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError):
         return None
-    return json.loads(Path(file).read_text())
+    return _read_config(Path(file))
 
 
 def _looks_like_repo_id(text: str) -> bool:

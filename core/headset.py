@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Union
@@ -25,6 +26,11 @@ from .sites import Site, format_notation, known_model_sites, parse_notation
 HeadSpec = Union[tuple[Union[str, int], int], tuple[Union[str, int], int, float]]
 
 MERGE_RULES = ("max", "sum", "override")
+#: Smallest non-zero strength: float32's smallest subnormal (strengths are stored as float32; a value that
+#: rounds to 0 there, like 1e-300, would vanish from the file, so it is refused).
+MIN_STRENGTH = float(np.finfo(np.float32).smallest_subnormal)
+
+_HEAD_INDEX = re.compile(r"^[0-9]{1,9}$")
 
 
 class Head(NamedTuple):
@@ -254,10 +260,12 @@ class HeadSet:
     def save(self, path: str | Path) -> Path:
         """Write the safetensors file (or, for a `.json` path, the JSON rendering) atomically."""
         path = Path(path)
+        meta_json = self._meta.model_dump_json()
+        io.parse_metadata(meta_json, source=f"head set {self.name!r} (not saved to {path})")  # what the reader checks
         if path.suffix == ".json":
             io.write_atomic(path, self.to_json().encode())
         else:
-            io.write_safetensors(path, self.dense(), self._meta.model_dump_json())
+            io.write_safetensors(path, self.dense(), meta_json)
         return path
 
     def push_to_hub(
@@ -292,7 +300,7 @@ class HeadSet:
         """Read a head set from a `.safetensors` file or its `.json` rendering."""
         path = Path(path)
         if path.suffix == ".json":
-            return cls._from_json_text(path.read_text(), source=str(path))
+            return cls._from_json_doc(io.read_json_rendering(path), source=str(path))
         meta_json, tensors = io.read_safetensors(path)
         meta = io.parse_metadata(meta_json, source=str(path))
         sizes = {s.name: s.num_heads for s in meta.sites}
@@ -304,14 +312,17 @@ class HeadSet:
 
     @classmethod
     def _from_json_text(cls, text: str, source: str) -> HeadSet:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise HeadSetError(f"{source} is not valid JSON: {err}") from None
+        """A head set from the text of a JSON rendering (bounded depth, finite numbers; see headhunter._files)."""
+        from ._files import parse_json
+
+        return cls._from_json_doc(parse_json(text, source=source, error=HeadSetError, max_bytes=io.MAX_JSON_BYTES), source)
+
+    @classmethod
+    def _from_json_doc(cls, doc: Any, source: str) -> HeadSet:
         if not isinstance(doc, dict) or set(doc) != {io.METADATA_KEY, "heads"}:
             keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
             raise HeadSetError(f"{source} is not a head-set JSON: expected keys 'headhunter' and 'heads', got {keys}")
-        meta = io.parse_metadata(json.dumps(doc[io.METADATA_KEY]), source=source)
+        meta = io.parse_metadata(doc[io.METADATA_KEY], source=source)
         heads = doc["heads"]
         if not isinstance(heads, dict):
             raise HeadSetError(f"{source}: 'heads' must map site names to {{head: strength}}, got {heads!r}")
@@ -334,7 +345,7 @@ def load_headset_file(path: str | Path) -> HeadSet:
         path = candidate
     if not path.exists():
         raise HeadSetError(f"head-set file {path} does not exist")
-    return HeadSet.from_file(path)
+    return HeadSet.from_file(path)  # refuses FIFOs, devices and oversized files without blocking
 
 
 def _resolve_sites(
@@ -391,19 +402,27 @@ def _validated_strengths(strengths: dict[str, dict[int, float]], sites: Sequence
 
 
 def _strength_value(value: Any, site: str, source: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise HeadSetError(f"{source + ': ' if source else ''}strength {value!r} at {site} must be a number in [0, 1]")
-    value = float(value)
+    where = source + ": " if source else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise HeadSetError(f"{where}strength {value!r} at {site} must be a number in [0, 1]")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise HeadSetError(f"{where}strength {value} at {site} out of range; allowed: [0, 1]") from None
     if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise HeadSetError(f"{source + ': ' if source else ''}strength {value} at {site} out of range; allowed: [0, 1]")
+        raise HeadSetError(f"{where}strength {value} at {site} out of range; allowed: [0, 1]")
+    if value != 0.0 and np.float32(value) == 0.0:
+        raise HeadSetError(
+            f"{where}strength {value:g} at {site} underflows to 0 in float32 (the file's dtype); allowed: 0 or "
+            f"[{MIN_STRENGTH:.2g}, 1]"
+        )
     return value
 
 
 def _head_index(text: str, site: str, source: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise HeadSetError(f"{source}: head index {text!r} at {site} is not an integer") from None
+    if not _HEAD_INDEX.match(text):
+        raise HeadSetError(f"{source}: head index {text[:40]!r} at {site} is not a non-negative integer like '3'")
+    return int(text)
 
 
 def _sparse(vec: np.ndarray, site: str, source: str) -> dict[int, float]:

@@ -74,6 +74,7 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi
 
+    check_repo_id(repo_id)
     weight_name = _check_weight_name(weight_name or io.WEIGHTS_NAME)
     api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
     with tempfile.TemporaryDirectory(prefix="headhunter-push-") as tmp:
@@ -91,6 +92,18 @@ def push_to_hub(
                 revision=revision,
                 create_pr=create_pr,
             )
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid Hub model id ('user/name'), else HubError with huggingface_hub's reason."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo id: {str(err).splitlines()[0]}") from None
+    return repo_id
 
 
 def json_name(weight_name: str) -> str:
@@ -332,6 +345,7 @@ def download_headset(
     """Fetch the head-set file into the cache; returns (local path, file name in the repo)."""
     from huggingface_hub import hf_hub_download
 
+    check_repo_id(repo_id)
     offline = local_files_only or _is_offline()
     if weight_name is not None:
         filename = _check_weight_name(weight_name)
@@ -435,6 +449,7 @@ def remote_metadata(
     from huggingface_hub import HfApi
     from huggingface_hub.errors import SafetensorsParsingError
 
+    check_repo_id(repo_id)
     filename = _check_weight_name(weight_name) if weight_name else resolve_weight_name(repo_id, revision=revision, token=token)
     source = f"{repo_id}/{filename}"
     with _hub_errors(repo_id, filename=filename, revision=revision):
@@ -564,6 +579,8 @@ def _hub_errors(
             f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where} and {filename!r} is not cached; "
             "check the network (or HF_ENDPOINT)"
         ) from None
+    except hf.HFValidationError as err:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo id ({str(err).splitlines()[0]}); use 'user/name'") from None
     except hf.GatedRepoError:
         raise HubError(f"{where} is gated: accept its conditions on the Hub and pass token= (or `hf auth login`)") from None
     except hf.RepositoryNotFoundError:

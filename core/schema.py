@@ -1,6 +1,7 @@
 """The head-set metadata schema (pydantic, strict): what a head set was made for and how to use it.
 
-Input from users is strict (`extra="forbid"`); files from a newer minor format version are read
+Input from users is strict (`extra="forbid"`, and every number must be finite: `allow_inf_nan=False`,
+also inside the free-form `params` and `evaluation` maps); files from a newer minor format version are read
 leniently but loudly (unknown keys are dropped with one warning naming them), and a newer major
 version is refused. docs/format.md documents every field.
 """
@@ -23,7 +24,20 @@ SCOPES: tuple[str, ...] = ("joint", "image", "pag_mask")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _finite_tree(value: Any, where: str) -> Any:
+    """Refuse NaN/inf anywhere in a free-form JSON-like value (dicts, lists, numbers, strings)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value}; numbers must be finite")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite_tree(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _finite_tree(item, f"{where}[{index}]")
+    return value
 
 
 class PerturbationSpec(_Strict):
@@ -31,6 +45,11 @@ class PerturbationSpec(_Strict):
 
     name: str = Field(default="softpag", min_length=1, description="perturbation plugin name")
     params: dict[str, Any] = Field(default_factory=dict, description="plugin parameters, e.g. {'sigma': 10}")
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return _finite_tree(params, "params")
 
 
 class GuidanceSettings(_Strict):
@@ -68,11 +87,16 @@ class SearchProvenance(_Strict):
     baseline_score: float | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict, description="fresh-seed evaluation figures")
 
+    @field_validator("evaluation")
+    @classmethod
+    def _finite_evaluation(cls, evaluation: dict[str, Any]) -> dict[str, Any]:
+        return _finite_tree(evaluation, "evaluation")
+
 
 class HeadSetMetadata(_Strict):
     """Everything a head set carries besides its strengths."""
 
-    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^\d+\.\d+$")
+    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]{1,6}\.[0-9]{1,6}$")
     name: str = Field(default="unnamed", min_length=1)
     description: str = ""
     architecture: str = Field(min_length=1, description="model family the sites belong to: sd3, flux, digits, ...")
@@ -98,15 +122,6 @@ class HeadSetMetadata(_Strict):
                 raise ValueError(f"site {site.name!r} listed twice")
             seen.add(site.name)
         return sites
-
-    @field_validator("search")
-    @classmethod
-    def _finite_scores(cls, search: SearchProvenance | None) -> SearchProvenance | None:
-        if search is not None:
-            for row in search.round_scores:
-                if any(math.isnan(x) for x in row):
-                    raise ValueError("round_scores contain NaN")
-        return search
 
 
 def format_major(version: str) -> int:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import HeadSetError
 
 SiteKind = Literal["joint", "single", "image"]
+#: Most heads a site may have (published models have at most 48; bounds memory for files from outside).
+MAX_HEADS = 4096
 
 _NOTATION = re.compile(r"^\s*L(\d+)H(\d+)(?:@([0-9.eE+-]+))?\s*$")
 
@@ -31,7 +33,7 @@ class Site(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, description="dotted module name, e.g. transformer_blocks.7.attn")
-    num_heads: int = Field(ge=1, description="number of attention heads at this site")
+    num_heads: int = Field(ge=1, le=MAX_HEADS, description="number of attention heads at this site")
     kind: SiteKind = Field(default="joint", description="joint | single | image")
 
 

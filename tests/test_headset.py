@@ -235,7 +235,7 @@ def test_json_rendering_errors_name_the_problem(tmp_path):
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
-    from headhunter import _headset_io
+    from headhunter import _files as _headset_io
 
     target = tmp_path / "out.safetensors"
 
@@ -249,7 +249,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_failed_save_keeps_previous_file_intact(tmp_path, monkeypatch):
-    from headhunter import _headset_io
+    from headhunter import _files as _headset_io
 
     target = tmp_path / "out.safetensors"
     first = small([(0, 0)])
