@@ -18,8 +18,10 @@ How it works (the pipeline's own loop is untouched):
   for any pipeline that combines its passes linearly and feeds the result to `scheduler.step`.
 - Which rows are conditional: with `pipe.do_classifier_free_guidance` (SD3, digits) the transformer batch
   is `[uncond | cond]` and the second half is conditional; a call made under
-  `transformer.cache_context("uncond")` (FLUX's true-CFG negative pass) and SD3's skip-layer-guidance
-  pass (`skip_layers=`) are left stock; any other call is all conditional.
+  `transformer.cache_context("uncond")` (FLUX's true-CFG negative pass, Wan's and Qwen-Image's
+  unconditional pass) and SD3's skip-layer-guidance pass (`skip_layers=`) are left stock; a call under
+  `cache_context("cond")` (pipelines that run cond and uncond as separate calls: Wan, Qwen-Image, FLUX.2
+  Klein) is all conditional, whatever the pipeline's CFG flag says; any other call is all conditional.
 - `remove()` (or leaving the `with` block) puts back the original `forward`, `cache_context`, `step` and
   attention processors: outputs are bit-identical to the unmodified pipeline afterwards.
 
@@ -354,6 +356,8 @@ class GuidanceHandle:
         """Which rows of this transformer call are conditional (None: leave the call stock)."""
         if self._context == "uncond" or kwargs.get("skip_layers") is not None:
             return None  # FLUX's true-CFG negative pass; SD3's skip-layer-guidance pass
+        if self._context == "cond":
+            return slice(0, n)  # a separate conditional pass (Wan, Qwen-Image, FLUX.2 Klein): every row is cond
         if getattr(self.pipeline, "do_classifier_free_guidance", False):
             if n % 2:
                 raise ModelError(f"CFG batch of {n} rows is not [uncond | cond]; cannot find the conditional rows")

@@ -1,0 +1,265 @@
+"""`headhunter.apply` on tiny FLUX.2, Qwen-Image and Wan pipelines, checked against hand-written reference loops
+(issue 18). As in tests/test_guidance.py, the loops run every pass as its own transformer forward and combine
+them by the formula of DESIGN.md written out inline (after the pipeline's own combination, e.g. Qwen-Image's
+norm-rescaled true CFG); they use the engine only for the perturbed pass itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+from diffusers.pipelines.flux2.pipeline_flux2 import retrieve_timesteps as flux2_timesteps
+from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+from diffusers.pipelines.qwenimage.pipeline_qwenimage import retrieve_timesteps as qwen_timesteps
+from tiny_dit_pipes import (
+    FLUX2_CALL,
+    QWEN_CALL,
+    WAN_CALL,
+    build_flux2,
+    build_qwenimage,
+    build_wan,
+    prompt_embeds,
+)
+
+import headhunter
+from headhunter import HeadSet, get_registry
+from headhunter.attention import batch_strengths
+
+TOL = 1e-4
+STEPS = 3
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def flux2():
+    return build_flux2()
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return build_qwenimage()
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return build_wan()
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make_headset(pipe, notation: str) -> HeadSet:
+    adapter = get_registry().adapter_for(pipe)
+    return HeadSet.from_notation(notation, sites=adapter.sites(pipe), architecture=adapter.architecture, name="t")
+
+
+def _perturbed(pipe, installation, headset, rows, **inputs):
+    with installation.strengths(batch_strengths([headset], installation.sites, repeat=rows)):
+        return pipe.transformer(**inputs, return_dict=False)[0]
+
+
+def assert_close(actual, expected, tol=TOL):
+    assert actual.shape == expected.shape
+    err = (actual - expected).abs().max().item()
+    assert err <= tol, f"max |diff| {err:.3g} > {tol}"
+
+
+# ----- reference loops ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def flux2_reference(pipe, pe, branches, guidance_scale=4.0, num_images=1, perturbation="softpag"):
+    """Flux2Pipeline's loop (packed latents, 4-axis ids, embedded guidance, no CFG), one pass per forward."""
+    pe, text_ids = pipe.encode_prompt(None, device=CPU, num_images_per_prompt=num_images, prompt_embeds=pe)
+    rows = pe.shape[0]
+    latents, latent_ids = pipe.prepare_latents(rows, pipe.transformer.config.in_channels // 4, FLUX2_CALL["height"],
+                                               FLUX2_CALL["width"], pe.dtype, CPU, gen())
+    mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=STEPS)
+    timesteps, _ = flux2_timesteps(pipe.scheduler, STEPS, CPU, sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
+    guidance = torch.full([rows], guidance_scale)
+    with get_registry().adapter_for(pipe).install(pipe, perturbation, "joint") as inst:
+        for t in timesteps:
+            x = dict(hidden_states=latents, timestep=t.expand(rows) / 1000, guidance=guidance,
+                     encoder_hidden_states=pe, txt_ids=text_ids, img_ids=latent_ids)
+            cond = pipe.transformer(**x, return_dict=False)[0]
+            pred = cond
+            for headset, w in branches:
+                pred = pred + w * (cond - _perturbed(pipe, inst, headset, rows, **x))
+            latents = pipe.scheduler.step(pred, t, latents, return_dict=False)[0]
+    return latents
+
+
+@torch.no_grad()
+def qwen_reference(pipe, pe, branches, true_cfg=1.0, npe=None, num_images=1):
+    """QwenImagePipeline's loop: cond under cache_context("cond"); with true CFG the negative pass, then
+    `comb = neg + s (cond - neg)` rescaled to the norm of cond (the pipeline's rule); then + w (cond - ptb)."""
+    pe, _ = pipe.encode_prompt(None, device=CPU, num_images_per_prompt=num_images, prompt_embeds=pe)
+    rows = pe.shape[0]
+    height, width = QWEN_CALL["height"], QWEN_CALL["width"]
+    latents = pipe.prepare_latents(rows, pipe.transformer.config.in_channels // 4, height, width, pe.dtype, CPU,
+                                   gen())
+    img_shapes = [[(1, height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2)]] * rows
+    cfg = pipe.scheduler.config
+    mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    timesteps, _ = qwen_timesteps(pipe.scheduler, STEPS, CPU, sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
+    if npe is not None:
+        npe, _ = pipe.encode_prompt(None, device=CPU, num_images_per_prompt=num_images, prompt_embeds=npe)
+    with get_registry().adapter_for(pipe).install(pipe, "softpag", "joint") as inst:
+        for t in timesteps:
+            x = dict(hidden_states=latents, timestep=t.expand(rows) / 1000, img_shapes=img_shapes)
+            cond = pipe.transformer(**x, encoder_hidden_states=pe, return_dict=False)[0]
+            pred = cond
+            if npe is not None and true_cfg > 1:
+                neg = pipe.transformer(**x, encoder_hidden_states=npe, return_dict=False)[0]
+                comb = neg + true_cfg * (cond - neg)
+                pred = comb * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
+            for headset, w in branches:
+                pred = pred + w * (cond - _perturbed(pipe, inst, headset, rows, **x, encoder_hidden_states=pe))
+            latents = pipe.scheduler.step(pred, t, latents, return_dict=False)[0]
+    return latents
+
+
+@torch.no_grad()
+def wan_reference(pipe, pe, branches, s=1.0, npe=None, num_videos=1, perturbation="softpag"):
+    """WanPipeline's loop (Wan 2.1: one transformer): cond and uncond as separate calls,
+    `uncond + s (cond - uncond)` when s > 1, then + w (cond - ptb)."""
+    do_cfg = s > 1.0
+    pe, npe = pipe.encode_prompt(None, do_classifier_free_guidance=do_cfg, num_videos_per_prompt=num_videos,
+                                 prompt_embeds=pe, negative_prompt_embeds=npe, device=CPU)
+    rows = pe.shape[0] * num_videos  # WanPipeline repeats prompt_embeds it computes, not ones it is given
+    latents = pipe.prepare_latents(rows, pipe.transformer.config.in_channels, WAN_CALL["height"], WAN_CALL["width"],
+                                   WAN_CALL["num_frames"], torch.float32, CPU, gen())
+    pipe.scheduler.set_timesteps(STEPS, device=CPU)
+    with get_registry().adapter_for(pipe).install(pipe, perturbation, "joint") as inst:
+        for t in pipe.scheduler.timesteps:
+            x = dict(hidden_states=latents, timestep=t.expand(rows))
+            cond = pipe.transformer(**x, encoder_hidden_states=pe, return_dict=False)[0]
+            pred = cond
+            if do_cfg:
+                uncond = pipe.transformer(**x, encoder_hidden_states=npe, return_dict=False)[0]
+                pred = uncond + s * (cond - uncond)
+            for headset, w in branches:
+                pred = pred + w * (cond - _perturbed(pipe, inst, headset, rows, **x, encoder_hidden_states=pe))
+            latents = pipe.scheduler.step(pred, t, latents, return_dict=False)[0]
+    return latents
+
+
+def run(pipe, call, **kwargs):
+    out = pipe(num_inference_steps=STEPS, generator=gen(), output_type="latent", **call, **kwargs)
+    return out.frames if hasattr(out, "frames") else out.images
+
+
+class RowCounter:
+    """Rows of every real transformer forward (a pre-hook on the transformer's first module call)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.rows: list[int] = []
+        self._hook = module.register_forward_pre_hook(lambda m, args: self.rows.append(args[0].shape[0]))
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+# ----- FLUX.2 ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_images", [1, 2])
+def test_flux2_matches_reference_loop(flux2, num_images):
+    hs = make_headset(flux2, "L0H1, L1H0@0.6")  # L1 is the single-stream block
+    pe = prompt_embeds()
+    expected = flux2_reference(flux2, pe, [(hs, 2.0)], num_images=num_images)
+    with headhunter.apply(flux2, hs, scale=2.0):
+        actual = run(flux2, FLUX2_CALL, prompt_embeds=pe, guidance_scale=4.0, num_images_per_prompt=num_images)
+    assert_close(actual, expected)
+    stock = run(flux2, FLUX2_CALL, prompt_embeds=pe, guidance_scale=4.0, num_images_per_prompt=num_images)
+    assert (actual - stock).abs().max() > 1e-3
+
+
+def test_flux2_blur_reads_the_grid_of_the_pipeline_call(flux2):
+    hs = make_headset(flux2, "L0H0, L1H1")
+    pe = prompt_embeds()
+    blur = get_registry().perturbation("blur", sigma=1.0)
+    expected = flux2_reference(flux2, pe, [(hs, 1.5)], perturbation=blur)
+    with headhunter.apply(flux2, hs, scale=1.5, perturbation=blur) as handle:
+        actual = run(flux2, FLUX2_CALL, prompt_embeds=pe, guidance_scale=4.0)
+        assert handle.installation.layout["grid"] == (8, 8)
+    assert_close(actual, expected)
+
+
+# ----- Qwen-Image ------------------------------------------------------------------------------------------------
+def test_qwenimage_without_true_cfg_matches_reference_loop(qwen):
+    hs = make_headset(qwen, "L0H1, L1H0@0.5")
+    pe = prompt_embeds()
+    expected = qwen_reference(qwen, pe, [(hs, 2.0)])
+    with headhunter.apply(qwen, hs, scale=2.0):
+        actual = run(qwen, QWEN_CALL, prompt_embeds=pe)
+    assert_close(actual, expected)
+    assert (actual - run(qwen, QWEN_CALL, prompt_embeds=pe)).abs().max() > 1e-3
+
+
+def test_qwenimage_true_cfg_perturbs_only_the_conditional_pass(qwen):
+    hs = make_headset(qwen, "L0H0, L1H1")
+    pe, npe = prompt_embeds(), prompt_embeds(1, 4, seed=1)
+    expected = qwen_reference(qwen, pe, [(hs, 2.0)], true_cfg=3.0, npe=npe)
+    counter = RowCounter(qwen.transformer.img_in)
+    with headhunter.apply(qwen, hs, scale=2.0) as handle:
+        actual = run(qwen, QWEN_CALL, prompt_embeds=pe, negative_prompt_embeds=npe, true_cfg_scale=3.0)
+    counter.close()
+    assert_close(actual, expected)
+    assert counter.rows == [2, 1] * STEPS  # per step: [cond | ptb], then the negative pass alone, stock
+    assert handle.calls == {"forwards": 2 * STEPS, "guided_steps": STEPS, "perturbed_rows": STEPS}
+
+
+# ----- Wan ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("s, num_videos", [(3.0, 1), (1.0, 1), (3.0, 2)])
+def test_wan_matches_reference_loop(wan, s, num_videos):
+    """WanPipeline runs cond and uncond as separate calls under cache_context("cond"/"uncond") even though its
+    do_classifier_free_guidance is true: only the cond call gets the perturbed rows."""
+    hs = make_headset(wan, "L0H1, L1H0@0.5")
+    pe, npe = prompt_embeds(), prompt_embeds(1, 4, seed=1)
+    expected = wan_reference(wan, pe, [(hs, 2.0)], s=s, npe=npe, num_videos=num_videos)
+    counter = RowCounter(wan.transformer.patch_embedding)
+    with headhunter.apply(wan, hs, scale=2.0) as handle:
+        actual = run(wan, WAN_CALL, prompt_embeds=pe, negative_prompt_embeds=npe, guidance_scale=s,
+                     num_videos_per_prompt=num_videos)
+    counter.close()
+    assert_close(actual, expected)
+    per_step = [2 * num_videos, num_videos] if s > 1 else [2 * num_videos]
+    assert counter.rows == per_step * STEPS
+    assert handle.calls["guided_steps"] == STEPS
+    stock = run(wan, WAN_CALL, prompt_embeds=pe, negative_prompt_embeds=npe, guidance_scale=s,
+                num_videos_per_prompt=num_videos)
+    assert (actual - stock).abs().max() > 1e-3
+
+
+def test_wan_block_level_stg_with_temporal_blur_matches_reference_loop(wan):
+    """Block-level STG (every head of block 1, identity) and a spatio-temporal blur of single heads."""
+    sites = get_registry().adapter_for(wan).sites(wan)
+    stg = HeadSet.from_heads([(1, h) for h in range(sites[1].num_heads)], sites=sites, architecture="wan", name="stg")
+    pe, npe = prompt_embeds(), prompt_embeds(1, 4, seed=1)
+    for perturbation, hs in (("identity", stg), (get_registry().perturbation("blur", sigma=1.0, temporal_sigma=1.0),
+                                                 make_headset(wan, "L0H0, L1H1"))):
+        expected = wan_reference(wan, pe, [(hs, 1.5)], s=3.0, npe=npe, perturbation=perturbation)
+        with headhunter.apply(wan, hs, scale=1.5, perturbation=perturbation):
+            actual = run(wan, WAN_CALL, prompt_embeds=pe, negative_prompt_embeds=npe, guidance_scale=3.0)
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("name", ["flux2", "qwen", "wan"])
+def test_remove_restores_bit_identical_outputs(request, name):
+    pipe = request.getfixturevalue(name)
+    call = {"flux2": FLUX2_CALL, "qwen": QWEN_CALL, "wan": WAN_CALL}[name]
+    extra = {"wan": dict(negative_prompt_embeds=prompt_embeds(1, 4, 1), guidance_scale=3.0)}.get(name, {})
+    stock = run(pipe, call, prompt_embeds=prompt_embeds(), **extra)
+    handle = headhunter.apply(pipe, make_headset(pipe, "L0H0"), scale=2.0)
+    run(pipe, call, prompt_embeds=prompt_embeds(), **extra)
+    handle.remove()
+    assert torch.equal(run(pipe, call, prompt_embeds=prompt_embeds(), **extra), stock)

@@ -1,0 +1,96 @@
+"""Tiny, offline, random-weight pipelines for the newer DiTs: Flux2Pipeline, QwenImagePipeline, WanPipeline.
+
+Built from configs in memory (tiny transformer + tiny VAE of the pipeline's own class), put in eval() mode.
+The text encoders of these pipelines (Mistral-3, Qwen2.5-VL, UMT5) are not built: the tests pass
+`prompt_embeds` (and `negative_prompt_embeds`) directly, which every one of these pipelines accepts, so the
+text encoder and tokenizer are None. Sizes: FLUX.2 and Qwen-Image 32x32 px -> 8 x 8 = 64 image tokens
+(VAE scale 2, 2x2 packing); Wan 5 frames at 32x48 px -> 3 latent frames x 8 x 12 = 288 video tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKLFlux2,
+    AutoencoderKLQwenImage,
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+
+TEXT_DIM = 32
+FLUX2_CALL: dict[str, Any] = {"height": 32, "width": 32}
+QWEN_CALL: dict[str, Any] = {"height": 32, "width": 32}
+WAN_CALL: dict[str, Any] = {"height": 32, "width": 48, "num_frames": 5}
+
+
+def _eval(pipe: Any) -> Any:
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_flux2(seed: int = 0, num_heads: int = 2, guidance_embeds: bool = True) -> Flux2Pipeline:
+    """Flux2Pipeline: 1 double + 1 single block x `num_heads` x 16 dims; VAE with 4 latent channels (-> 16
+    packed), scale 2."""
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=num_heads, joint_attention_dim=TEXT_DIM, timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=guidance_embeds,
+    )
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        sample_size=32,
+    )
+    pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                         transformer=transformer)
+    return _eval(pipe)
+
+
+def build_qwenimage(seed: int = 0, num_heads: int = 2) -> QwenImagePipeline:
+    """QwenImagePipeline: 2 joint blocks x `num_heads` x 16 dims; Qwen-Image VAE with 4 latent channels, scale 2."""
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=num_heads, joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                             transformer=transformer)
+    return _eval(pipe)
+
+
+def build_wan(seed: int = 0, num_heads: int = 2) -> WanPipeline:
+    """WanPipeline (Wan 2.1 layout: one transformer): 2 blocks x `num_heads` x 12 dims; Wan VAE with 4 latent
+    channels, spatial scale 2, temporal scale 2."""
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+    )
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
+                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2,
+                           scale_factor_spatial=2)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                       transformer=transformer)
+    return _eval(pipe)
+
+
+def prompt_embeds(batch: int = 1, length: int = 6, seed: int = 0) -> torch.Tensor:
+    """Stand-in text-encoder output [batch, length, TEXT_DIM]."""
+    return torch.randn(batch, length, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
