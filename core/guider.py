@@ -217,6 +217,12 @@ class HeadHunterGuidance(BaseGuidance):
             scope=scope, perturbation=pert.name, perturbation_params=pert.params.model_dump(),
             guidance_scale=self.guidance_scale,
         )
+        # the resolved values are the config now, not defaults to be re-derived by from_config
+        resolved = {"headsets", "perturbed_guidance_scale", "perturbed_guidance_start", "perturbed_guidance_stop",
+                    "scope", "perturbation", "perturbation_params", "guidance_scale"}
+        defaults = self.config.get("_use_default_values")
+        if defaults is not None:
+            self.register_to_config(_use_default_values=[k for k in defaults if k not in resolved])
 
     def new(self, **kwargs: Any) -> HeadHunterGuidance:
         """A copy with some settings changed (diffusers' `new`); head sets given as objects are passed on."""

@@ -250,6 +250,8 @@ def test_defaults_come_from_the_headset_metadata(sd3):
     assert (cfg.perturbed_guidance_scale, cfg.perturbed_guidance_start, cfg.perturbed_guidance_stop) == ([2.5], [0.25], [0.75])
     assert (cfg.guidance_scale, cfg.scope, cfg.perturbation) == (5.0, "image", "uniform")
     assert HeadHunterGuidance(headsets=make_headset(sd3, "L0H1", "plain")).config.guidance_scale == 1.0  # CFG off
+    assert "scope" not in cfg["_use_default_values"]  # resolved values are config, not defaults to re-derive
+    assert guider.new(batched=True).config.perturbed_guidance_start == [0.25]
     guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(1.0))
     assert guider.num_conditions == 2  # cond, uncond: the branch starts at step 1
     guider.set_state(step=1, num_inference_steps=4, timestep=torch.tensor(1.0))
