@@ -333,6 +333,29 @@ def test_local_round_trip_references_the_file(sd3, sd3_sets, tmp_path):
     assert torch.equal(run_modular_sd3(sd3, loaded, cfg=True), run_modular_sd3(sd3, guider, cfg=True))
 
 
+def test_a_saved_modular_pipeline_reloads_the_guider_through_diffusers(sd3, sd3_sets, tmp_path):
+    """modular_model_index.json records the guider as (headhunter.guider, HeadHunterGuidance): diffusers' own
+    ModularPipeline.from_pretrained + load_components rebuild it from guider/guider_config.json."""
+    from diffusers.modular_pipelines import ComponentSpec, ModularPipeline
+
+    sd3_sets[0].save(tmp_path / "a.safetensors")
+    HeadHunterGuidance(headsets=str(tmp_path / "a.safetensors"), perturbed_guidance_scale=2.0,
+                       guidance_scale=4.5).save_pretrained(tmp_path / "repo" / "guider")
+    mp = modular(StableDiffusion3AutoBlocks(), sd3)
+    mp.update_components(guider=ComponentSpec("guider", HeadHunterGuidance, pretrained_model_name_or_path=str(
+        tmp_path / "repo"), subfolder="guider").load())
+    mp.save_pretrained(str(tmp_path / "repo"), overwrite_modular_index=True)
+    index = json.loads((tmp_path / "repo" / "modular_model_index.json").read_text())
+    assert index["guider"][:2] == ["headhunter.guider", "HeadHunterGuidance"]
+    again = ModularPipeline.from_pretrained(str(tmp_path / "repo"))
+    again.load_components(torch_dtype=torch.float32)
+    again.set_progress_bar_config(disable=True)
+    assert isinstance(again.guider, HeadHunterGuidance)
+    call = dict(prompt=PROMPT, negative_prompt="", num_inference_steps=STEPS, output="latents", **SD3_CALL)
+    assert torch.equal(again(generator=torch.Generator().manual_seed(0), **call),
+                       mp(generator=torch.Generator().manual_seed(0), **call))
+
+
 def test_presets_are_referenced_by_name_and_objects_cannot_be_saved(sd3_sets, tmp_path):
     guider = HeadHunterGuidance(headsets="preset:digits-uncond-greedy")
     guider.save_pretrained(tmp_path / "g")
