@@ -22,7 +22,14 @@ from .errors import (
 from .headset import Head, HeadSet
 from .hookspecs import hookimpl
 from .registry import get_plugin_manager, get_registry
-from .schema import FORMAT_VERSION, GuidanceSettings, HeadSetMetadata, PerturbationSpec, SearchProvenance
+from .schema import (
+    FORMAT_VERSION,
+    GenerationSettings,
+    GuidanceSettings,
+    HeadSetMetadata,
+    PerturbationSpec,
+    SearchProvenance,
+)
 from .sites import Site
 
 # Heavier parts load on first use so `import headhunter` (and the CLI) stays quick.
@@ -44,6 +51,7 @@ _LAZY = {
 
 __all__ = [
     "FORMAT_VERSION",
+    "GenerationSettings",
     "GuidanceSettings",
     "Head",
     "HeadSet",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .headset import HeadSet
+from .schema import GenerationSettings  # re-exported: the search and evaluation import it from here
 
 
 @dataclass(frozen=True)
@@ -25,42 +26,23 @@ class Row:
     seed: int
 
 
-@dataclass
-class GenerationSettings:
-    """How every image of a search or evaluation is made (shared by all rows)."""
-
-    scale: float = 3.0
-    steps: int = 12
-    cfg: float | None = None
-    perturbation: str = "softpag"
-    perturbation_params: dict[str, Any] = field(default_factory=dict)
-    scope: str = "joint"
-    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
 def pipeline_device(pipe: Any) -> torch.device:
     """The device the pipeline's transformer lives on."""
     return next(pipe.transformer.parameters()).device
 
 
 def generate_rows(pipe: Any, rows: Sequence[Row], settings: GenerationSettings) -> torch.Tensor:
-    """Images [len(rows), C, H, W] in [0, 1]; row i guided by rows[i].headset at scale w."""
+    """Images [len(rows), C, H, W] in [0, 1]; row i guided by rows[i].headset with `settings.guidance`
+    (scale w, window, scope; `cfg` becomes the pipeline's `guidance_scale`) and `settings.perturbation`."""
     from .guidance import apply
 
     device = pipeline_device(pipe)
     generators = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows]
     kwargs = dict(settings.pipeline_kwargs)
-    if settings.cfg is not None:
-        kwargs["guidance_scale"] = settings.cfg
-    handle = apply(
-        pipe,
-        [r.headset for r in rows],
-        scale=settings.scale,
-        per_sample=True,
-        perturbation=settings.perturbation,
-        perturbation_params=settings.perturbation_params,
-        scope=settings.scope,
-    )
+    if settings.guidance.cfg is not None:
+        kwargs["guidance_scale"] = settings.guidance.cfg
+    handle = apply(pipe, [r.headset for r in rows], per_sample=True, settings=settings.guidance,
+                   perturbation=settings.perturbation)
     with handle, torch.no_grad(), _quiet(pipe):
         out = pipe(
             prompt=[r.prompt for r in rows],

@@ -82,6 +82,16 @@ class ModelAdapter(ABC):
     def sites(self, model: Any) -> list[Site]:
         """The model's attention sites in paper order (the position is the paper's layer index)."""
 
+    def blocks(self, model: Any) -> list[str]:
+        """The transformer's blocks in execution order, as module names inside the transformer (e.g.
+        `transformer_blocks.0`, ...); every site lies in exactly one of them.
+
+        Declaring them lets the engine compute rows that are equal up to their first perturbed block once
+        (docs/engine.md, "Rows computed once"; docs/plugins.md shows how to opt in). The default, `[]`,
+        keeps the full computation of every row: always correct, never faster.
+        """
+        return []
+
     @abstractmethod
     def make_processor(self, site: Site, module: nn.Module, state: EngineState) -> PerturbingProcessor:
         """A perturbing processor for `module` (the site's attention module), wrapping its current processor.

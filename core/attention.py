@@ -204,7 +204,7 @@ class Installation:
         *, mode: str = "fast",
     ) -> None:
         pert = resolve_perturbation(perturbation)
-        _check_scope(pert, scope)
+        check_scope(pert, scope)
         if mode not in MODES:
             raise ModelError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
         self.adapter = adapter
@@ -387,6 +387,19 @@ def batch_strengths(
             raise HeadSetError(f"row {i} of the batch is {type(row).__name__}; expected a HeadSet or None")
         row.validate_against(sites, architecture)
         dense_rows.append(row.dense())
+    return strength_map(dense_rows, sites, repeat, device, dtype)
+
+
+def strength_map(
+    dense_rows: Sequence[Mapping[str, np.ndarray]],
+    sites: Sequence[Site],
+    repeat: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> StrengthMap:
+    """`batch_strengths` for rows that are already validated: one `{site: float32 [H]}` dict per row group
+    (`HeadSet.dense()`; `{}` for an unperturbed group). What an execution plan (`headhunter.plan`) builds
+    its strengths with; nothing is checked again here."""
     data, heads, samples = {}, {}, {}
     for site in sites:
         if not any(site.name in d for d in dense_rows):
@@ -398,12 +411,16 @@ def batch_strengths(
         table = np.repeat(table, repeat, axis=0)
         heads[site.name] = np.flatnonzero(table.any(axis=0)).tolist()
         samples[site.name] = np.flatnonzero(table.any(axis=1)).tolist()
+        if not heads[site.name]:
+            del heads[site.name], samples[site.name]
+            continue
         tensor = torch.from_numpy(table)
         data[site.name] = tensor.to(device=device, dtype=dtype) if device is not None else tensor.to(dtype)
     return StrengthMap(data, heads, samples)
 
 
-def _check_scope(perturbation: Perturbation, scope: str) -> None:
+def check_scope(perturbation: Perturbation, scope: str) -> None:
+    """HeadSetError for an unknown scope, PluginError for one the perturbation does not define."""
     if scope not in SCOPES:
         raise HeadSetError(f"unknown scope {scope!r}; allowed: {', '.join(SCOPES)} (docs/engine.md)")
     if scope not in perturbation.scopes:
@@ -427,6 +444,8 @@ __all__ = [
     "SiteStrength",
     "StrengthMap",
     "batch_strengths",
+    "check_scope",
     "mix",
     "self_and_text_attention",
+    "strength_map",
 ]

@@ -51,8 +51,8 @@ from torch import Tensor
 
 from .errors import HeadSetError, ModelError
 from .headset import HeadSet
-from .registry import get_registry
-from .schema import SCOPES, GuidanceSettings
+from .plan import Branch, Plan, compile_plan, in_window
+from .schema import GuidanceSettings, PerturbationSpec
 
 #: Transformer keyword arguments that are never per-sample, whatever their first dimension.
 _NOT_BATCHED = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs", "attention_kwargs", "return_dict"})
@@ -96,145 +96,23 @@ def guided_prediction(
     return base + guidance_delta(eps_cond, eps_ptbs, ws)
 
 
-def in_window(step: int, num_steps: int, start: float, stop: float) -> bool:
-    """Whether step `step` (0-based) of `num_steps` is guided: `start <= step / num_steps < stop`
-    (fractions of the number of steps; start inclusive, stop exclusive)."""
-    return start <= step / num_steps < stop
-
-
-# ----- settings ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Branch:
-    """One perturbed branch: its head set, guidance scale w and step window [start, stop).
-
-    A per-sample branch (`apply(..., per_sample=True)`) has `per_row` instead of `headset`: conditional row
-    i is perturbed by `per_row[i]`, and a None entry leaves that row unguided (its term is exactly 0).
-    """
-
-    headset: HeadSet | None
-    scale: float
-    start: float
-    stop: float
-    per_row: tuple[HeadSet | None, ...] | None = None
-
-    @property
-    def guides(self) -> bool:
-        """False when the branch cannot change anything (w = 0, or only unguided rows): it is never computed."""
-        return self.scale != 0.0 and (self.per_row is None or any(hs is not None for hs in self.per_row))
-
-    def row_headsets(self, rows: int) -> list[HeadSet | None]:
-        """The head set of each of `rows` conditional rows."""
-        if self.per_row is None:
-            return [self.headset] * rows
-        if len(self.per_row) != rows:
-            raise ModelError(f"per_sample=True was given {len(self.per_row)} head sets but the pipeline call has "
-                             f"{rows} conditional rows (prompts x num_images_per_prompt); give one per row")
-        return list(self.per_row)
-
-
-def _per_headset(value: float | Sequence[float] | None, name: str, headsets: Sequence[HeadSet]) -> list[float | None]:
-    if value is None or isinstance(value, (int, float)):
-        return [value] * len(headsets)
-    values = list(value)
-    if len(values) != len(headsets):
-        raise HeadSetError(f"{name}= has {len(values)} values for {len(headsets)} head sets; "
-                           f"pass one number for all, or one per head set")
-    return values
-
-
-def _checked_number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise HeadSetError(f"{name}={value!r} must be a number in [{low:g}, {high:g}]")
-    if not low <= value <= high:
-        raise HeadSetError(f"{name}={value!r} out of range; allowed: [{low:g}, {high:g}]")
-    return float(value)
-
-
-def resolve_branches(
-    headsets: Sequence[HeadSet | None],
-    scale: float | Sequence[float] | None = None,
-    start: float | Sequence[float] | None = None,
-    stop: float | Sequence[float] | None = None,
-    per_sample: bool = False,
-) -> list[Branch]:
-    """The perturbed branches: one per head set, or (`per_sample`) one branch whose row i uses headsets[i].
-
-    A setting left as None takes the head set's recommended value (`headset.metadata.guidance`); for a
-    per-sample branch the head sets must then agree. Raises HeadSetError naming a bad value.
-    """
-    if per_sample:
-        given = [hs for hs in headsets if hs is not None]
-        names = [hs.name for hs in given]
-        settings = []
-        for value, name in ((scale, "scale"), (start, "start"), (stop, "stop")):
-            if value is not None and not isinstance(value, (int, float)):
-                raise HeadSetError(f"{name}= must be one number with per_sample=True, got {value!r}")
-            if value is None:
-                value = _common([getattr(hs.metadata.guidance, name) for hs in given], name, names) if given else \
-                    getattr(GuidanceSettings(), name)
-            settings.append(value)
-        w, lo, hi = _checked_window(*settings, "per-sample head sets")
-        return [Branch(None, w, lo, hi, per_row=tuple(headsets))]
-    scales, starts, stops = (_per_headset(v, n, headsets) for v, n in ((scale, "scale"), (start, "start"), (stop, "stop")))
-    branches = []
-    for hs, w, lo, hi in zip(headsets, scales, starts, stops):
-        g = hs.metadata.guidance
-        w, lo, hi = _checked_window(g.scale if w is None else w, g.start if lo is None else lo,
-                                    g.stop if hi is None else hi, repr(hs.name))
-        branches.append(Branch(hs, w, lo, hi))
-    return branches
-
-
-def _checked_window(w: Any, lo: Any, hi: Any, owner: str) -> tuple[float, float, float]:
-    w = _checked_number(w, "scale", 0.0, math.inf)
-    lo = _checked_number(lo, "start", 0.0, 1.0)
-    hi = _checked_number(hi, "stop", 0.0, 1.0)
-    if lo > hi:
-        raise HeadSetError(f"step window start={lo:g} is after stop={hi:g} for head set {owner}; "
-                           "need 0 <= start <= stop <= 1")
-    return w, lo, hi
-
-
-def _headset_list(headsets: HeadSet | Sequence[HeadSet | None], per_sample: bool) -> list[HeadSet | None]:
-    items = [headsets] if isinstance(headsets, HeadSet) else list(headsets)
-    if not items:
-        raise HeadSetError("apply() needs at least one head set")
-    for item in items:
-        if item is None and per_sample:
-            continue  # an unguided row
-        if not isinstance(item, HeadSet):
-            hint = " (None marks an unguided row only with per_sample=True)" if item is None else ""
-            raise HeadSetError(f"expected a HeadSet (see headhunter.load_headset), got {type(item).__name__}{hint}")
-        if len(item) == 0:
-            raise HeadSetError(f"head set {item.name!r} selects no heads; nothing to guide with")
-    return items
-
-
-def _common(values: Sequence[Any], what: str, names: Sequence[str]) -> Any:
-    first = values[0]
-    for value, name in zip(values[1:], names[1:]):
-        if value != first:
-            raise HeadSetError(f"head sets {names[0]!r} and {name!r} ask for different {what} ({first} vs {value}); "
-                               f"pass {what}= to apply() to choose one for all")
-    return first
-
-
 # ----- the handle ------------------------------------------------------------------------------------------
 class GuidanceHandle:
     """Guidance applied to one pipeline. A context manager; `remove()` restores the pipeline exactly.
 
-    Attributes: `pipeline`, `branches` (head set, scale w and window of every perturbed branch), `scope`,
+    Attributes: `pipeline`, `plan` (the compiled `headhunter.plan.Plan` it executes), `branches` (head
+    set and `GuidanceSettings` of every perturbed branch: `.scale`, `.start`, `.stop`), `scope`,
     `perturbation` (the plugin instance), `batched`, `installation` (the engine's), and `calls`: counts of
     transformer calls (`forwards`), guided calls (`guided_steps`) and perturbed rows computed
     (`perturbed_rows`), for checks and benchmarks.
     """
 
-    def __init__(self, pipe: Any, branches: list[Branch], perturbation: Any, scope: str, batched: bool,
-                 adapter: Any) -> None:
+    def __init__(self, pipe: Any, plan: Plan, batched: bool, adapter: Any) -> None:
         self.pipeline = pipe
-        self.branches = branches
-        self.perturbation = perturbation
-        self.scope = scope
+        self.plan = plan
+        self.branches = list(plan.branches)
+        self.perturbation = plan.perturbation
+        self.scope = plan.scope
         self.batched = batched
         self.adapter = adapter
         self.transformer = pipe.transformer
@@ -242,9 +120,8 @@ class GuidanceHandle:
         self._context: str | None = None
         self._inner = False
         self._pending: Tensor | None = None
-        self._cache: dict[tuple, Any] = {}
         self._patches: list[tuple[Any, str, Any, Any, bool]] = []  # (object, attr, ours, previous, had own attr)
-        self.installation = adapter.install(pipe, perturbation, scope)
+        self.installation = adapter.install(pipe, plan.perturbation, plan.scope)
         self.sites = list(self.installation.sites)
         try:
             self._patch(self.transformer, "forward", _GuidedForward(self, self.transformer.forward))
@@ -272,7 +149,6 @@ class GuidanceHandle:
                 del obj.__dict__[attr]
         self._patches.clear()
         self._pending = None
-        self._cache.clear()
         if self.installation is not None:
             installation, self.installation = self.installation, None
             installation.remove()
@@ -374,8 +250,7 @@ class GuidanceHandle:
         self._ensure_scheduler_patched()
         self._pending = None
         step, total = self._step_position()
-        active = tuple(j for j, b in enumerate(self.branches)
-                       if b.guides and in_window(step, total, b.start, b.stop))
+        active = self.plan.active(step, total)
         if not active:
             return original(**kwargs)
         return_dict = kwargs.pop("return_dict", True)
@@ -383,38 +258,11 @@ class GuidanceHandle:
         run = self._batched if self.batched else self._sequential
         sample, ptbs = run(original, kwargs, n, cond, active, hidden)
         eps_cond = sample[cond]
-        ws = [self._row_scale(j, rows, eps_cond) for j in active]
+        ws = [self.plan.row_scale(j, rows, eps_cond) for j in active]
         self._pending = guidance_delta(eps_cond, ptbs, ws)
         self.calls["guided_steps"] += 1
         self.calls["perturbed_rows"] += rows * len(active)
         return _wrap_output(sample, return_dict)
-
-    def _row_scale(self, j: int, rows: int, like: Tensor) -> float | Tensor:
-        """Branch j's scale: a number, or for a per-sample branch a [rows, 1, ...] tensor (0 for None rows)."""
-        branch = self.branches[j]
-        if branch.per_row is None:
-            return branch.scale
-        key = ("scale", j, rows, like.ndim, like.device, like.dtype)
-        if key not in self._cache:
-            values = [0.0 if hs is None else branch.scale for hs in branch.row_headsets(rows)]
-            shape = (rows,) + (1,) * (like.ndim - 1)
-            self._cache[key] = torch.tensor(values, dtype=like.dtype).view(shape).to(like.device)
-        return self._cache[key]
-
-    def _strengths(self, blocks: tuple[int, ...], rows: int, hidden: Tensor) -> dict[str, Tensor]:
-        """{site: [len(blocks) * rows, H]}: block b of `rows` rows is perturbed by branch blocks[b] (-1: none).
-
-        Decided and built on the host once per layout, then reused (no per-step allocation or sync).
-        """
-        key = ("strengths", blocks, rows, hidden.device, hidden.dtype)
-        if key not in self._cache:
-            from .attention import batch_strengths
-
-            per_row: list[HeadSet | None] = []
-            for j in blocks:
-                per_row += [None] * rows if j < 0 else self.branches[j].row_headsets(rows)
-            self._cache[key] = batch_strengths(per_row, self.sites, device=hidden.device, dtype=hidden.dtype)
-        return self._cache[key]
 
     def _run(self, kwargs: dict[str, Any], strengths: dict[str, Tensor]) -> Tensor:
         """One perturbed forward. It goes through the module call (so the engine's pre-forward hook records
@@ -432,7 +280,7 @@ class GuidanceHandle:
         """[original rows | copies of the cond rows, one block per active branch] in one forward."""
         rows = cond.stop - cond.start
         big = {k: _extend_rows(k, v, n, cond, len(active)) for k, v in kwargs.items()}
-        out = self._run(big, self._strengths((-1,) * (n // rows) + active, rows, hidden))
+        out = self._run(big, self.plan.strengths((-1,) * (n // rows) + active, rows, hidden.device, hidden.dtype))
         return out[:n], [out[n + k * rows: n + (k + 1) * rows] for k in range(len(active))]
 
     def _sequential(self, original: Any, kwargs: dict[str, Any], n: int, cond: slice, active: tuple[int, ...],
@@ -441,7 +289,7 @@ class GuidanceHandle:
         rows = cond.stop - cond.start
         sample = original(**kwargs, return_dict=False)[0]
         only_cond = {k: _take_rows(k, v, n, cond) for k, v in kwargs.items()}
-        return sample, [self._run(only_cond, self._strengths((j,), rows, hidden)) for j in active]
+        return sample, [self._run(only_cond, self.plan.strengths((j,), rows, hidden.device, hidden.dtype)) for j in active]
 
 
 class _GuidedForward:
@@ -510,32 +358,36 @@ def apply(
     start: float | Sequence[float] | None = None,
     stop: float | Sequence[float] | None = None,
     scope: str | None = None,
-    perturbation: str | Any | None = None,
+    perturbation: str | PerturbationSpec | Any | None = None,
     perturbation_params: Mapping[str, Any] | None = None,
     batched: bool = True,
     per_sample: bool = False,
+    *,
+    settings: GuidanceSettings | Sequence[GuidanceSettings] | None = None,
 ) -> GuidanceHandle:
     """Guide every later `pipe(...)` call with head-level perturbation guidance; returns the handle.
 
     - `headsets`: one HeadSet or a list; each list entry is its own perturbed branch with its own scale
       (merge them with `a | b` first for a single branch). Checked against the pipeline's model before
       anything runs (HeadSetError on the wrong architecture, sites or head counts).
-    - `scale` (w), `start`, `stop`: one value for all head sets or one per head set; None takes each head
-      set's recommended `metadata.guidance` value. Window: step i of N is guided iff start <= i/N < stop.
+    - `settings`: a `GuidanceSettings` (or one per head set) used instead of the head sets' recommended
+      `metadata.guidance`; `scale` (w), `start`, `stop`: one value for all head sets or one per head set,
+      overriding single fields. Left out, each head set's recommendation is used. Window: step i of N is
+      guided iff start <= i/N < stop. Values are validated by `GuidanceSettings` (finite, in range).
     - `scope` (`joint` | `image` | `pag_mask`) and `perturbation` (a registered name, with
-      `perturbation_params`, or a Perturbation instance): None takes the head sets' metadata, which must
-      then agree.
+      `perturbation_params`, a `PerturbationSpec`, or a Perturbation instance): None takes the head sets'
+      metadata, which must then agree.
     - `batched`: cond, uncond and every perturbed branch in one transformer forward (default); False runs
       the perturbed branches as separate forwards (less memory, same images to ~1e-6).
     - `per_sample`: `headsets` has one entry per conditional row of the later call (prompts x
       num_images_per_prompt), all in one perturbed branch; a None entry leaves its row unguided. This is
       how a search scores many candidate head sets in one forward.
 
+    Everything is compiled once into an execution plan (`handle.plan`, `headhunter.plan.compile_plan`).
     CFG is the pipeline's own (`guidance_scale=s` for SD3 and digits, `true_cfg_scale` for FLUX), so the
     result is `uncond + s (cond - uncond) + w (cond - perturbed)`, or `cond + w (cond - perturbed)`
     without CFG. Not thread-safe: one pipeline call at a time.
     """
-    items = _headset_list(headsets, per_sample)
     transformer = getattr(pipe, "transformer", None)
     if transformer is None:
         raise ModelError(f"{type(pipe).__name__} has no `transformer`; apply() guides diffusers DiT pipelines "
@@ -543,39 +395,15 @@ def apply(
     if isinstance(transformer.__dict__.get("forward"), _GuidedForward):
         raise ModelError("this pipeline is already guided by headhunter; call .remove() on the existing handle "
                          "first, or pass all head sets to one apply() call as a list")
-    registry = get_registry()
-    adapter = registry.adapter_for(pipe)
-    sites = adapter.sites(pipe)
-    given = [hs for hs in items if hs is not None]
-    for hs in given:
-        hs.validate_against(sites, adapter.architecture)
-    names = [hs.name for hs in given]
-    if scope is None:
-        scope = _common([hs.metadata.guidance.scope for hs in given], "scope", names) if given else "joint"
-    if scope not in SCOPES:
-        raise HeadSetError(f"scope={scope!r} is not allowed; allowed: {', '.join(SCOPES)}")
     if not isinstance(batched, bool):
         raise HeadSetError(f"batched={batched!r} must be True or False")
-    resolved = _resolve_perturbation(perturbation, perturbation_params, given, names, registry)
-    branches = resolve_branches(items, scale, start, stop, per_sample=per_sample)
-    return GuidanceHandle(pipe, branches, resolved, scope, batched, adapter)
+    from .registry import get_registry
 
-
-def _resolve_perturbation(perturbation: Any, params: Mapping[str, Any] | None, given: Sequence[HeadSet],
-                          names: Sequence[str], registry: Any) -> Any:
-    if perturbation is None:
-        if params:
-            raise HeadSetError("perturbation_params= needs perturbation=<name>")
-        specs = [(hs.metadata.perturbation.name, hs.metadata.perturbation.params) for hs in given]
-        name, from_meta = _common(specs, "perturbation", names) if specs else ("softpag", {})
-        return registry.perturbation(name, **from_meta)
-    if isinstance(perturbation, str):
-        return registry.perturbation(perturbation, **dict(params or {}))
-    if params:
-        raise HeadSetError("perturbation_params= goes with a perturbation name, not an instance")
-    if not callable(getattr(perturbation, "target", None)):
-        raise HeadSetError(f"perturbation={perturbation!r} must be a registered name or a Perturbation instance")
-    return perturbation
+    adapter = get_registry().adapter_for(pipe)
+    plan = compile_plan(pipe, headsets, settings=settings, scale=scale, start=start, stop=stop, scope=scope,
+                        perturbation=perturbation, perturbation_params=perturbation_params,
+                        per_sample=per_sample, adapter=adapter)
+    return GuidanceHandle(pipe, plan, batched, adapter)
 
 
 __all__ = [
@@ -587,5 +415,4 @@ __all__ = [
     "guided_prediction",
     "in_window",
     "perturbation_guidance",
-    "resolve_branches",
 ]

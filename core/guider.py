@@ -33,7 +33,8 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_n
 
 from ._loading import PRESET_PREFIX, _looks_like_repo_id
 from .errors import HeadSetError, HubError, ModelError
-from .guidance import Branch, _common, _resolve_perturbation, guidance_delta, in_window, resolve_branches
+from .guidance import guidance_delta
+from .plan import Branch, _common, _resolve_perturbation, in_window, resolve_branches
 from .headset import HeadSet, load_headset_file
 from .registry import get_registry
 from .schema import SCOPES
@@ -186,7 +187,7 @@ class HeadHunterGuidance(BaseGuidance):
         scales = _per_branch(perturbed_guidance_scale, "perturbed_guidance_scale", len(heads))
         starts = _per_branch(perturbed_guidance_start, "perturbed_guidance_start", len(heads))
         stops = _per_branch(perturbed_guidance_stop, "perturbed_guidance_stop", len(heads))
-        branches = resolve_branches(heads, scales, starts, stops)
+        branches = resolve_branches(heads, scales, starts, stops, scope=scope)
         if guidance_scale is None:
             cfgs = [hs.metadata.guidance.cfg for hs in heads]
             guidance_scale = _common(cfgs, "cfg (pass guidance_scale=)", names) if all(c is not None for c in cfgs) \

@@ -192,8 +192,8 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
         f"# HeadHunter report: {result.headset.name}",
         "",
         f"Model `{s.model}`, objective `{s.objective}`, {len(s.prompts)} prompts x {len(s.seeds)} seeds, "
-        f"{s.steps} steps, perturbation `{s.perturbation}` (u = {s.strength:g}), scope `{s.scope}`, "
-        f"w = {s.scale:g}, CFG {s.cfg if s.cfg is not None else 'off/pipeline default'}, "
+        f"{s.steps} steps, perturbation `{s.perturbation.name}` (u = {s.strength:g}), scope `{s.guidance.scope}`, "
+        f"w = {s.guidance.scale:g}, CFG {s.guidance.cfg if s.guidance.cfg is not None else 'off/pipeline default'}, "
         f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads.",
         "",
         f"**Found head set:** {result.headset.notation()}  ([headset.safetensors](headset.safetensors), "

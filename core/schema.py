@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._version import __version__
 from .sites import Site
@@ -53,19 +55,39 @@ class PerturbationSpec(_Strict):
 
 
 class GuidanceSettings(_Strict):
-    """Recommended guidance: pred = uncond + cfg (cond - uncond) + scale (cond - perturbed)."""
+    """Guidance settings: pred = uncond + cfg (cond - uncond) + scale (cond - perturbed), inside the window.
 
-    scale: float = Field(default=3.0, ge=0.0, description="perturbation guidance scale w")
-    cfg: float | None = Field(default=None, ge=0.0, description="classifier-free guidance scale s (diffusers convention)")
-    start: float = Field(default=0.0, ge=0.0, le=1.0, description="window start, fraction of steps (inclusive)")
-    stop: float = Field(default=1.0, ge=0.0, le=1.0, description="window stop, fraction of steps (exclusive)")
+    The one carrier of these knobs from the CLI/API through the execution plan (`headhunter.plan`) into
+    provenance. Numbers must be finite; the step window is fractions of the number of steps, start
+    inclusive, stop exclusive (step i of N is guided iff start <= i/N < stop).
+    """
+
+    scale: float = Field(default=3.0, ge=0.0, allow_inf_nan=False, description="perturbation guidance scale w")
+    cfg: float | None = Field(default=None, ge=0.0, allow_inf_nan=False,
+                              description="classifier-free guidance scale s (diffusers convention)")
+    start: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                         description="window start, fraction of steps (inclusive)")
+    stop: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                        description="window stop, fraction of steps (exclusive)")
     scope: Scope = Field(default="joint", description="identity scope: joint | image | pag_mask")
 
     @model_validator(mode="after")
     def _window_ordered(self) -> GuidanceSettings:
         if self.start > self.stop:
-            raise ValueError(f"guidance window start {self.start} is after stop {self.stop}")
+            raise ValueError(f"step window start={self.start:g} is after stop={self.stop:g}; "
+                             "need 0 <= start <= stop <= 1")
         return self
+
+
+class GenerationSettings(_Strict):
+    """How every image of a search or an evaluation is made (shared by all its rows): the guidance settings
+    (scale w, cfg, window, scope), the perturbation, the number of sampling steps and extra pipeline
+    keyword arguments. The search's settings extend it."""
+
+    guidance: GuidanceSettings = Field(default_factory=GuidanceSettings)
+    perturbation: PerturbationSpec = Field(default_factory=PerturbationSpec)
+    steps: int = Field(default=12, ge=1, description="sampling steps per image")
+    pipeline_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the pipeline call")
 
 
 class SearchProvenance(_Strict):
@@ -122,6 +144,80 @@ class HeadSetMetadata(_Strict):
                 raise ValueError(f"site {site.name!r} listed twice")
             seen.add(site.name)
         return sites
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], error: type[Exception], /, **values: Any) -> M:
+    """`model(**values)`, with a pydantic ValidationError turned into `error` (a HeadhunterError subclass)
+    whose message names every bad value and what is allowed (choices, or the numeric range). The one place
+    user-supplied settings are checked: everything after reads the validated object."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise error(describe_validation(exc, model)) from None
+
+
+def describe_validation(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem: `name=value: why; allowed: ...`."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"]]
+        name = ".".join(loc) or model.__name__
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("missing",):
+            parts.append(f"{name} is required")
+            continue
+        if not loc:  # a model-level check (e.g. the step window)
+            parts.append(msg)
+            continue
+        allowed = _allowed(model, loc)
+        if err["type"] == "literal_error":
+            msg = "not one of the choices"
+        parts.append(f"{name}={err.get('input')!r}: {msg}" + (f"; allowed: {allowed}" if allowed else ""))
+    return "; ".join(parts)
+
+
+def _allowed(model: type[BaseModel], loc: list[str]) -> str:
+    """The allowed values of the field at `loc`: its Literal choices or its numeric range."""
+    import typing
+
+    import annotated_types as at
+
+    field = None
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            break
+        field = fields[part]
+        inner = [a for a in typing.get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        current = field.annotation if isinstance(field.annotation, type) else (inner[0] if inner else None)
+    if field is None:
+        return ""
+    choices = [a for arg in (field.annotation, *typing.get_args(field.annotation))
+               if typing.get_origin(arg) is Literal for a in typing.get_args(arg)]
+    if choices:
+        return ", ".join(repr(c) for c in choices)
+    low, high, lo_open, hi_open = None, None, False, False
+    for meta in field.metadata:
+        if isinstance(meta, at.Ge):
+            low = meta.ge
+        elif isinstance(meta, at.Gt):
+            low, lo_open = meta.gt, True
+        elif isinstance(meta, at.Le):
+            high = meta.le
+        elif isinstance(meta, at.Lt):
+            high, hi_open = meta.lt, True
+    if low is None and high is None:
+        return ""
+    left = "(" if lo_open or low is None else "["
+    right = ")" if hi_open or high is None else "]"
+    kinds = typing.get_args(field.annotation) or (field.annotation,)
+    finite = ", finite" if float in kinds else ""
+    extra = " or None" if type(None) in kinds else ""
+    return f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}{finite}{extra}"
 
 
 def format_major(version: str) -> int:

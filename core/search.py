@@ -16,27 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from . import _headset_io as io
-from ._runner import GenerationSettings, Row, auto_batch_size, run_batches
+from ._runner import Row, run_batches
 from ._version import __version__
 from .errors import SearchError
 from .headset import HeadSet
 from .objective_expr import Composite, combine, components, expression
 from .registry import get_registry
-from .schema import GuidanceSettings, PerturbationSpec, SearchProvenance
+from .schema import GenerationSettings, SearchProvenance
 from .sites import Site, format_notation, parse_notation
 
 STATE_NAME = "state.json"
 BASELINE = "baseline"
 
 
-class SearchSettings(BaseModel):
-    """Everything that determines a search's result; a checkpoint is only resumed with equal settings."""
+class SearchSettings(GenerationSettings):
+    """Everything that determines a search's result; a checkpoint is only resumed with equal settings.
 
-    model_config = ConfigDict(extra="forbid")
+    Extends `GenerationSettings` (guidance: scale w, cfg, scope; perturbation; steps; pipeline_kwargs),
+    so the same validated object carries the knobs to the engine and into the found head set's provenance.
+    """
 
     model: str = Field(description="model name or id (provenance)")
     objective: str = Field(description="objective expression")
@@ -44,17 +46,11 @@ class SearchSettings(BaseModel):
     seeds: list[int] = Field(min_length=1)
     rounds: int = Field(default=1, ge=1)
     top_k: int = Field(default=1, ge=1)
-    strength: float = Field(default=1.0, gt=0.0, le=1.0, description="SoftPAG strength u of every selected head")
-    scale: float = Field(default=3.0, ge=0.0, description="perturbation guidance scale w")
-    cfg: float | None = Field(default=None, ge=0.0)
-    steps: int = Field(default=12, ge=1)
-    perturbation: str = "softpag"
-    perturbation_params: dict[str, Any] = Field(default_factory=dict)
-    scope: str = "joint"
+    strength: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+                            description="SoftPAG strength u of every selected head")
     candidates: list[str] = Field(description="candidate heads in paper notation, in pool order")
     layer_baselines: bool = Field(default=True, description="also score every whole layer (layer-level PAG)")
     batch_size: int = Field(ge=1, description="images per pipeline call")
-    pipeline_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass
@@ -151,11 +147,8 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
 
 def generation_settings(settings: SearchSettings) -> GenerationSettings:
     """The generation settings every image of this search is made with."""
-    return GenerationSettings(
-        scale=settings.scale, steps=settings.steps, cfg=settings.cfg, perturbation=settings.perturbation,
-        perturbation_params=settings.perturbation_params, scope=settings.scope,
-        pipeline_kwargs=settings.pipeline_kwargs,
-    )
+    return GenerationSettings(guidance=settings.guidance, perturbation=settings.perturbation,
+                              steps=settings.steps, pipeline_kwargs=settings.pipeline_kwargs)
 
 
 # ----- resolution of arguments ----------------------------------------------------------------------
@@ -245,7 +238,19 @@ class _State:
         return [per_pair[k] for k in sorted(per_pair, key=int)]
 
 
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {"guidance.scale": 3.0, ...}, so a mismatch names the one field that differs."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key in ("guidance", "perturbation"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _require_same_settings(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
+    saved, wanted = _flat(saved), _flat(wanted)
     for key in sorted(set(saved) | set(wanted)):
         if saved.get(key) != wanted.get(key):
             shown = lambda v: (json.dumps(v)[:80] + ("..." if len(json.dumps(v)) > 80 else ""))  # noqa: E731
@@ -342,15 +347,15 @@ class _Search:
         s = self.settings
         provenance = SearchProvenance(
             objective=s.objective, prompts=s.prompts, seeds=s.seeds, steps=s.steps, rounds=s.rounds, top_k=s.top_k,
-            strength=s.strength, scale=s.scale, cfg=s.cfg, candidates=len(s.candidates),
+            strength=s.strength, scale=s.guidance.scale, cfg=s.guidance.cfg, candidates=len(s.candidates),
             round_scores=[[r.scores[h] for h in r.added] for r in rounds], baseline_score=baseline,
         )
         heads = self.headset(selected)
         return heads.with_metadata(
             name=name, base_model=s.model, origin="search", source=f"headhunter.hunt {__version__}",
             description=f"HeadHunter: {len(selected)} heads maximising {s.objective}",
-            perturbation=PerturbationSpec(name=s.perturbation, params=s.perturbation_params),
-            guidance=GuidanceSettings(scale=s.scale, cfg=s.cfg, scope=s.scope),
+            perturbation=s.perturbation,
+            guidance=s.guidance,
             search=provenance, tags=["headhunter", "search"],
         )
 

@@ -14,6 +14,7 @@ import torch
 
 from ._runner import GenerationSettings, Row, run_batches
 from .headset import HeadSet
+from .schema import GuidanceSettings
 from .registry import get_registry
 
 
@@ -47,7 +48,7 @@ def time_candidates(pipe: Any, candidates: int, pairs: int, batch_size: int, ste
     prompts = [str(i % 10) for i in range(pairs)]
     rows = candidate_rows(pipe, candidates, prompts[:1], list(range(pairs)))
     rows = [Row(r.headset, prompts[i % pairs], r.seed) for i, r in enumerate(rows)]
-    gen = GenerationSettings(scale=3.0, steps=steps)
+    gen = GenerationSettings(guidance=GuidanceSettings(scale=3.0), steps=steps)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -17,6 +17,7 @@ from ._runner import auto_batch_size
 from .errors import SearchError
 from .evaluation import evaluate_result, evaluation_summary
 from .registry import get_registry
+from .schema import GuidanceSettings, PerturbationSpec, validated
 from .search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
 
 
@@ -62,6 +63,9 @@ def hunt(
     `eval_seeds` (fresh seeds, never the search's) and a report is written there (index.md, PNGs,
     CSV/JSON), then the head set (headset.safetensors, headset.json). Raises SearchError on bad settings.
     """
+    # Settings that do not depend on the model are checked before it loads (and before anything is written).
+    validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
+    validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
     pipe, model_name = resolve_model(model)
     defaults = model_defaults(pipe)
     objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.get("objective"))
@@ -76,11 +80,12 @@ def hunt(
         raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
     sites = get_registry().adapter_for(pipe).sites(pipe)
     pool = candidate_pool(sites, candidates)
-    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # validate early
-    settings = SearchSettings(
+    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # the plugin checks its params
+    settings = validated(
+        SearchSettings, SearchError,
         model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
-        strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation,
-        perturbation_params=perturbation_params or {}, scope=scope, candidates=pool,
+        strength=strength, steps=steps, guidance=dict(scale=scale, cfg=cfg, scope=scope),
+        perturbation=dict(name=perturbation, params=perturbation_params or {}), candidates=pool,
         layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
         pipeline_kwargs=pipeline_kwargs or {},
     )

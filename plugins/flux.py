@@ -125,6 +125,12 @@ class FluxAdapter(ModelAdapter):
                   for i, b in enumerate(t.single_transformer_blocks)]
         return double + single
 
+    def blocks(self, model: Any) -> list[str]:
+        """Double-stream blocks, then single-stream blocks (the order FluxTransformer2DModel.forward runs them)."""
+        t = self.transformer(model)
+        return ([f"transformer_blocks.{i}" for i in range(len(t.transformer_blocks))]
+                + [f"single_transformer_blocks.{i}" for i in range(len(t.single_transformer_blocks))])
+
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> FluxPerturbingProcessor:
         original = module.processor
         if type(original).__call__ is not FluxAttnProcessor.__call__:

@@ -97,6 +97,10 @@ class SD3Adapter(ModelAdapter):
                  for i, b in enumerate(blocks) if getattr(b, "attn2", None) is not None]
         return joint + image
 
+    def blocks(self, model: Any) -> list[str]:
+        """`transformer_blocks.{i}` in order (each holds the joint `attn` and, on SD3.5-medium, `attn2`)."""
+        return [f"transformer_blocks.{i}" for i in range(len(self.transformer(model).transformer_blocks))]
+
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> SD3PerturbingProcessor:
         original = module.processor
         if type(original).__call__ is not JointAttnProcessor2_0.__call__:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headhunter import HeadSet, SearchError
+from headhunter import GuidanceSettings, HeadSet, SearchError
 from headhunter._runner import GenerationSettings, Row, generate_rows
 from headhunter.objective import Objective, as_tensor_images
 from headhunter.workflow import hunt
@@ -52,7 +52,7 @@ def reference_hunt(pipe, objective, rounds, top_k, prompts, seeds, steps, scale,
 
     adapter = get_registry().adapter_for(pipe)
     sites = adapter.sites(pipe)
-    gen = GenerationSettings(scale=scale, steps=steps)
+    gen = GenerationSettings(guidance=GuidanceSettings(scale=scale), steps=steps)
     pool = [(layer, head) for layer, s in enumerate(sites) for head in range(s.num_heads)]
     selected: list[tuple[int, int]] = []
     history = []
@@ -111,7 +111,7 @@ def test_changed_settings_are_refused_naming_the_setting(tmp_path):
     pipe = tiny_digits_pipe()
     hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=16, **SETTINGS)
     changed = {**SETTINGS, "scale": 3.0}
-    with pytest.raises(SearchError, match=r"holds a search with scale=2\.0, but this one has scale=3\.0"):
+    with pytest.raises(SearchError, match=r"holds a search with guidance\.scale=2\.0, but this one has guidance\.scale=3\.0"):
         hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=16, **changed)
     hunt(pipe, Brightness(), out_dir=tmp_path, report=False, resume=False, batch_size=16, **changed)
 
@@ -200,7 +200,7 @@ def test_composite_objectives_combine_per_candidate_means_as_the_paper_code():
     result = hunt(pipe, objective, candidates=["L0H1"], batch_size=16, **SETTINGS)
     adapter_sites = result.sites
     hs = HeadSet.from_heads([(0, 1, 0.5)], sites=adapter_sites, architecture=result.headset.metadata.architecture)
-    images = generate_rows(pipe, [Row(hs, p, s) for p in ["3", "7"] for s in [0, 1]], GenerationSettings(scale=2.0, steps=3))
+    images = generate_rows(pipe, [Row(hs, p, s) for p in ["3", "7"] for s in [0, 1]], GenerationSettings(guidance=GuidanceSettings(scale=2.0), steps=3))
     a = Brightness()(images, ["x"]).double().mean().item()
     b = Darkness()(images, ["x"]).double().mean().item()
     assert result.rounds[0].scores["L0H1"] == pytest.approx(2 / (1 / a + 1 / b), rel=1e-5)
@@ -222,7 +222,7 @@ def test_search_evaluation_and_report_are_separate_steps(tmp_path):
         assert not any(name.split(".")[-1] == other for name in imported), (module, imported)
     pipe = tiny_digits_pipe()
     settings = SearchSettings(model="tiny", objective="test-brightness", prompts=["3"], seeds=[0, 1], steps=3,
-                              scale=2.0, strength=0.5, candidates=["L0H0", "L1H2"], batch_size=8)
+                              guidance={"scale": 2.0}, strength=0.5, candidates=["L0H0", "L1H2"], batch_size=8)
     result = search(pipe, settings, Brightness(), out_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
     assert set(result.comparison_headsets()) == {"no guidance", "best layer (L%s)" % result.best_layer[0][1:],

@@ -45,7 +45,8 @@ def softpag_table(pipe: Any, result: Any, objective: Any, seeds: list[int], stre
         table[f"layer {best_layer}, u={u:g}"] = full_layer.scaled(u)
     evaluations = {}
     for w in scales:
-        gen = GenerationSettings(scale=w, steps=result.settings.steps)
+        gen = GenerationSettings(guidance={**result.settings.guidance.model_dump(), "scale": w},
+                                 perturbation=result.settings.perturbation, steps=result.settings.steps)
         evaluations[w] = evaluate(pipe, table, objective, result.settings.prompts, seeds, gen,
                                   batch_size=result.settings.batch_size, metrics={},
                                   set_metrics={"FD-digits (lower is better)": fd_digits_metric}, keep_images=0)
@@ -55,7 +56,7 @@ def softpag_table(pipe: Any, result: Any, objective: Any, seeds: list[int], stre
 def write_study(out: Path, result: Any, tables: dict[float, Evaluation], seconds: float) -> Path:
     lines = ["# Digits study: the paper in miniature (unconditional generation)", "",
              f"Search: `{result.settings.objective}` on {len(result.settings.seeds)} seeds, "
-             f"{result.settings.rounds} greedy rounds, w = {result.settings.scale:g}, u = {result.settings.strength:g}, "
+             f"{result.settings.rounds} greedy rounds, w = {result.settings.guidance.scale:g}, u = {result.settings.strength:g}, "
              f"{result.settings.steps} Euler steps. Found: **{result.headset.notation()}**. "
              f"Wall time {seconds / 60:.1f} min. The search report with the per-head heatmaps is "
              "[hunt/index.md](hunt/index.md).", ""]
