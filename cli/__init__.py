@@ -1,7 +1,10 @@
 """The `headhunter` command line: a click group built by `make_cli(pm)`; every command comes from a plugin.
 
 Built-in commands live one module per verb in this package and are added through the same
-`register_commands` hook that third-party plugins use (see headhunter.plugins.commands).
+`register_commands` hook that third-party plugins use (see headhunter.plugins.commands). One CLI, one
+registry: every command runs with the registry built from the plugin manager `make_cli(pm)` was given as
+the process-wide one (`headhunter.registry.use_registry`), so `get_registry()` and every library call a
+command makes see exactly those plugins. Building the CLI imports neither torch nor diffusers.
 
 Errors: a user mistake never prints a traceback. A usage error (bad option, value out of range) prints
 click's usage line and one `Error: ...` line and exits with 2; a failure (a HeadhunterError, a pydantic
@@ -77,6 +80,24 @@ class _Group(click.Group):
     only with `--debug` or HEADHUNTER_DEBUG=1.
     """
 
+    pm: pluggy.PluginManager
+    _registry: Any = None
+
+    @property
+    def registry(self) -> Any:
+        """The `Registry` of this CLI's plugin manager, built on first use (once per CLI)."""
+        if self._registry is None:
+            from headhunter.registry import Registry
+
+            self._registry = Registry(self.pm)
+        return self._registry
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from headhunter.registry import use_registry
+
+        with use_registry(self.registry):
+            return super().invoke(ctx)
+
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         global _debug_flag
@@ -105,6 +126,11 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def current_registry() -> Any:
+    """The registry of the CLI whose command is running (for commands that want it explicitly)."""
+    return click.get_current_context().find_root().command.registry
+
+
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     global _debug_flag
     _debug_flag = _debug_flag or value
@@ -124,6 +150,7 @@ def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
         """Find, store, share and apply head-level perturbation guidance (HeadHunter, SoftPAG)
         for diffusion transformers: SD3/SD3.5, FLUX.1 and the embedded digits demo model."""
 
+    cli.pm = pm
     pm.hook.register_commands(cli=cli)
     return cli
 

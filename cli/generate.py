@@ -103,7 +103,7 @@ def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, str]
     their own dtype unless `dtype` is given; diffusers pipelines default to bfloat16 on CUDA, else float32."""
     import torch
 
-    from headhunter._loading import load_pipeline as load
+    from headhunter import load_pipeline as load
     from headhunter.registry import get_registry
 
     registered = model in get_registry().names("model")

@@ -87,6 +87,6 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
 
 
 def _load(model: str):
-    from headhunter._loading import load_pipeline
+    from headhunter import load_pipeline
 
     return load_pipeline(model)

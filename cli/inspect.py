@@ -67,7 +67,7 @@ def resolve_model(model: str, revision: str | None = None, cache_dir: str | None
 
     registry = get_registry()
     if model in registry.names("model"):
-        from headhunter._loading import load_model
+        from headhunter import load_model
 
         try:
             return load_model(model), "registered model"

@@ -6,13 +6,13 @@ import click
 
 
 @click.command()
-@click.option("--kind", type=click.Choice(["perturbation", "adapter", "objective", "model"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["perturbation", "adapter", "objective", "model", "base_model"]),
+              help="Only this kind.")
 def plugins(kind: str | None) -> None:
-    """List installed perturbations, adapters, objectives and models with their source."""
-    from headhunter.registry import Registry, get_registry
+    """List installed perturbations, adapters, objectives, models and known base models with their source."""
+    from headhunter.cli import current_registry
 
-    pm = click.get_current_context().find_root().obj
-    registry = Registry(pm) if pm is not None else get_registry()
+    registry = current_registry()
     entries = registry.entries(kind)
     width = max((len(e.name) for e in entries), default=4)
     for e in entries:

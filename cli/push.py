@@ -23,7 +23,7 @@ def push(source: str, repo_id: str, weight_name: str | None, private: bool | Non
     Creates the repo if needed and uploads the head-set file, its headset.json, a model card
     (library headhunter, base model, tags, heads, recommended guidance, provenance) and any --image.
     """
-    from headhunter._loading import load_headset
+    from headhunter import load_headset
 
     headset = load_headset(source)
     info = headset.push_to_hub(

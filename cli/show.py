@@ -10,7 +10,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the editable JSON rendering instead.")
 def show(source: str, as_json: bool) -> None:
     """Print a head set: SOURCE is a file, a folder, `preset:NAME` or a Hub repo id."""
-    from headhunter._loading import load_headset
+    from headhunter import load_headset
 
     headset = load_headset(source)
     click.echo(headset.to_json() if as_json else headset.describe())

@@ -58,11 +58,14 @@ class ModelAdapter(ABC):
 
     Subclasses set `name` and `architecture` (the family name stored in head sets, e.g. "sd3") and
     implement `matches`, `sites` and `make_processor`; `observe` records per-forward facts (text length,
-    image grid) that the attention processors are not told.
+    image grid) that the attention processors are not told. `priority` settles overlaps: when several
+    adapters recognise a model the highest priority wins, and a tie is an error naming them
+    (`Registry.adapter_for`); an adapter for a subclass of a model a built-in handles sets it above 0.
     """
 
     name: ClassVar[str] = "adapter"
     architecture: ClassVar[str] = "unknown"
+    priority: ClassVar[int] = 0
 
     @classmethod
     @abstractmethod

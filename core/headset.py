@@ -20,7 +20,7 @@ from . import _headset_io as io
 from ._version import __version__
 from .errors import HeadSetError
 from .schema import FORMAT_VERSION, HeadSetMetadata
-from .sites import Site, format_notation, known_model_sites, parse_notation
+from .sites import Site, format_notation, parse_notation
 
 #: One head given by site name or paper layer index, head index and strength.
 HeadSpec = Union[tuple[Union[str, int], int], tuple[Union[str, int], int, float]]
@@ -354,8 +354,10 @@ def _resolve_sites(
     if sites is None:
         if base_model is None:
             raise HeadSetError("pass sites=adapter.sites(model) or base_model=<a known Hub id> to build a head set")
-        family, known = known_model_sites(base_model)
-        return known, architecture or family
+        from .registry import get_registry
+
+        known = get_registry().base_model(base_model)
+        return list(known.sites), architecture or known.architecture
     if architecture is None:
         raise HeadSetError("architecture= is required with explicit sites (e.g. 'sd3', 'flux', 'digits')")
     return [s if isinstance(s, Site) else Site.model_validate(s) for s in sites], architecture

@@ -1,8 +1,11 @@
 """Hook specifications: the only way plugins, built-in or third-party, add to headhunter.
 
-Every hook receives a `register` callable: `register(name, obj, *, description="")`. The host owns
-registration (it validates, records the source plugin, and rejects a name registered twice). Project
-name and entry-point group: `headhunter`.
+The `register_*` hooks receive a `register` callable: `register(name, obj, *, description="")`. The host
+owns registration (it validates, records the source plugin, and rejects a name registered twice). `obj`
+may be an import reference `"package.module:attribute"` instead of the object itself: it is imported on
+first use, so registering stays cheap (give `description=`, which is then not read from a docstring).
+Registration must not import torch, diffusers or transformers: `headhunter --help`, `plugins` and
+`presets` run without them. Project name and entry-point group: `headhunter`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,24 @@ def register_objectives(register: Register) -> None:
 @hookspec
 def register_models(register: Register) -> None:
     """Register loadable models: `register(name, loader)`, `loader() -> pipeline`, for `headhunter.load_model`."""
+
+
+@hookspec
+def register_base_models(register: Register) -> None:
+    """Register published models by Hub id: `register(repo_id, headhunter.sites.KnownModel(architecture, sites))`.
+
+    Lets head sets name a base model (`HeadSet.from_heads(..., base_model=repo_id)`) without loading it.
+    """
+
+
+@hookspec
+def search_defaults(model: Any) -> dict[str, Any] | None:
+    """Return what `headhunter.hunt` uses for `model` when not told otherwise, or None if not your model.
+
+    Keys (all optional): objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, top_k,
+    strength, scale, steps (`headhunter.registry.SEARCH_DEFAULT_KEYS`). Two plugins answering for one
+    model is an error.
+    """
 
 
 @hookspec

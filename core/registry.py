@@ -1,14 +1,19 @@
 """The plugin manager and the registry that answers "give me perturbation X / the adapter for this model".
 
 Built-in plugins are modules listed in DEFAULT_PLUGINS and registered through the very same hooks a
-third-party plugin (an entry point in the `headhunter` group) uses.
+third-party plugin (an entry point in the `headhunter` group) uses. Registering is cheap: a plugin may
+register an import reference `"package.module:attribute"` instead of the object, and the registry imports
+it on first use, so listing plugins and building the CLI never import torch or diffusers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -16,9 +21,10 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
-from .errors import ModelError, PluginError
+from .errors import HeadSetError, ModelError, PluginError
 
-#: Modules of the built-in plugins, registered at start-up like any other plugin.
+#: Modules of the built-in plugins, registered at start-up like any other plugin. Each must import:
+#: a built-in that fails to import is an error, never skipped.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "headhunter.plugins.perturbations",
     "headhunter.plugins.sd3",
@@ -31,41 +37,76 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "headhunter.plugins.commands",
 )
 
-KINDS = ("perturbation", "adapter", "objective", "model")
+KINDS = ("perturbation", "adapter", "objective", "model", "base_model")
 _HOOK_OF_KIND = {
     "perturbation": "register_perturbations",
     "adapter": "register_adapters",
     "objective": "register_objectives",
     "model": "register_models",
+    "base_model": "register_base_models",
 }
 
+#: Keys a `search_defaults` hook may return (what `headhunter.hunt` fills in when not told).
+SEARCH_DEFAULT_KEYS = frozenset(
+    {"objective", "prompts", "seeds", "eval_seeds", "metrics", "set_metrics", "rounds", "top_k", "strength",
+     "scale", "steps"}
+)
 
-@dataclass(frozen=True)
+_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass
 class Entry:
-    """One registered thing: its kind, name, the object, and the plugin/distribution it came from."""
+    """One registered thing: its kind, name, the object (or its import reference), and where it came from.
+
+    `obj` is the registered object; an import reference `"module:attribute"` is imported on first access
+    (PluginError naming the plugin and the reference when that fails).
+    """
 
     kind: str
     name: str
-    obj: Any
+    target: Any
     plugin: str
     distribution: str
     version: str
     description: str
+    _loaded: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_reference(self) -> bool:
+        return isinstance(self.target, str)
+
+    @property
+    def obj(self) -> Any:
+        if not self.is_reference:
+            return self.target
+        if self._loaded is None:
+            self._loaded = _import_reference(self.target, f"{self.kind} {self.name!r} of plugin {self.plugin}")
+        return self._loaded
+
+
+def _import_reference(reference: str, what: str) -> Any:
+    module_name, _, attr = reference.partition(":")
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as err:
+        raise PluginError(f"{what}: cannot load {reference!r}: {err}") from err
+    return value
 
 
 def get_plugin_manager(load_entry_points: bool = True, builtins: bool = True) -> pluggy.PluginManager:
-    """A fresh plugin manager with the built-ins and (optionally) installed third-party plugins."""
+    """A fresh plugin manager with the built-ins and (optionally) installed third-party plugins.
+
+    A built-in plugin module that fails to import raises (its ImportError propagates): a broken install
+    is an error, not a silently smaller toolkit.
+    """
     pm = pluggy.PluginManager("headhunter")
     pm.add_hookspecs(hookspecs)
     if builtins:
         for module_name in DEFAULT_PLUGINS:
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if err.name != module_name:
-                    raise
-                continue  # a built-in that is not part of this build
-            pm.register(module, name=module_name)
+            pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
         pm.load_setuptools_entrypoints("headhunter")
     return pm
@@ -87,13 +128,18 @@ class Registry:
     def _register(self, kind: str, plugin: str, source: tuple[str, str], name: str, obj: Any, *, description: str = "") -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin} registered a {kind} with invalid name {name!r}")
+        if isinstance(obj, str) and not _REFERENCE.match(obj):
+            raise PluginError(
+                f"plugin {plugin} registered {kind} {name!r} as {obj!r}: a string must be an import reference "
+                "'package.module:attribute'"
+            )
         existing = self._entries[kind].get(name)
         if existing is not None:
             raise PluginError(
                 f"{kind} {name!r} is registered twice: by {existing.plugin} ({existing.distribution}) "
                 f"and by {plugin} ({source[0]}); uninstall one of them"
             )
-        doc = description or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
+        doc = description or ("" if isinstance(obj, str) else (getattr(obj, "__doc__", None) or "").strip().split("\n")[0])
         self._entries[kind][name] = Entry(kind, name, obj, plugin, source[0], source[1], doc)
 
     def entries(self, kind: str | None = None) -> list[Entry]:
@@ -127,15 +173,74 @@ class Registry:
     def model_loader(self, name: str) -> Callable[[], Any]:
         return self.get("model", name)
 
-    def adapter_for(self, model: Any) -> Any:
-        """The adapter (an instance) that recognises `model` (a pipeline or a transformer)."""
+    def base_model(self, repo_id: str) -> Any:
+        """The `KnownModel` (architecture, sites) of a published model, by Hub id (no weights loaded).
+
+        Raises HeadSetError naming the id and listing the known ones.
+        """
+        entry = self._entries["base_model"].get(repo_id)
+        if entry is None:
+            raise HeadSetError(
+                f"unknown base model {repo_id!r}; known without loading: {', '.join(self.names('base_model')) or '(none)'}. "
+                "For other models pass sites=adapter.sites(model), or have an adapter plugin register it "
+                "(register_base_models)."
+            )
+        return entry.obj
+
+    def adapter_for(self, model: Any, name: str | None = None) -> Any:
+        """The adapter (an instance) that recognises `model` (a pipeline or a transformer).
+
+        `name` picks a registered adapter explicitly (ModelError if it does not recognise `model`). Otherwise
+        the matching adapter with the highest `priority` class attribute wins; when two or more share the
+        highest priority the choice is ambiguous and a ModelError names them all (pick one with
+        `name=`, raise one adapter's `priority`, or uninstall one).
+        """
+        if name is not None:
+            cls = self.get("adapter", name)
+            if not cls.matches(model):
+                raise ModelError(f"adapter {name!r} does not recognise {type(model).__name__}")
+            return cls()
         matches = [e for e in self.entries("adapter") if e.obj.matches(model)]
         if not matches:
             raise ModelError(
                 f"no adapter recognises {type(model).__name__}; installed adapters: "
                 f"{', '.join(self.names('adapter')) or '(none)'}"
             )
-        return matches[0].obj()
+        top = max(getattr(e.obj, "priority", 0) for e in matches)
+        best = [e for e in matches if getattr(e.obj, "priority", 0) == top]
+        if len(best) > 1:
+            both = ", ".join(f"{e.name!r} ({e.distribution}, plugin {e.plugin})" for e in best)
+            raise ModelError(
+                f"{type(model).__name__} is recognised by several adapters of priority {top}: {both}. Pick one "
+                "with registry.adapter_for(model, name=...), give one adapter a higher `priority`, or uninstall one"
+            )
+        return best[0].obj()
+
+    def search_defaults(self, model: Any) -> dict[str, Any]:
+        """What `hunt` uses for `model` when not told otherwise, from the plugins' `search_defaults` hooks.
+
+        Empty when no plugin knows the model; PluginError when two plugins answer for it or one answers with
+        keys outside SEARCH_DEFAULT_KEYS.
+        """
+        answers = [
+            (impl.plugin_name, answer)
+            for impl in self.pm.hook.search_defaults.get_hookimpls()
+            if (answer := impl.function(model=model)) is not None
+        ]
+        if not answers:
+            return {}
+        if len(answers) > 1:
+            raise PluginError(
+                f"several plugins give search defaults for {type(model).__name__}: "
+                f"{', '.join(name for name, _ in answers)}; uninstall one"
+            )
+        plugin, defaults = answers[0]
+        unknown = sorted(set(defaults) - SEARCH_DEFAULT_KEYS)
+        if unknown:
+            raise PluginError(
+                f"plugin {plugin} gave unknown search defaults {unknown}; allowed: {', '.join(sorted(SEARCH_DEFAULT_KEYS))}"
+            )
+        return dict(defaults)
 
 
 _default: Registry | None = None
@@ -153,3 +258,19 @@ def reset_registry(registry: Registry | None = None) -> None:
     """Replace the process-wide registry (tests use this to install inline plugins)."""
     global _default
     _default = registry
+
+
+@contextlib.contextmanager
+def use_registry(registry: Registry) -> Iterator[Registry]:
+    """Make `registry` the process-wide one inside the block, then put the previous one back.
+
+    The CLI runs every command inside this, so library calls made by a command (`apply`, `hunt`,
+    `load_headset`) see the plugins of the manager `make_cli(pm)` was given.
+    """
+    global _default
+    previous = _default
+    _default = registry
+    try:
+        yield registry
+    finally:
+        _default = previous

@@ -1,7 +1,7 @@
 """Search throughput: candidate evaluations per second, many candidates per forward vs one at a time.
 
-A candidate evaluation is M guided images (prompt-seed pairs) of one head set. Speed does not depend on
-weight values, so a randomly initialised model of the demo architecture is used by default.
+A candidate evaluation is M guided images (prompt-seed pairs) of one head set. The model is any registered
+model (default: the embedded demo `digits`, loaded through the registry like any plugin's model).
 """
 
 from __future__ import annotations
@@ -10,22 +10,15 @@ import statistics
 import time
 from typing import Any
 
-import torch
-
 from ._runner import GenerationSettings, Row, run_batches
 from .headset import HeadSet
 from .schema import GuidanceSettings
 from .registry import get_registry
 
 
-def digits_architecture_pipe(seed: int = 0) -> Any:
-    """The embedded demo model's architecture with random weights (for timing only)."""
-    from headhunter.plugins.digits.model import build_pipeline
-
-    torch.manual_seed(seed)
-    pipe = build_pipeline()
-    pipe.transformer.eval()
-    pipe.label_encoder.eval()
+def registered_pipe(model: str = "digits") -> Any:
+    """A registered model (by name, through the registry), progress bar off (for timing only)."""
+    pipe = get_registry().model_loader(model)()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -60,7 +53,7 @@ def time_candidates(pipe: Any, candidates: int, pairs: int, batch_size: int, ste
 def run(candidates: int = 8, pairs: int = 8, steps: int = 12, batch_sizes: tuple[int, ...] = (64,), repeats: int = 3,
         pipe: Any = None) -> dict[str, Any]:
     """Candidate evaluations per second, batched vs one candidate per call, measured side by side."""
-    pipe = pipe or digits_architecture_pipe()
+    pipe = pipe or registered_pipe()
     single = time_candidates(pipe, candidates, pairs, pairs, steps, repeats)
     result = {"candidates": candidates, "pairs": pairs, "steps": steps,
               "one_candidate_per_call": {"seconds": single, "candidates_per_s": candidates / single}}

@@ -2,14 +2,15 @@
 
 A site is one attention module (`transformer_blocks.7.attn`) with its number of heads and its kind.
 A model's sites are ordered; the paper's layer index `L` is the position in that order, so `L12H3`
-means head 3 of the 13th site (0-based). Adapters list the sites of a live model; the tables here
-describe the published architectures so head sets can be written without loading any weights.
+means head 3 of the 13th site (0-based). Adapters list the sites of a live model and describe the published
+models they know (`KnownModel`, registered with the `register_base_models` hook), so head sets can be
+written without loading any weights; core keeps only the notion of a site and the paper notation.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,46 +61,12 @@ def format_notation(layer: int, head: int, strength: float | None = None) -> str
     return f"L{layer}H{head}@{strength:g}"
 
 
-def sd3_sites(num_layers: int, num_heads: int, dual_attention_layers: tuple[int, ...] = ()) -> list[Site]:
-    """Sites of an SD3/SD3.5 transformer: one joint site per block, then the image-only `attn2` sites.
+class KnownModel(NamedTuple):
+    """A published model described without loading it: its architecture family and its sites in paper order.
 
-    The `attn2` sites come after all joint sites so that `Lk` is block k's joint attention on every
-    SD3 variant (the paper's numbering).
+    Adapter plugins register these with the `register_base_models` hook (built-ins: the SD3/SD3.5 and FLUX.1
+    checkpoints), keyed by Hub id; `HeadSet.from_heads(..., base_model=...)` reads them.
     """
-    sites = [Site(name=f"transformer_blocks.{i}.attn", num_heads=num_heads, kind="joint") for i in range(num_layers)]
-    sites += [
-        Site(name=f"transformer_blocks.{i}.attn2", num_heads=num_heads, kind="image") for i in dual_attention_layers
-    ]
-    return sites
 
-
-def flux_sites(num_layers: int, num_single_layers: int, num_heads: int) -> list[Site]:
-    """Sites of a FLUX.1 transformer: double-stream blocks 0..n-1, then single-stream blocks."""
-    double = [Site(name=f"transformer_blocks.{i}.attn", num_heads=num_heads, kind="joint") for i in range(num_layers)]
-    single = [
-        Site(name=f"single_transformer_blocks.{i}.attn", num_heads=num_heads, kind="single")
-        for i in range(num_single_layers)
-    ]
-    return double + single
-
-
-#: Published architectures, so head sets (presets) can be built without loading a model.
-#: Values: (architecture family, site list).
-KNOWN_MODELS: dict[str, tuple[str, list[Site]]] = {
-    "stabilityai/stable-diffusion-3-medium-diffusers": ("sd3", sd3_sites(24, 24)),
-    "stabilityai/stable-diffusion-3.5-medium": ("sd3", sd3_sites(24, 24, tuple(range(13)))),
-    "stabilityai/stable-diffusion-3.5-large": ("sd3", sd3_sites(38, 38)),
-    "black-forest-labs/FLUX.1-dev": ("flux", flux_sites(19, 38, 24)),
-    "black-forest-labs/FLUX.1-schnell": ("flux", flux_sites(19, 38, 24)),
-}
-
-
-def known_model_sites(base_model: str) -> tuple[str, list[Site]]:
-    """Architecture family and sites of a published model, by its Hub id."""
-    try:
-        return KNOWN_MODELS[base_model]
-    except KeyError:
-        raise HeadSetError(
-            f"unknown base model {base_model!r}; known without loading: {', '.join(sorted(KNOWN_MODELS))}. "
-            "For other models pass sites=adapter.sites(model)."
-        ) from None
+    architecture: str
+    sites: tuple[Site, ...]

@@ -22,8 +22,9 @@ from .search import HuntResult, SearchSettings, candidate_pool, resolve_model, r
 
 
 def model_defaults(pipe: Any) -> dict[str, Any]:
-    """The model's search defaults (objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, ...)."""
-    return dict(getattr(pipe, "headhunter_defaults", {}))
+    """The model's search defaults (objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, ...),
+    from the plugins' `search_defaults` hook (empty when no plugin knows the model)."""
+    return get_registry().search_defaults(pipe)
 
 
 def hunt(

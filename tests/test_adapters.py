@@ -23,7 +23,8 @@ from headhunter.cli import make_cli
 from headhunter.cli.bench import FLUX_DEV, SD3_MEDIUM
 from headhunter.errors import HeadSetError, ModelError
 from headhunter.registry import get_registry
-from headhunter.sites import KNOWN_MODELS, flux_sites, sd3_sites
+from headhunter.plugins.flux import flux_sites
+from headhunter.plugins.sd3 import sd3_sites
 
 REGISTRY = get_registry()
 SD35_MEDIUM = dict(SD3_MEDIUM, pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13)))
@@ -48,9 +49,9 @@ def test_sites_of_real_configs_equal_the_site_tables(repo, cls, config):
     with torch.device("meta"):
         model = cls(**config)
     adapter = REGISTRY.adapter_for(model)
-    architecture, table = KNOWN_MODELS[repo]
-    assert adapter.architecture == architecture
-    assert adapter.sites(model) == table
+    known = REGISTRY.base_model(repo)
+    assert adapter.architecture == known.architecture
+    assert adapter.sites(model) == list(known.sites)
 
 
 def test_tiny_sites_and_paper_order():
@@ -273,11 +274,12 @@ def test_bench_runs_on_tiny_settings(tmp_path):
     assert {"stock_ms", "installed_ratio", "heads_ratio", "pag_mask_ratio"} <= set(rows[0])
 
 
-def test_inspect_a_registered_model(fresh_registry):
-    """`headhunter inspect NAME` loads a model registered by a plugin (the digits demo is one)."""
+def test_inspect_a_registered_model():
+    """`headhunter inspect NAME` loads a model registered by a plugin (the digits demo is one); the CLI uses the
+    plugin manager it was built with, not the process-wide registry."""
     from headhunter.hookspecs import hookimpl
     from headhunter.plugins.digits.model import build_pipeline
-    from headhunter.registry import Registry, get_plugin_manager
+    from headhunter.registry import get_plugin_manager
 
     class DemoModels:
         @hookimpl
@@ -286,7 +288,6 @@ def test_inspect_a_registered_model(fresh_registry):
 
     pm = get_plugin_manager(load_entry_points=False)
     pm.register(DemoModels(), name="demo-models")
-    fresh_registry.reset_registry(Registry(pm))
     result = CliRunner().invoke(make_cli(pm), ["inspect", "tiny-digits"])
     assert result.exit_code == 0, result.output
     assert "registered model" in result.output and "architecture: sd3" in result.output

@@ -13,7 +13,7 @@ from PIL import Image
 import headhunter
 from headhunter import HeadSet, get_registry, hookimpl
 from headhunter.cli import make_cli
-from headhunter.registry import Registry, get_plugin_manager
+from headhunter.registry import get_plugin_manager
 
 from tiny_pipes import build_flux, build_sd3
 
@@ -35,8 +35,8 @@ def saved(tmp_path_factory):
     return root, pipe, hs
 
 
-def invoke(*args: str):
-    result = CliRunner().invoke(make_cli(), ["generate", *args])
+def invoke(*args: str, pm=None):
+    result = CliRunner().invoke(make_cli(pm), ["generate", *args])
     return result
 
 
@@ -72,7 +72,7 @@ def test_generate_writes_pngs_sidecar_and_comparison(saved, tmp_path):
         assert (again / name).read_bytes() == (out / name).read_bytes()
 
 
-def test_registered_model_is_loaded_by_name(saved, tmp_path, fresh_registry):
+def test_registered_model_is_loaded_by_name(saved, tmp_path):
     root, _, _ = saved
 
     class TinyModels:
@@ -82,9 +82,8 @@ def test_registered_model_is_loaded_by_name(saved, tmp_path, fresh_registry):
 
     pm = get_plugin_manager(load_entry_points=False)
     pm.register(TinyModels(), name="tiny-models")
-    fresh_registry.reset_registry(Registry(pm))
     result = invoke("tiny", "--headset", str(root / "tiny.safetensors"), "--prompt", "a cat", "--steps", "2",
-                    "--height", "32", "--width", "32", "--out", str(tmp_path / "o"), "--sequential")
+                    "--height", "32", "--width", "32", "--out", str(tmp_path / "o"), "--sequential", pm=pm)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o" / "generate.json").read_text())["batched"] is False
 

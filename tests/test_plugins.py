@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from headhunter import PluginError, hookimpl
+from headhunter import ModelError, PluginError, hookimpl
 from headhunter.cli import make_cli
-from headhunter.registry import DEFAULT_PLUGINS, Registry, get_plugin_manager
+from headhunter.registry import DEFAULT_PLUGINS, Registry, get_plugin_manager, get_registry
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 
@@ -133,3 +134,136 @@ def test_cli_show_prints_paper_notation_and_errors_cleanly(tmp_path):
     result = runner.invoke(make_cli(), ["show", str(tmp_path / "missing.safetensors")])
     assert result.exit_code == 1
     assert "Error: head set" in result.output and "Traceback" not in result.output
+
+
+def test_building_the_cli_and_registry_imports_no_heavy_module():
+    """Start-up: registration and the CLI's --help need neither torch, diffusers nor transformers."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from headhunter.cli import make_cli\n"
+        "import headhunter\n"
+        "cli = make_cli()\n"
+        "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+        "assert CliRunner().invoke(cli, ['plugins']).exit_code == 0\n"
+        "headhunter.get_registry().base_model('stabilityai/stable-diffusion-3-medium-diffusers')\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_builtins_are_registered_by_reference_and_load_on_use():
+    registry = Registry(get_plugin_manager(load_entry_points=False))
+    softpag = next(e for e in registry.entries("perturbation") if e.name == "softpag")
+    assert softpag.target == "headhunter.plugins.perturbations.targets:SoftPAG" and softpag.description
+    from headhunter.plugins.perturbations.targets import SoftPAG
+
+    assert softpag.obj is SoftPAG and isinstance(registry.perturbation("softpag"), SoftPAG)
+
+
+def _inline_pm(*plugins):
+    pm = get_plugin_manager(load_entry_points=False, builtins=False)
+    for i, plugin in enumerate(plugins):
+        pm.register(plugin, name=f"inline-{i}")
+    return pm
+
+
+def test_bad_references_are_errors_naming_the_plugin():
+    class BadString:
+        @hookimpl
+        def register_objectives(self, register):
+            register("x", "not a reference")
+
+    with pytest.raises(PluginError, match=r"plugin inline-0 registered objective 'x' as 'not a reference'"):
+        Registry(_inline_pm(BadString()))
+
+    class Missing:
+        @hookimpl
+        def register_objectives(self, register):
+            register("ghost", "headhunter_no_such_module:Thing", description="never loads")
+
+    registry = Registry(_inline_pm(Missing()))  # registering is fine: nothing is imported yet
+    assert registry.entries("objective")[0].description == "never loads"
+    with pytest.raises(PluginError, match=r"objective 'ghost' of plugin inline-0: cannot load 'headhunter_no_such_module:Thing'"):
+        registry.objective("ghost")
+
+
+def test_a_builtin_plugin_that_fails_to_import_is_an_error(monkeypatch):
+    import headhunter.registry as reg
+
+    monkeypatch.setattr(reg, "DEFAULT_PLUGINS", (*DEFAULT_PLUGINS, "headhunter.plugins.no_such_plugin"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_plugin"):
+        reg.get_plugin_manager(load_entry_points=False)
+
+
+class _Thing:
+    """A stand-in model."""
+
+
+def _adapter(name, priority=0):
+    class Adapter:
+        @classmethod
+        def matches(cls, model):
+            return isinstance(model, _Thing)
+
+    Adapter.name, Adapter.priority = name, priority
+
+    class Plugin:
+        @hookimpl
+        def register_adapters(self, register):
+            register(name, Adapter)
+
+    return Adapter, Plugin()
+
+
+def test_two_matching_adapters_are_an_error_naming_both_unless_priority_or_name_decides():
+    (first, p1), (second, p2) = _adapter("alpha"), _adapter("beta")
+    registry = Registry(_inline_pm(p1, p2))
+    with pytest.raises(ModelError, match=r"_Thing is recognised by several adapters of priority 0: 'alpha' .*, 'beta' .*name="):
+        registry.adapter_for(_Thing())
+    assert isinstance(registry.adapter_for(_Thing(), name="beta"), second)
+    with pytest.raises(PluginError, match="Unknown adapter 'gamma'"):
+        registry.adapter_for(_Thing(), name="gamma")
+    (low, p3), (high, p4) = _adapter("alpha"), _adapter("beta", priority=1)
+    assert isinstance(Registry(_inline_pm(p3, p4)).adapter_for(_Thing()), high)
+    with pytest.raises(ModelError, match="adapter 'alpha' does not recognise object"):
+        registry.adapter_for(object(), name="alpha")
+
+
+def test_search_defaults_come_from_the_hook():
+    class Defaults:
+        def __init__(self, answer):
+            self.answer = answer
+
+        @hookimpl
+        def search_defaults(self, model):
+            return self.answer if isinstance(model, _Thing) else None
+
+    assert Registry(_inline_pm(Defaults({"rounds": 3}))).search_defaults(_Thing()) == {"rounds": 3}
+    assert Registry(_inline_pm(Defaults({"rounds": 3}))).search_defaults(object()) == {}
+    with pytest.raises(PluginError, match=r"several plugins give search defaults for _Thing: inline-0, inline-1"):
+        Registry(_inline_pm(Defaults({}), Defaults({}))).search_defaults(_Thing())
+    with pytest.raises(PluginError, match=r"plugin inline-0 gave unknown search defaults \['round'\]; allowed: "):
+        Registry(_inline_pm(Defaults({"round": 3}))).search_defaults(_Thing())
+
+
+def test_the_digits_plugin_gives_its_demo_defaults_through_the_hook():
+    from headhunter.plugins.digits import DEMO_DEFAULTS
+    from headhunter.plugins.digits.model import build_pipeline, build_transformer
+
+    registry = get_registry()
+    defaults = registry.search_defaults(build_pipeline())
+    assert {k: defaults[k] for k in DEMO_DEFAULTS} == DEMO_DEFAULTS and "set_metrics" in defaults
+    assert registry.search_defaults(build_pipeline(build_transformer(num_layers=2))) == {}
+
+
+def test_published_base_models_come_from_the_adapter_plugins():
+    registry = get_registry()
+    sd3 = registry.base_model("stabilityai/stable-diffusion-3.5-medium")
+    assert sd3.architecture == "sd3" and len(sd3.sites) == 24 + 13 and sd3.sites[24].kind == "image"
+    flux = registry.base_model("black-forest-labs/FLUX.1-dev")
+    assert flux.architecture == "flux" and len(flux.sites) == 19 + 38
+    plugins = {e.plugin for e in registry.entries("base_model")}
+    assert {"headhunter.plugins.sd3", "headhunter.plugins.flux", "headhunter.plugins.wan"} <= plugins
+    assert all(e.plugin.startswith("headhunter.plugins.") for e in registry.entries("base_model"))

@@ -4,11 +4,12 @@
 heads x 16 dims) trained by the project on scikit-learn's real handwritten digits, with the call protocol of
 ``StableDiffusion3Pipeline``. The objectives score samples with a CNN classifier trained on the training
 split. The model card is docs/digits.md. torch and diffusers load on first use, so registering this plugin
-costs nothing.
+costs nothing. The search defaults of the demo come from the `search_defaults` hook, like any plugin's.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 from headhunter.hookspecs import Register, hookimpl
@@ -47,14 +48,16 @@ def fd_digits_metric(images: Any, prompts: Any) -> tuple[float, tuple[float, flo
     return result.fd, (result.low, result.high)
 
 
-def load_digits_pipeline(**kwargs: Any) -> Any:
-    """The shipped digits ``DigitsPipeline``, offline, in eval mode (see ``model.load_digits_pipeline``),
-    carrying its search defaults as ``headhunter_defaults``."""
-    from .model import load_digits_pipeline as load
-
-    pipe = load(**kwargs)
-    pipe.headhunter_defaults = {**DEMO_DEFAULTS, "set_metrics": {"FD-digits (lower is better)": fd_digits_metric}}
-    return pipe
+def search_defaults_for(model: Any) -> dict[str, Any] | None:
+    """DEMO_DEFAULTS plus the FD-digits set metric for a ``DigitsPipeline`` of the shipped architecture (any
+    weights: the loaded demo, or a fresh ``build_pipeline()``), else None (smaller test models get none)."""
+    module = sys.modules.get("headhunter.plugins.digits.model")  # not loaded: `model` cannot be a DigitsPipeline
+    if module is None or not isinstance(model, module.DigitsPipeline):
+        return None
+    config = model.transformer.config
+    if any(config.get(key) != value for key, value in module.TRANSFORMER_CONFIG.items()):
+        return None
+    return {**DEMO_DEFAULTS, "set_metrics": {"FD-digits (lower is better)": fd_digits_metric}}
 
 
 def _objective_factory(class_name: str) -> Callable[..., Any]:
@@ -72,8 +75,13 @@ def _objective_factory(class_name: str) -> Callable[..., Any]:
 
 @hookimpl
 def register_models(register: Register) -> None:
-    register("digits", load_digits_pipeline,
+    register("digits", "headhunter.plugins.digits.model:load_digits_pipeline",
              description="embedded demo: SD3 MMDiT (6 x 8 heads) trained on real 16x16 digits; prompts '0'..'9', ''")
+
+
+@hookimpl
+def search_defaults(model: Any) -> dict[str, Any] | None:
+    return search_defaults_for(model)
 
 
 @hookimpl

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from headhunter._loading import load_model
+from headhunter import load_model
 from headhunter.evaluation import Evaluation, evaluate
 from headhunter.objective_expr import parse_objective
 from headhunter.workflow import hunt

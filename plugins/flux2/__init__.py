@@ -2,13 +2,13 @@
 
 Sites in paper order: the double-stream `transformer_blocks.{i}.attn` (joint), then the single-stream
 `single_transformer_blocks.{i}.attn` (single), as for FLUX.1; token order [text | image] in both. The
-adapter itself (`headhunter.plugins.flux2.adapter`, torch + diffusers) is imported when the hook runs.
+adapter itself (`headhunter.plugins.flux2.adapter`, torch + diffusers) is registered by import reference and loads on first use.
 """
 
 from __future__ import annotations
 
-from headhunter.hookspecs import hookimpl
-from headhunter.sites import Site
+from headhunter.hookspecs import Register, hookimpl
+from headhunter.sites import KnownModel, Site
 
 
 def flux2_sites(num_layers: int, num_single_layers: int, num_heads: int) -> list[Site]:
@@ -29,7 +29,12 @@ PUBLISHED: dict[str, tuple[int, int, int]] = {
 
 
 @hookimpl
-def register_adapters(register):
-    from .adapter import Flux2Adapter
+def register_adapters(register: Register) -> None:
+    register("flux2", "headhunter.plugins.flux2.adapter:Flux2Adapter", description="FLUX.2 (Flux2Transformer2DModel: double- then single-stream blocks)")
 
-    register("flux2", Flux2Adapter)
+
+@hookimpl
+def register_base_models(register: Register) -> None:
+    for repo_id, (double, single, heads) in PUBLISHED.items():
+        register(repo_id, KnownModel("flux2", tuple(flux2_sites(double, single, heads))),
+                 description=f"flux2: {double} double-stream + {single} single-stream blocks x {heads} heads")

@@ -7,8 +7,8 @@ when the hook runs.
 
 from __future__ import annotations
 
-from headhunter.hookspecs import hookimpl
-from headhunter.sites import Site
+from headhunter.hookspecs import Register, hookimpl
+from headhunter.sites import KnownModel, Site
 
 
 def qwenimage_sites(num_layers: int, num_heads: int) -> list[Site]:
@@ -23,7 +23,12 @@ PUBLISHED: dict[str, tuple[int, int]] = {
 
 
 @hookimpl
-def register_adapters(register):
-    from .adapter import QwenImageAdapter
+def register_adapters(register: Register) -> None:
+    register("qwenimage", "headhunter.plugins.qwenimage.adapter:QwenImageAdapter", description="Qwen-Image (QwenImageTransformer2DModel, joint blocks)")
 
-    register("qwenimage", QwenImageAdapter)
+
+@hookimpl
+def register_base_models(register: Register) -> None:
+    for repo_id, (layers, heads) in PUBLISHED.items():
+        register(repo_id, KnownModel("qwenimage", tuple(qwenimage_sites(layers, heads))),
+                 description=f"qwenimage: {layers} joint blocks x {heads} heads")

@@ -2,13 +2,13 @@
 
 Sites in paper order: the self-attention `blocks.{i}.attn1` of every block (kind `image`: video tokens
 only, frames x rows x cols). The text cross-attention `blocks.{i}.attn2` is not a site: it stays stock.
-The adapter (`headhunter.plugins.wan.adapter`, torch + diffusers) is imported when the hook runs.
+The adapter (`headhunter.plugins.wan.adapter`, torch + diffusers) is registered by import reference and loads on first use.
 """
 
 from __future__ import annotations
 
-from headhunter.hookspecs import hookimpl
-from headhunter.sites import Site
+from headhunter.hookspecs import Register, hookimpl
+from headhunter.sites import KnownModel, Site
 
 
 def wan_sites(num_layers: int, num_heads: int) -> list[Site]:
@@ -24,7 +24,12 @@ PUBLISHED: dict[str, tuple[int, int]] = {
 
 
 @hookimpl
-def register_adapters(register):
-    from .adapter import WanAdapter
+def register_adapters(register: Register) -> None:
+    register("wan", "headhunter.plugins.wan.adapter:WanAdapter", description="Wan 2.x (WanTransformer3DModel, video self-attention)")
 
-    register("wan", WanAdapter)
+
+@hookimpl
+def register_base_models(register: Register) -> None:
+    for repo_id, (layers, heads) in PUBLISHED.items():
+        register(repo_id, KnownModel("wan", tuple(wan_sites(layers, heads))),
+                 description=f"wan: {layers} blocks x {heads} heads (self-attention)")

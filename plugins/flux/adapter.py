@@ -1,8 +1,9 @@
-"""Built-in adapter for FLUX.1 (`FluxTransformer2DModel`, `FluxAttnProcessor`).
+"""The FLUX.1 adapter (`FluxTransformer2DModel`, `FluxAttnProcessor`); imports torch and diffusers.
 
 Sites in paper order: the double-stream `transformer_blocks.{i}.attn` (joint), then the single-stream
-`single_transformer_blocks.{i}.attn` (single); token order [text | image] in both (headhunter.sites.
-flux_sites). Single-stream processors are not told the text length: a forward pre-hook on the transformer
+`single_transformer_blocks.{i}.attn` (single); token order [text | image] in both (named by
+`headhunter.plugins.flux.flux_sites`, which also describes the published models; this module is registered
+without being imported by `headhunter.plugins.flux`). Single-stream processors are not told the text length: a forward pre-hook on the transformer
 records it from `encoder_hidden_states` (a shape, never a value). The attention call goes through
 diffusers' `dispatch_attention_fn` with the original processor's backend, so `set_attention_backend`
 keeps working, before and after installation.
@@ -22,8 +23,9 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
-from headhunter.hookspecs import hookimpl
 from headhunter.sites import Site
+
+from . import flux_sites
 
 
 class FluxPerturbingProcessor(PerturbingProcessor):
@@ -119,11 +121,7 @@ class FluxAdapter(ModelAdapter):
 
     def sites(self, model: Any) -> list[Site]:
         t = self.transformer(model)
-        double = [Site(name=f"transformer_blocks.{i}.attn", num_heads=b.attn.heads, kind="joint")
-                  for i, b in enumerate(t.transformer_blocks)]
-        single = [Site(name=f"single_transformer_blocks.{i}.attn", num_heads=b.attn.heads, kind="single")
-                  for i, b in enumerate(t.single_transformer_blocks)]
-        return double + single
+        return flux_sites(len(t.transformer_blocks), len(t.single_transformer_blocks), t.config.num_attention_heads)
 
     def blocks(self, model: Any) -> list[str]:
         """Double-stream blocks, then single-stream blocks (the order FluxTransformer2DModel.forward runs them)."""
@@ -187,8 +185,3 @@ def _grid_from_ids(state: EngineState, img_ids: torch.Tensor | None, image_len: 
     grid = (rows, cols) if rows * cols == image_len else None
     state.cache["grid_ids"] = (key, grid)
     return grid
-
-
-@hookimpl
-def register_adapters(register):
-    register("flux", FluxAdapter)

@@ -2,7 +2,8 @@
 
 Each computes only the target T·V for the selected heads (paper §4.2 and App. C, "unified view"); the
 engine mixes `O + u (T·V - O)` per sample and head on the rows the scope selects. `target_matrix` spells
-the same target out as an explicit map for the float64 reference the tests compare against.
+the same target out as an explicit map for the float64 reference the tests compare against. Imports torch;
+registered, without being imported, by `headhunter.plugins.perturbations`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headhunter.adapter import TokenLayout
 from headhunter.errors import ModelError
-from headhunter.hookspecs import hookimpl
 from headhunter.perturbation import Perturbation
 
 
@@ -227,9 +227,3 @@ def _check_frames(layout: TokenLayout, name: str) -> int:
 
 
 BUILTIN_PERTURBATIONS: tuple[type[Perturbation], ...] = (Identity, SoftPAG, Uniform, Blur, Drop)
-
-
-@hookimpl
-def register_perturbations(register):
-    for cls in BUILTIN_PERTURBATIONS:
-        register(cls.name, cls)

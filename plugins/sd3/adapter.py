@@ -1,8 +1,10 @@
-"""Built-in adapter for SD3 / SD3.5 (`SD3Transformer2DModel`, `JointAttnProcessor2_0`).
+"""The SD3 / SD3.5 adapter (`SD3Transformer2DModel`, `JointAttnProcessor2_0`); imports torch and diffusers.
 
 Sites in paper order: `transformer_blocks.{i}.attn` (joint, token order [image | text]) for every block,
-then SD3.5-medium's image-only `transformer_blocks.{i}.attn2` (headhunter.sites.sd3_sites). Any pipeline
-whose `.transformer` is an SD3Transformer2DModel is handled the same way (the digits demo model too).
+then SD3.5-medium's image-only `transformer_blocks.{i}.attn2` (named by `headhunter.plugins.sd3.sd3_sites`,
+the same function that describes the published models). Any pipeline whose `.transformer` is an
+SD3Transformer2DModel is handled the same way (the digits demo model too). Registered, without importing
+this module, by `headhunter.plugins.sd3`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
-from headhunter.hookspecs import hookimpl
 from headhunter.sites import Site
+
+from . import sd3_sites
 
 
 class SD3PerturbingProcessor(PerturbingProcessor):
@@ -90,12 +93,9 @@ class SD3Adapter(ModelAdapter):
         return isinstance(inner, SD3Transformer2DModel)
 
     def sites(self, model: Any) -> list[Site]:
-        blocks = self.transformer(model).transformer_blocks
-        joint = [Site(name=f"transformer_blocks.{i}.attn", num_heads=b.attn.heads, kind="joint")
-                 for i, b in enumerate(blocks)]
-        image = [Site(name=f"transformer_blocks.{i}.attn2", num_heads=b.attn2.heads, kind="image")
-                 for i, b in enumerate(blocks) if getattr(b, "attn2", None) is not None]
-        return joint + image
+        t = self.transformer(model)
+        dual = tuple(i for i, b in enumerate(t.transformer_blocks) if getattr(b, "attn2", None) is not None)
+        return sd3_sites(len(t.transformer_blocks), t.config.num_attention_heads, dual)
 
     def blocks(self, model: Any) -> list[str]:
         """`transformer_blocks.{i}` in order (each holds the joint `attn` and, on SD3.5-medium, `attn2`)."""
@@ -130,8 +130,3 @@ class SD3Adapter(ModelAdapter):
             f"({scale} px per latent, patch {config.patch_size})",
             "text tokens: as many as the prompt encoder gives (SD3 pipelines: 77 CLIP + 256 T5 = 333 by default)",
         ]
-
-
-@hookimpl
-def register_adapters(register):
-    register("sd3", SD3Adapter)
