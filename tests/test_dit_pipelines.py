@@ -21,11 +21,15 @@ from tiny_dit_pipes import (
     build_qwenimage,
     build_wan,
     prompt_embeds,
+    with_prompt_table,
 )
 
 import headhunter
 from headhunter import HeadSet, get_registry
 from headhunter.attention import batch_strengths
+from headhunter.headset import load_headset_file
+from headhunter.objective import Objective, as_tensor_images
+from headhunter.workflow import hunt
 
 TOL = 1e-4
 STEPS = 3
@@ -263,3 +267,32 @@ def test_remove_restores_bit_identical_outputs(request, name):
     run(pipe, call, prompt_embeds=prompt_embeds(), **extra)
     handle.remove()
     assert torch.equal(run(pipe, call, prompt_embeds=prompt_embeds(), **extra), stock)
+
+
+class Brightness(Objective):
+    """Mean pixel value: a cheap objective every head moves a little."""
+
+    name = "test-brightness"
+
+    def score(self, images, prompts):
+        return as_tensor_images(images).mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("build", [build_flux2, build_qwenimage])
+def test_hunt_and_the_head_set_format_work_unchanged(build, tmp_path):
+    """The search, head-set files and apply need nothing model-specific beyond the adapter."""
+    pipe = with_prompt_table(build())
+    adapter = get_registry().adapter_for(pipe)
+    result = hunt(pipe, Brightness(), prompts=["a cat", "a dog"], seeds=[0], steps=2, rounds=1, top_k=1, scale=2.0,
+                  candidates=["L0H0", "L0H1", "L1H0"], layer_baselines=False, batch_size=8, progress=False,
+                  pipeline_kwargs=dict(height=32, width=32))
+    scores = result.rounds[0].scores
+    assert len(scores) == 3 and len(set(scores.values())) == 3  # every candidate head changed the images
+    assert result.headset.metadata.architecture == adapter.architecture and len(result.headset) == 1
+    path = result.headset.save(tmp_path / "found.safetensors")
+    loaded = load_headset_file(path)
+    loaded.validate_against(adapter.sites(pipe), adapter.architecture)
+    assert loaded.notation() == result.headset.notation()
+    with headhunter.apply(pipe, loaded, scale=2.0):
+        guided = pipe(prompt="a cat", num_inference_steps=2, generator=gen(), output_type="latent", height=32, width=32).images
+    assert torch.isfinite(guided).all()

@@ -30,3 +30,14 @@ def test_every_hookspec_is_in_the_reference_with_its_signature():
     for name in specs:
         signature = f"{name}{inspect.signature(getattr(hookspecs, name))}".replace("'", "")
         assert f"`{signature}`" in guide, f"{signature} missing from docs/plugins.md"
+
+
+def test_adapter_walkthrough_excerpts_are_the_qwenimage_plugin():
+    """The 'Writing an adapter for a new DiT' blocks of docs/plugins.md are verbatim excerpts of plugins/qwenimage."""
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    section = guide.split("## Writing an adapter for a new DiT", 1)[1].split("\n## ", 1)[0]
+    source = "".join((ROOT / "plugins" / "qwenimage" / name).read_text() for name in ("__init__.py", "adapter.py"))
+    blocks = _code_blocks(section, "python")
+    assert len(blocks) == 6
+    for block in blocks:
+        assert block in source, f"docs/plugins.md excerpt not in plugins/qwenimage:\n{block}"

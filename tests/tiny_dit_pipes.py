@@ -3,7 +3,8 @@
 Built from configs in memory (tiny transformer + tiny VAE of the pipeline's own class), put in eval() mode.
 The text encoders of these pipelines (Mistral-3, Qwen2.5-VL, UMT5) are not built: the tests pass
 `prompt_embeds` (and `negative_prompt_embeds`) directly, which every one of these pipelines accepts, so the
-text encoder and tokenizer are None. Sizes: FLUX.2 and Qwen-Image 32x32 px -> 8 x 8 = 64 image tokens
+text encoder and tokenizer are None. For code that passes prompt strings (the search), `with_prompt_table`
+gives a pipeline whose `encode_prompt` looks each prompt up in a fixed random table instead (test only). Sizes: FLUX.2 and Qwen-Image 32x32 px -> 8 x 8 = 64 image tokens
 (VAE scale 2, 2x2 packing); Wan 5 frames at 32x48 px -> 3 latent frames x 8 x 12 = 288 video tokens.
 """
 
@@ -94,3 +95,23 @@ def build_wan(seed: int = 0, num_heads: int = 2) -> WanPipeline:
 def prompt_embeds(batch: int = 1, length: int = 6, seed: int = 0) -> torch.Tensor:
     """Stand-in text-encoder output [batch, length, TEXT_DIM]."""
     return torch.randn(batch, length, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def embed_prompts(prompts: str | list[str], length: int = 6) -> torch.Tensor:
+    """A stand-in text encoder: each prompt string -> fixed random embeddings seeded by its characters."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    return torch.cat([prompt_embeds(1, length, seed=sum(ord(c) * (i + 1) for i, c in enumerate(p))) for p in prompts])
+
+
+def with_prompt_table(pipe: Any) -> Any:
+    """`pipe` whose `encode_prompt` embeds prompt strings with `embed_prompts` (FLUX.2, Qwen-Image), so the
+    pipeline's own loop runs from prompts without a text encoder."""
+    original = pipe.encode_prompt
+
+    def encode_prompt(prompt=None, device=None, num_images_per_prompt=1, prompt_embeds=None, *args, **kwargs):
+        if prompt_embeds is None:
+            prompt_embeds = embed_prompts(prompt if prompt is not None else "")
+        return original(None, device, num_images_per_prompt, prompt_embeds, *args, **kwargs)
+
+    pipe.encode_prompt = encode_prompt
+    return pipe
