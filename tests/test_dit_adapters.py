@@ -30,6 +30,7 @@ from tiny import (
     wan_inputs,
 )
 
+from headhunter import HeadSet
 from headhunter.adapter import TokenLayout
 from headhunter.cli import make_cli
 from headhunter.errors import ModelError
@@ -86,6 +87,13 @@ def test_published_tables_equal_the_live_sites():
     assert qwenimage_sites(*qwenimage.PUBLISHED["Qwen/Qwen-Image"]) == REGISTRY.adapter_for(qi).sites(qi)
     assert wan_sites(*wan.PUBLISHED["Wan-AI/Wan2.1-T2V-14B-Diffusers"]) == REGISTRY.adapter_for(w14).sites(w14)
     assert wan_sites(*wan.PUBLISHED["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"]) == REGISTRY.adapter_for(w13).sites(w13)
+    # registered as base models: head sets name them without loading anything
+    for repo_id, model in (("black-forest-labs/FLUX.2-dev", f2), ("Qwen/Qwen-Image", qi),
+                           ("Wan-AI/Wan2.1-T2V-14B-Diffusers", w14), ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", w13)):
+        headset = HeadSet.from_heads([(1, 3)], base_model=repo_id)
+        adapter = REGISTRY.adapter_for(model)
+        assert headset.metadata.architecture == adapter.architecture
+        headset.validate_against(adapter.sites(model), adapter.architecture)
 
 
 @pytest.mark.parametrize(("class_name", "config", "sites", "pattern", "layout"), [

@@ -294,5 +294,6 @@ def test_hunt_and_the_head_set_format_work_unchanged(build, tmp_path):
     loaded.validate_against(adapter.sites(pipe), adapter.architecture)
     assert loaded.notation() == result.headset.notation()
     with headhunter.apply(pipe, loaded, scale=2.0):
-        guided = pipe(prompt="a cat", num_inference_steps=2, generator=gen(), output_type="latent", height=32, width=32).images
+        guided = pipe(prompt="a cat", num_inference_steps=2, generator=gen(), output_type="latent", height=32,
+                      width=32).images
     assert torch.isfinite(guided).all()

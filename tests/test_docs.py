@@ -38,6 +38,6 @@ def test_adapter_walkthrough_excerpts_are_the_qwenimage_plugin():
     section = guide.split("## Writing an adapter for a new DiT", 1)[1].split("\n## ", 1)[0]
     source = "".join((ROOT / "plugins" / "qwenimage" / name).read_text() for name in ("__init__.py", "adapter.py"))
     blocks = _code_blocks(section, "python")
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     for block in blocks:
         assert block in source, f"docs/plugins.md excerpt not in plugins/qwenimage:\n{block}"

@@ -4,8 +4,9 @@ Built from configs in memory (tiny transformer + tiny VAE of the pipeline's own 
 The text encoders of these pipelines (Mistral-3, Qwen2.5-VL, UMT5) are not built: the tests pass
 `prompt_embeds` (and `negative_prompt_embeds`) directly, which every one of these pipelines accepts, so the
 text encoder and tokenizer are None. For code that passes prompt strings (the search), `with_prompt_table`
-gives a pipeline whose `encode_prompt` looks each prompt up in a fixed random table instead (test only). Sizes: FLUX.2 and Qwen-Image 32x32 px -> 8 x 8 = 64 image tokens
-(VAE scale 2, 2x2 packing); Wan 5 frames at 32x48 px -> 3 latent frames x 8 x 12 = 288 video tokens.
+gives a pipeline whose `encode_prompt` looks each prompt up in a fixed random table instead (test only).
+Sizes: FLUX.2 and Qwen-Image 32x32 px -> 8 x 8 = 64 image tokens (VAE scale 2, 2x2 packing); Wan 5 frames
+at 32x48 px -> 3 latent frames x 8 x 12 = 288 video tokens.
 """
 
 from __future__ import annotations

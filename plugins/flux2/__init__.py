@@ -2,10 +2,13 @@
 
 Sites in paper order: the double-stream `transformer_blocks.{i}.attn` (joint), then the single-stream
 `single_transformer_blocks.{i}.attn` (single), as for FLUX.1; token order [text | image] in both. The
-adapter itself (`headhunter.plugins.flux2.adapter`, torch + diffusers) is registered by import reference and loads on first use.
+adapter itself (`headhunter.plugins.flux2.adapter`, torch + diffusers) is registered by import reference
+and loads on first use.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from headhunter.hookspecs import Register, hookimpl
 from headhunter.sites import KnownModel, Site
@@ -30,7 +33,9 @@ PUBLISHED: dict[str, tuple[int, int, int]] = {
 
 @hookimpl
 def register_adapters(register: Register) -> None:
-    register("flux2", "headhunter.plugins.flux2.adapter:Flux2Adapter", description="FLUX.2 (Flux2Transformer2DModel: double- then single-stream blocks)")
+    register("flux2", "headhunter.plugins.flux2.adapter:Flux2Adapter",
+             description="FLUX.2 (Flux2Transformer2DModel: double- then single-stream blocks), and pipelines "
+                         "built on it")
 
 
 @hookimpl
@@ -38,3 +43,12 @@ def register_base_models(register: Register) -> None:
     for repo_id, (double, single, heads) in PUBLISHED.items():
         register(repo_id, KnownModel("flux2", tuple(flux2_sites(double, single, heads))),
                  description=f"flux2: {double} double-stream + {single} single-stream blocks x {heads} heads")
+
+
+def __getattr__(name: str) -> Any:
+    # The adapter and its processors stay importable from here, loaded on first access.
+    if name in ("Flux2Adapter", "Flux2PerturbingProcessor", "Flux2SinglePerturbingProcessor"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

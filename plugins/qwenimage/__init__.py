@@ -1,11 +1,13 @@
 """Built-in plugin: Qwen-Image (`QwenImageTransformer2DModel`): the adapter and the published model's site table.
 
 Sites in paper order: `transformer_blocks.{i}.attn` (joint: MMDiT double-stream blocks, one joint attention
-over [text | image]). The adapter (`headhunter.plugins.qwenimage.adapter`, torch + diffusers) is imported
-when the hook runs.
+over [text | image]). The adapter (`headhunter.plugins.qwenimage.adapter`, torch + diffusers) is registered by
+import reference and loads on first use.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from headhunter.hookspecs import Register, hookimpl
 from headhunter.sites import KnownModel, Site
@@ -24,11 +26,22 @@ PUBLISHED: dict[str, tuple[int, int]] = {
 
 @hookimpl
 def register_adapters(register: Register) -> None:
-    register("qwenimage", "headhunter.plugins.qwenimage.adapter:QwenImageAdapter", description="Qwen-Image (QwenImageTransformer2DModel, joint blocks)")
+    register("qwenimage", "headhunter.plugins.qwenimage.adapter:QwenImageAdapter",
+             description="Qwen-Image (QwenImageTransformer2DModel: joint double-stream blocks), and pipelines "
+                         "built on it")
 
 
 @hookimpl
 def register_base_models(register: Register) -> None:
-    for repo_id, (layers, heads) in PUBLISHED.items():
-        register(repo_id, KnownModel("qwenimage", tuple(qwenimage_sites(layers, heads))),
-                 description=f"qwenimage: {layers} joint blocks x {heads} heads")
+    for repo_id, (blocks, heads) in PUBLISHED.items():
+        register(repo_id, KnownModel("qwenimage", tuple(qwenimage_sites(blocks, heads))),
+                 description=f"qwenimage: {blocks} joint blocks x {heads} heads")
+
+
+def __getattr__(name: str) -> Any:
+    # The adapter and its processors stay importable from here, loaded on first access.
+    if name in ("QwenImageAdapter", "QwenImagePerturbingProcessor"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,13 @@
 
 Sites in paper order: the self-attention `blocks.{i}.attn1` of every block (kind `image`: video tokens
 only, frames x rows x cols). The text cross-attention `blocks.{i}.attn2` is not a site: it stays stock.
-The adapter (`headhunter.plugins.wan.adapter`, torch + diffusers) is registered by import reference and loads on first use.
+The adapter (`headhunter.plugins.wan.adapter`, torch + diffusers) is registered by import reference and loads
+on first use.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from headhunter.hookspecs import Register, hookimpl
 from headhunter.sites import KnownModel, Site
@@ -25,11 +28,22 @@ PUBLISHED: dict[str, tuple[int, int]] = {
 
 @hookimpl
 def register_adapters(register: Register) -> None:
-    register("wan", "headhunter.plugins.wan.adapter:WanAdapter", description="Wan 2.x (WanTransformer3DModel, video self-attention)")
+    register("wan", "headhunter.plugins.wan.adapter:WanAdapter",
+             description="Wan 2.x video (WanTransformer3DModel: self-attention sites, cross-attention stock), "
+                         "and pipelines built on it")
 
 
 @hookimpl
 def register_base_models(register: Register) -> None:
-    for repo_id, (layers, heads) in PUBLISHED.items():
-        register(repo_id, KnownModel("wan", tuple(wan_sites(layers, heads))),
-                 description=f"wan: {layers} blocks x {heads} heads (self-attention)")
+    for repo_id, (blocks, heads) in PUBLISHED.items():
+        register(repo_id, KnownModel("wan", tuple(wan_sites(blocks, heads))),
+                 description=f"wan: {blocks} self-attention sites x {heads} heads")
+
+
+def __getattr__(name: str) -> Any:
+    # The adapter and its processors stay importable from here, loaded on first access.
+    if name in ("WanAdapter", "WanPerturbingProcessor"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

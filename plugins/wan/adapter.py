@@ -53,7 +53,9 @@ class WanPerturbingProcessor(PerturbingProcessor):
         if entry is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
-            raise ModelError(f"{self.site_name}: the wan adapter perturbs self-attention only (got a cross-attention call)")
+            raise ModelError(
+                f"{self.site_name}: the wan adapter perturbs self-attention only (got a cross-attention call)"
+            )
         if attention_mask is not None:
             raise ModelError(f"{self.site_name}: perturbing attention with an attention_mask is not supported")
         from diffusers.models.attention_dispatch import dispatch_attention_fn
