@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
 from . import _headset_io as io
+from ._files import read_json
 from ._runner import Row, run_batches
 from ._version import __version__
 from .errors import SearchError
@@ -30,6 +31,8 @@ from .schema import GenerationSettings, SearchProvenance
 from .sites import Site, format_notation, parse_notation
 
 STATE_NAME = "state.json"
+#: Largest checkpoint read (a paper-scale search, 1,368 candidates x 3 rounds x 100 images, is ~30 MB).
+MAX_STATE_BYTES = 512 * 1024 * 1024
 BASELINE = "baseline"
 
 
@@ -211,9 +214,9 @@ class _State:
         if out_dir is None:
             return cls(None, settings, fresh)
         path = out_dir / STATE_NAME
-        if path.exists() and resume:
-            data = json.loads(path.read_text())
-            _require_same_settings(data.get("settings", {}), settings.model_dump(), out_dir)
+        if (path.exists() or path.is_symlink()) and resume:
+            data = read_checkpoint(path)
+            _require_same_settings(data["settings"], settings.model_dump(mode="json"), out_dir)
             return cls(path, settings, data)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = cls(path, settings, fresh)
@@ -247,6 +250,42 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+class _Checkpoint(BaseModel):
+    """The shape of state.json: settings, version, per-unit per-pair per-leaf scores, finished batches."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    settings: dict[str, Any]
+    library_version: str
+    units: dict[str, dict[str, dict[str, float]]]
+    done_batches: dict[str, list[int]]
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and check a search checkpoint (state.json) before trusting it: a regular file of bounded size,
+    bounded-depth finite JSON, then its shape (pair indices are non-negative integers, batch starts too).
+    Raises SearchError naming the file and the first problem, with the way out (--no-resume)."""
+    fix = "delete it, or pass resume=False (--no-resume) to start over"
+    try:
+        raw = read_json(path, max_bytes=MAX_STATE_BYTES, error=SearchError, what="search checkpoint")
+    except SearchError as err:
+        raise SearchError(f"{err}; {fix}") from None
+    try:
+        data = _Checkpoint.model_validate(raw).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise SearchError(f"search checkpoint {path} is damaged: {where}: {first['msg']}; {fix}") from None
+    for unit, per_pair in data["units"].items():
+        bad = next((k for k in per_pair if not (k.isascii() and k.isdigit() and len(k) <= 9)), None)
+        if bad is not None:
+            raise SearchError(f"search checkpoint {path} is damaged: unit {unit!r} has pair index {bad!r}; {fix}")
+    for phase, starts in data["done_batches"].items():
+        if any(start < 0 for start in starts):
+            raise SearchError(f"search checkpoint {path} is damaged: phase {phase!r} has a negative batch start; {fix}")
+    return data
 
 
 def _require_same_settings(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:

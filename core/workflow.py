@@ -90,23 +90,40 @@ def hunt(
         layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
         pipeline_kwargs=pipeline_kwargs or {},
     )
+    fresh = fresh_seeds(eval_seeds, defaults, seeds) if out_dir and report else None
+    if fresh is not None and defaults.get("set_metrics") and len(prompts) * len(fresh) < 2:
+        raise SearchError(
+            f"the evaluation's set metrics ({', '.join(defaults['set_metrics'])}) need at least 2 images per setting, "
+            f"but {len(prompts)} prompt(s) x {len(fresh)} evaluation seed(s) give {len(prompts) * len(fresh)}; "
+            "give more evaluation seeds (e.g. '100-131'), or skip the evaluation (report=False, --no-report)"
+        )
     result = search(pipe, settings, objective_obj, out_dir=out_dir, resume=resume, progress=progress, name=name)
     if out_dir:
         out = Path(out_dir)
-        evaluation = None
+        save_headset(result, out)  # what took time is on disk first
         if report:
-            fresh = fresh_seeds(eval_seeds, defaults, seeds)
-            evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
-                                         set_metrics=defaults.get("set_metrics", {}), progress=progress)
-            result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
-                update={"evaluation": evaluation_summary(evaluation)}))
-        result.headset.save(out / io.WEIGHTS_NAME)
-        result.headset.save(out / io.JSON_NAME)
-        if report:
-            from .report import write_report
+            try:
+                evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
+                                             set_metrics=defaults.get("set_metrics", {}), progress=progress)
+                result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
+                    update={"evaluation": evaluation_summary(evaluation)}))
+                save_headset(result, out)
+                from .report import write_report
 
-            write_report(result, out, evaluation)
+                write_report(result, out, evaluation)
+            except Exception as err:  # noqa: BLE001 - whatever failed, say where the found head set is
+                raise SearchError(
+                    f"the search finished and its head set {result.headset.notation()} is saved in "
+                    f"{out / io.WEIGHTS_NAME}, but the evaluation or report then failed: {type(err).__name__}: "
+                    f"{' '.join(str(err).split())[:300]}"
+                ) from err
     return result
+
+
+def save_headset(result: HuntResult, out: Path) -> None:
+    """Write the found head set (safetensors, then its JSON rendering) into `out`, atomically."""
+    result.headset.save(out / io.WEIGHTS_NAME)
+    result.headset.save(out / io.JSON_NAME)
 
 
 def fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seeds: Sequence[int]) -> list[int]:

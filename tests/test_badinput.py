@@ -250,3 +250,99 @@ def test_free_form_maps_refuse_non_finite_numbers():
         PerturbationSpec(params={"sigma": math.inf})
     with pytest.raises(ValidationError, match=r"evaluation.found.ci95\[1\] holds nan"):
         SearchProvenance(objective="x", evaluation={"found": {"ci95": [0.0, math.nan]}})
+
+
+# ----- the search: validation first, results first, checkpoints checked --------------------------------------
+def _tiny_search_pipe():
+    import torch
+
+    from headhunter.plugins.digits.model import build_pipeline, build_transformer
+
+    torch.manual_seed(0)
+    pipe = build_pipeline(build_transformer(num_layers=1, num_attention_heads=2, attention_head_dim=8))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _brightness():
+    from headhunter.objective import Objective, as_tensor_images
+
+    class Brightness(Objective):
+        name = "test-brightness"
+
+        def score(self, images, prompts):
+            return as_tensor_images(images).mean(dim=(1, 2, 3))
+
+    return Brightness()
+
+
+TINY_HUNT = dict(prompts=["3"], seeds=[0, 1], steps=2, scale=2.0, strength=0.5, progress=False, batch_size=8,
+                 layer_baselines=False)
+
+
+def test_bogus_scope_fails_before_writing_the_checkpoint(tmp_path):
+    from headhunter import SearchError
+    from headhunter.workflow import hunt
+
+    with pytest.raises(SearchError, match="scope"):
+        hunt(_tiny_search_pipe(), _brightness(), scope="bogus", out_dir=tmp_path / "d", **TINY_HUNT)
+    assert not (tmp_path / "d").exists()
+
+
+def test_inf_scale_fails_before_the_search(tmp_path):
+    from headhunter import SearchError
+    from headhunter.workflow import hunt
+
+    with pytest.raises(SearchError, match="finite"):
+        hunt(_tiny_search_pipe(), _brightness(), out_dir=tmp_path / "d", **{**TINY_HUNT, "scale": math.inf})
+    assert not (tmp_path / "d").exists()
+
+
+def test_single_fresh_seed_with_set_metrics_fails_before_the_search(tmp_path, monkeypatch):
+    from headhunter import SearchError, workflow
+    from headhunter.workflow import hunt
+
+    pipe = _tiny_search_pipe()
+    monkeypatch.setattr(workflow, "model_defaults",
+                        lambda p: {"set_metrics": {"fd": lambda images, prompts: (0.0, (0.0, 0.0))}})
+    with pytest.raises(SearchError, match="need at least 2 images per setting.*give 1"):
+        hunt(pipe, _brightness(), out_dir=tmp_path / "d", eval_seeds=[100], **TINY_HUNT)
+    assert not (tmp_path / "d").exists()
+
+
+def test_late_failure_keeps_the_head_set_and_says_where(tmp_path, monkeypatch):
+    from headhunter import SearchError, workflow
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(workflow, "evaluate_result", broken)
+    out = tmp_path / "run"
+    with pytest.raises(SearchError, match=f"saved in {out / 'headset.safetensors'}.*No space left"):
+        workflow.hunt(_tiny_search_pipe(), _brightness(), out_dir=out, eval_seeds=[100, 101], **TINY_HUNT)
+    saved = hh.load_headset(out / "headset.safetensors")
+    assert len(saved) == 1 and saved.metadata.origin == "search"
+    assert not (out / "index.md").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[: len(text) // 2], "is not JSON"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "units"}), "units: Field required"),
+    (lambda text: text.replace('"done_batches": {', '"done_batches": {"x": [-3], '), "negative batch start"),
+    (lambda text: text.replace('"units": {', '"units": {"u": {"one": {"a": 1.0}}, '), "pair index 'one'"),
+    (lambda text: "[" * 5000 + "]" * 5000, "nested"),
+    (lambda text: text.encode("utf-16"), "not UTF-8"),
+])
+def test_damaged_checkpoint_is_our_error_naming_the_file(tmp_path, damage, message):
+    from headhunter import SearchError
+    from headhunter.workflow import hunt
+
+    pipe = _tiny_search_pipe()
+    out = tmp_path / "run"
+    hunt(pipe, _brightness(), out_dir=out, report=False, candidates=["L0H0"], **TINY_HUNT)
+    state = out / "state.json"
+    damaged = damage(state.read_text())
+    (state.write_bytes if isinstance(damaged, bytes) else state.write_text)(damaged)
+    with pytest.raises(SearchError, match=message) as info:
+        hunt(pipe, _brightness(), out_dir=out, report=False, candidates=["L0H0"], **TINY_HUNT)
+    assert str(state) in str(info.value) and "--no-resume" in str(info.value)
