@@ -297,3 +297,21 @@ def test_hunt_and_the_head_set_format_work_unchanged(build, tmp_path):
         guided = pipe(prompt="a cat", num_inference_steps=2, generator=gen(), output_type="latent", height=32,
                       width=32).images
     assert torch.isfinite(guided).all()
+
+
+def test_wan_from_prompt_strings_with_its_text_encoder_matches_reference_loop():
+    """The whole WanPipeline (tiny UMT5 text encoder, negative prompt, CFG) from prompt strings."""
+    from tiny_dit_pipes import WAN_TEXT_LEN
+
+    pipe = build_wan(text_encoder=True)
+    hs = make_headset(pipe, "L0H0, L1H1@0.5")
+    kw = dict(max_sequence_length=WAN_TEXT_LEN, device=CPU)
+    pe, npe = pipe.encode_prompt("a photo of a red cat", "a blue dog", do_classifier_free_guidance=True, **kw)
+    expected = wan_reference(pipe, pe, [(hs, 2.0)], s=4.0, npe=npe)
+    with headhunter.apply(pipe, hs, scale=2.0):
+        actual = run(pipe, WAN_CALL, prompt="a photo of a red cat", negative_prompt="a blue dog", guidance_scale=4.0,
+                     max_sequence_length=WAN_TEXT_LEN)
+    assert_close(actual, expected)
+    stock = run(pipe, WAN_CALL, prompt="a photo of a red cat", negative_prompt="a blue dog", guidance_scale=4.0,
+                max_sequence_length=WAN_TEXT_LEN)
+    assert (actual - stock).abs().max() > 1e-3

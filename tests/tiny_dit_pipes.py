@@ -1,9 +1,9 @@
 """Tiny, offline, random-weight pipelines for the newer DiTs: Flux2Pipeline, QwenImagePipeline, WanPipeline.
 
 Built from configs in memory (tiny transformer + tiny VAE of the pipeline's own class), put in eval() mode.
-The text encoders of these pipelines (Mistral-3, Qwen2.5-VL, UMT5) are not built: the tests pass
-`prompt_embeds` (and `negative_prompt_embeds`) directly, which every one of these pipelines accepts, so the
-text encoder and tokenizer are None. For code that passes prompt strings (the search), `with_prompt_table`
+The heavy text encoders (FLUX.2's Mistral-3, Qwen-Image's Qwen2.5-VL) are not built: the tests pass
+`prompt_embeds` (and `negative_prompt_embeds`) directly, which these pipelines accept, so the text encoder
+and tokenizer are None; Wan's UMT5 is small enough to build tiny (`build_wan(text_encoder=True)`). For code that passes prompt strings (the search), `with_prompt_table`
 gives a pipeline whose `encode_prompt` looks each prompt up in a fixed random table instead (test only).
 Sizes: FLUX.2 and Qwen-Image 32x32 px -> 8 x 8 = 64 image tokens (VAE scale 2, 2x2 packing); Wan 5 frames
 at 32x48 px -> 3 latent frames x 8 x 12 = 288 video tokens.
@@ -34,6 +34,8 @@ TEXT_DIM = 32
 FLUX2_CALL: dict[str, Any] = {"height": 32, "width": 32}
 QWEN_CALL: dict[str, Any] = {"height": 32, "width": 32}
 WAN_CALL: dict[str, Any] = {"height": 32, "width": 48, "num_frames": 5}
+#: max_sequence_length of the tiny Wan pipeline with a text encoder (WanPipeline pads prompts to it).
+WAN_TEXT_LEN = 12
 
 
 def _eval(pipe: Any) -> Any:
@@ -77,10 +79,19 @@ def build_qwenimage(seed: int = 0, num_heads: int = 2) -> QwenImagePipeline:
     return _eval(pipe)
 
 
-def build_wan(seed: int = 0, num_heads: int = 2) -> WanPipeline:
+def build_wan(seed: int = 0, num_heads: int = 2, text_encoder: bool = False) -> WanPipeline:
     """WanPipeline (Wan 2.1 layout: one transformer): 2 blocks x `num_heads` x 12 dims; Wan VAE with 4 latent
-    channels, spatial scale 2, temporal scale 2."""
+    channels, spatial scale 2, temporal scale 2. `text_encoder=True`: a tiny UMT5 encoder (d_model 32) with the
+    in-memory T5 tokenizer of tests/tiny_pipes.py, so the pipeline runs from prompt strings."""
     torch.manual_seed(seed)
+    tokenizer = encoder = None
+    if text_encoder:
+        from tiny_pipes import t5_tokenizer
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        tokenizer = t5_tokenizer(max_length=WAN_TEXT_LEN)
+        encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=37,
+                                              num_layers=2, num_heads=4, relative_attention_num_buckets=8))
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=12, in_channels=4, out_channels=4,
         text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
@@ -88,7 +99,7 @@ def build_wan(seed: int = 0, num_heads: int = 2) -> WanPipeline:
     vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
                            latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2,
                            scale_factor_spatial=2)
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                        transformer=transformer)
     return _eval(pipe)
 
