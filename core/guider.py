@@ -210,6 +210,8 @@ class HeadHunterGuidance(BaseGuidance):
         self._strength_cache: dict[tuple, Any] = {}
         self._installation: Any = None
         self._hook: Any = None
+        self._after: Any = None
+        self._batched_rows: int | None = None
         self.register_to_config(
             headsets=[{k: v for k, v in ref.items() if k != "name"} for ref in self._references],
             perturbed_guidance_scale=[b.scale for b in branches],
@@ -300,10 +302,17 @@ class HeadHunterGuidance(BaseGuidance):
             if key == self._identifier_key:
                 continue
             values = [getattr(b, key) for b in batches]
+            if all(v is None for v in values):
+                fields[key] = None  # an optional input left out (e.g. no text mask)
+                continue
             if not all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in values):
                 raise ModelError(f"batched=True needs every guider input to be a per-sample tensor; {key!r} is "
                                  f"{type(value).__name__}; use batched=False")
             fields[key] = torch.cat(values)
+        sizes = {v.shape[0] for v in fields.values() if v is not None}
+        if len(sizes) != 1:
+            raise ModelError(f"batched=True needs every guider input to have the same batch size; got {sorted(sizes)}")
+        self._batched_rows = sizes.pop()
         fields[self._identifier_key] = BATCHED
         return [BlockState(**fields)]
 
@@ -320,9 +329,10 @@ class HeadHunterGuidance(BaseGuidance):
         sites = adapter.sites(denoiser)
         for hs in self.headsets:
             hs.validate_against(sites, adapter.architecture)
+        transformer = adapter.transformer(denoiser)
         self._installation = adapter.install(denoiser, self.perturbation, self.scope)
-        self._hook = adapter.transformer(denoiser).register_forward_pre_hook(
-            self._set_rows(blocks), with_kwargs=True, prepend=True)
+        self._hook = transformer.register_forward_pre_hook(self._set_rows(blocks), with_kwargs=True, prepend=True)
+        self._after = transformer.register_forward_hook(self._after_forward, with_kwargs=True, always_call=True)
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         """After a batch's forward: remove what `prepare_models` installed (the original processors come back,
@@ -346,6 +356,11 @@ class HeadHunterGuidance(BaseGuidance):
             if not isinstance(hidden, torch.Tensor):
                 raise ModelError("HeadHunterGuidance: the transformer was called without a hidden_states tensor")
             n = hidden.shape[0]
+            if self.batched and len(blocks) > 1 and n != self._batched_rows:
+                raise ModelError(
+                    f"batched=True: the guider prepared {self._batched_rows} rows but the transformer got hidden_states "
+                    f"with {n}; this denoise loop passes hidden_states around the guider (diffusers' Wan and FLUX.2 "
+                    "loops do), so its predictions cannot share one forward: use batched=False")
             if n % len(blocks):
                 raise ModelError(f"a batch of {n} rows does not split into {len(blocks)} equal blocks "
                                  "(cond, uncond, perturbed ...); give every guider input the same batch size")
@@ -368,7 +383,16 @@ class HeadHunterGuidance(BaseGuidance):
         strengths.prepared.clear()  # one installation per forward: nothing to reuse, nothing to keep alive
         return strengths
 
-    def _remove(self) -> None:
+    def _after_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        """Runs after the forward even when it raised (torch passes output=None then): a forward that failed
+        leaves the model stock at once, not at the next prepare_models."""
+        if output is None:
+            self._remove(keep_after=True)  # torch is iterating the forward hooks now; this one goes later
+
+    def _remove(self, keep_after: bool = False) -> None:
+        if self._after is not None and not keep_after:
+            self._after.remove()
+            self._after = None
         if self._hook is not None:
             self._hook.remove()
             self._hook = None

@@ -204,6 +204,129 @@ def test_flux_modular_loop_equals_apply_on_the_stock_pipeline(flux):
     assert_stock_processors(flux.transformer)
 
 
+# ----- the newer families: diffusers' own modular loops with a guider (Wan 2.1, FLUX.2 Klein) -------------------
+@pytest.fixture(scope="module")
+def wan():
+    from tiny_dit_pipes import build_wan
+
+    return build_wan()
+
+
+@pytest.fixture(scope="module")
+def klein():
+    """Flux2KleinPipeline (FLUX.2 Klein base: CFG, no guidance embedding) on the tiny FLUX.2 transformer."""
+    from diffusers import Flux2KleinPipeline
+    from tiny_dit_pipes import build_flux2
+
+    f2 = build_flux2(guidance_embeds=False)
+    pipe = Flux2KleinPipeline(scheduler=f2.scheduler, vae=f2.vae, text_encoder=None, tokenizer=None,
+                              transformer=f2.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def embeds():
+    from tiny_dit_pipes import prompt_embeds
+
+    return prompt_embeds(), prompt_embeds(1, 6, seed=1)  # the modular loops want equal lengths
+
+
+def run_modular_wan(pipe, guider) -> torch.Tensor:
+    """diffusers' WanBlocks without the text encoder (the tiny pipeline has none; embeddings are passed)."""
+    from diffusers.modular_pipelines.wan.modular_blocks_wan import WanBlocks
+    from tiny_dit_pipes import WAN_CALL
+
+    blocks = WanBlocks()
+    blocks.sub_blocks.pop("text_encoder")
+    mp = blocks.init_pipeline()
+    mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae, guider=guider)
+    mp.set_progress_bar_config(disable=True)
+    pe, npe = embeds()
+    return mp(prompt_embeds=pe, negative_prompt_embeds=npe, num_inference_steps=STEPS,
+              generator=torch.Generator().manual_seed(0), output="latents", **WAN_CALL)
+
+
+def run_stock_wan(pipe, s: float) -> torch.Tensor:
+    from tiny_dit_pipes import WAN_CALL
+
+    pe, npe = embeds()
+    return pipe(prompt_embeds=pe, negative_prompt_embeds=npe, guidance_scale=s, num_inference_steps=STEPS,
+                generator=torch.Generator().manual_seed(0), output_type="latent", **WAN_CALL).frames
+
+
+def run_modular_klein(pipe, guider) -> torch.Tensor:
+    """diffusers' Flux2KleinBaseAutoBlocks without the text encoder; its latents brought to the stock
+    pipeline's latent output (batch-norm statistics undone, 2x2 patches unpacked, as Flux2KleinPipeline does)."""
+    from diffusers.modular_pipelines.flux2.modular_blocks_flux2_klein_base import Flux2KleinBaseAutoBlocks
+    from tiny_dit_pipes import FLUX2_CALL
+
+    blocks = Flux2KleinBaseAutoBlocks()
+    blocks.sub_blocks.pop("text_encoder")
+    mp = blocks.init_pipeline()
+    mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae, guider=guider)
+    mp.set_progress_bar_config(disable=True)
+    pe, npe = embeds()
+    x = mp(prompt_embeds=pe, negative_prompt_embeds=npe, num_inference_steps=STEPS,
+           generator=torch.Generator().manual_seed(0), output="latents", **FLUX2_CALL)
+    mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
+    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+    return pipe._unpatchify_latents(x * std + mean)
+
+
+def run_stock_klein(pipe, s: float) -> torch.Tensor:
+    from tiny_dit_pipes import FLUX2_CALL
+
+    pe, npe = embeds()
+    return pipe(prompt_embeds=pe, negative_prompt_embeds=npe, guidance_scale=s, num_inference_steps=STEPS,
+                generator=torch.Generator().manual_seed(0), output_type="latent", **FLUX2_CALL).images
+
+
+@pytest.mark.parametrize("family", ["wan", "klein"])
+@pytest.mark.parametrize("s", [4.0, 1.0])
+def test_newer_families_modular_equals_apply(request, family, s):
+    pipe = request.getfixturevalue(family)
+    run_modular, run_stock = {"wan": (run_modular_wan, run_stock_wan),
+                              "klein": (run_modular_klein, run_stock_klein)}[family]
+    hs = make_headset(pipe, "L0H1, L1H0@0.5", family)
+    assert torch.equal(run_modular(pipe, ClassifierFreeGuidance(guidance_scale=s)), run_stock(pipe, s))  # same loop
+    got = run_modular(pipe, HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=s))
+    with headhunter.apply(pipe, hs, scale=2.0):
+        expected = run_stock(pipe, s)
+    assert (got - expected).abs().max().item() < TOL
+    assert (got - run_stock(pipe, s)).abs().max().item() > 1e-3
+    assert_stock_processors(pipe.transformer)
+
+
+def test_batched_is_refused_where_the_loop_passes_hidden_states_around_the_guider(wan):
+    hs = make_headset(wan, "L0H1", "w")
+    with pytest.raises(ModelError, match="passes hidden_states around the guider"):
+        run_modular_wan(wan, HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=4.0,
+                                                batched=True))
+    assert_stock_processors(wan.transformer)
+
+
+def test_qwenimage_modular_loop_is_refused_by_the_adapter_and_left_stock():
+    """diffusers' modular Qwen-Image loop always passes a text mask (`prompt_embeds_mask` is a required input;
+    the stock QwenImagePipeline drops an all-ones mask, the modular one does not), and the Qwen-Image adapter
+    refuses to perturb attention under a text mask: the error reaches the caller, the model is stock after."""
+    from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
+    from tiny_dit_pipes import QWEN_CALL, build_qwenimage
+
+    pipe = build_qwenimage()
+    blocks = QwenImageAutoBlocks()
+    blocks.sub_blocks.pop("text_encoder")
+    mp = blocks.init_pipeline()
+    hs = make_headset(pipe, "L0H1", "q")
+    mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae,
+                         guider=HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0))
+    mp.set_progress_bar_config(disable=True)
+    pe, _ = embeds()
+    with pytest.raises(ModelError, match="perturbing attention with a text mask is not supported"):
+        mp(prompt_embeds=pe, prompt_embeds_mask=torch.ones(pe.shape[:2], dtype=torch.long),
+           num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="latents", **QWEN_CALL)
+    assert_stock_processors(pipe.transformer)
+
+
 # ----- where diffusers' PerturbedAttentionGuidance fails ------------------------------------------------------
 def test_sd3_stock_pag_guider_raises_where_ours_works(sd3):
     pag = PerturbedAttentionGuidance(guidance_scale=4.5, perturbed_guidance_scale=2.0, perturbed_guidance_layers=[1],
@@ -302,16 +425,14 @@ def test_a_forward_that_raised_leaves_nothing_behind_for_the_next_step(sd3, sd3_
     guider.prepare_inputs({"hidden_states": torch.zeros(1, 4, 16, 16)})
     guider.prepare_models(sd3.transformer)  # the next prepare removes the leftover
     assert_stock_processors(sd3.transformer)
-    with pytest.raises(ModelError, match="does not split into 2 equal blocks"):
-        batched = guider.new(batched=True)
-        batched.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(1.0))
-        batched.prepare_inputs({"hidden_states": torch.zeros(1, 4, 16, 16)})
-        batched.prepare_models(sd3.transformer)
-        try:
-            sd3.transformer(hidden_states=torch.zeros(3, 4, 16, 16), timestep=torch.ones(3),
-                            encoder_hidden_states=torch.zeros(3, 8, 32), pooled_projections=torch.zeros(3, 32))
-        finally:
-            batched.cleanup_models(sd3.transformer)
+    batched = guider.new(batched=True)
+    batched.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(1.0))
+    batched.prepare_inputs({"hidden_states": torch.zeros(1, 4, 16, 16)})
+    batched.prepare_models(sd3.transformer)
+    with pytest.raises(ModelError, match="prepared 2 rows but the transformer got hidden_states with 3"):
+        sd3.transformer(hidden_states=torch.zeros(3, 4, 16, 16), timestep=torch.ones(3),
+                        encoder_hidden_states=torch.zeros(3, 8, 32), pooled_projections=torch.zeros(3, 32))
+    # refused before the forward ran: already stock, without waiting for cleanup_models
     assert_stock_processors(sd3.transformer)
 
 
