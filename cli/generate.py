@@ -142,6 +142,9 @@ def call_kwargs(pipe: Any, prompts: list[str], negative_prompt: str | None, cfg:
             raise ModelError(f"--distilled-guidance is for FLUX-style pipelines; {type(pipe).__name__} has none "
                              "(use --cfg)")
         call["guidance_scale"] = distilled_guidance
+    if negative_prompt is not None and len(prompts) > 1:
+        # one per prompt: FluxPipeline does not repeat a single negative prompt over several prompts
+        negative_prompt = [negative_prompt] * len(prompts)
     for name, value in (("negative_prompt", negative_prompt), ("height", height), ("width", width)):
         if value is not None:
             if name not in params:
@@ -256,7 +259,8 @@ def settings(model: str, pipe: Any, sources: tuple[str, ...], loaded: list[Any],
                 for src, hs, b in zip(sources, loaded, handle.branches)]
     args = [model] + [a for src in sources for a in ("--headset", src)] + [a for p in prompts for a in ("--prompt", p)]
     if "negative_prompt" in call:
-        args += ["--negative-prompt", call["negative_prompt"]]
+        negative = call["negative_prompt"]  # one string, repeated per prompt in the call
+        args += ["--negative-prompt", negative[0] if isinstance(negative, list) else negative]
     for flag, attr in (("--scale", "scale"), ("--start", "start"), ("--stop", "stop")):
         values = {getattr(b, attr) for b in handle.branches}
         if len(values) == 1:  # several different values came from the head-set files themselves

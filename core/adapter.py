@@ -70,15 +70,19 @@ class ModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def matches(cls, model: Any) -> bool:
-        """True if this adapter handles `model` (a pipeline with `.transformer` or a bare transformer)."""
+        """True if this adapter handles `model` (a pipeline with `.transformer` or a bare transformer; a
+        `torch.compile` wrapper is looked through: use `headhunter.hooks.model_of(model)`)."""
 
     def transformer(self, model: Any) -> nn.Module:
-        """The transformer inside `model` (the model itself when it is one)."""
+        """The transformer inside `model` (the model itself when it is one), looking through a
+        `torch.compile(module)` wrapper (headhunter.hooks.unwrap)."""
+        from .hooks import unwrap
+
         inner = getattr(model, "transformer", None)
         if isinstance(inner, nn.Module):
-            return inner
+            return unwrap(inner)
         if isinstance(model, nn.Module):
-            return model
+            return unwrap(model)
         raise ModelError(f"{type(model).__name__} is neither a transformer nor a pipeline with a .transformer")
 
     @abstractmethod

@@ -431,9 +431,19 @@ def check_scope(perturbation: Perturbation, scope: str) -> None:
 
 
 def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model computes: its first parameter's device and dtype. Under accelerate's sequential
+    offload the parameters wait on the `meta` device; the execution device is then the offload hook's."""
+    dtype, device = torch.float32, None
     for p in module.parameters():
-        return p.device, p.dtype
-    return torch.device("cpu"), torch.float32
+        dtype = p.dtype
+        if p.device.type != "meta":
+            return p.device, p.dtype
+        break
+    for sub in module.modules():
+        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device), dtype
+    return torch.device("cpu"), dtype
 
 
 __all__ = [

@@ -6,24 +6,26 @@ perturbation guidance the way they add a LoRA:
     with headhunter.apply(pipe, headset, scale=3.0):
         image = pipe("a photo of a cat", guidance_scale=5.0).images[0]
 
-How it works (the pipeline's own loop is untouched):
-- The transformer's `forward` is wrapped at the instance level. Inside the step window, a call that
-  carries conditional rows gets, for every active head set, a copy of those rows appended (the perturbed
-  branch, conditional prompt) with that head set's per-sample strengths; cond, uncond and all perturbed
-  branches then run in ONE forward (`batched=True`) or one after the other (`batched=False`). The pipeline
-  gets back exactly the rows it asked for.
-- The scheduler's `step` is wrapped the same way: the pipeline's own prediction (CFG or not, whatever
-  combination it computes) gets `sum_k w_k (cond - perturbed_k)` added before the update. So the result is
-  `uncond + s (cond - uncond) + w (cond - perturbed)` with CFG and `cond + w (cond - perturbed)` without,
-  for any pipeline that combines its passes linearly and feeds the result to `scheduler.step`.
-- Which rows are conditional: with `pipe.do_classifier_free_guidance` (SD3, digits) the transformer batch
-  is `[uncond | cond]` and the second half is conditional; a call made under
-  `transformer.cache_context("uncond")` (FLUX's true-CFG negative pass, Wan's and Qwen-Image's
-  unconditional pass) and SD3's skip-layer-guidance pass (`skip_layers=`) are left stock; a call under
-  `cache_context("cond")` (pipelines that run cond and uncond as separate calls: Wan, Qwen-Image, FLUX.2
-  Klein) is all conditional, whatever the pipeline's CFG flag says; any other call is all conditional.
-- `remove()` (or leaving the `with` block) puts back the original `forward`, `cache_context`, `step` and
-  attention processors: outputs are bit-identical to the unmodified pipeline afterwards.
+How it works (the pipeline's own loop is untouched; no transformer attribute is replaced):
+- Torch hooks on the transformer (headhunter.hooks, docs/architecture.md): before each call, inside the
+  step window, a call that carries conditional rows gets, for every active head set, a copy of those rows
+  appended (the perturbed branch, conditional prompt) with that head set's per-sample strengths; cond,
+  uncond and all perturbed branches then run in ONE forward (`batched=True`) or the perturbed branches one
+  after the other (`batched=False`). After the call, the pipeline gets back exactly the rows it asked for.
+- The term `delta = sum_k w_k (cond - perturbed_k)` is added to the prediction the calling pipeline
+  steps on, after its own combination (CFG or not, linear or not): a one-shot wrapper on the calling
+  pipeline's scheduler for that one step, gone once the step is taken. So the result is
+  `uncond + s (cond - uncond) + w (cond - perturbed)` with CFG and `cond + w (cond - perturbed)` without.
+- Which rows are conditional is decided per call from the calling pipeline's own state (found on the call
+  stack, so a `from_pipe` sibling sharing the transformer is read, not a stale object): with its
+  `do_classifier_free_guidance` (SD3, digits) the batch is `[uncond | cond]`; a call made under
+  `transformer.cache_context("uncond")` (FLUX's true-CFG negative pass, seen by a diffusers stateful hook
+  that only observes; Wan's and Qwen-Image's unconditional pass) and SD3's skip-layer-guidance pass
+  (`skip_layers=`) are not perturbed; a call under `cache_context("cond")` (pipelines that run cond and
+  uncond as separate calls: Wan, Qwen-Image, FLUX.2 Klein) is all conditional, whatever the pipeline's CFG
+  flag says; any other call is all conditional. A call from outside any pipeline call is refused.
+- `remove()` (or leaving the `with` block) takes the hooks off and puts back the original attention
+  processors (and an unconsumed one-shot step): outputs are bit-identical to the unmodified pipeline.
 
 Conventions (the field disagrees on these; see docs/guidance.md):
 - CFG scale `s` is diffusers' `guidance_scale`: `uncond + s (cond - uncond)` (paper Eq. 4 writes
@@ -34,15 +36,17 @@ Conventions (the field disagrees on these; see docs/guidance.md):
 - Step window: step `i` (0-based) of `N = len(scheduler.timesteps)` is guided iff
   `start <= i / N < stop`: fractions of the number of steps, start inclusive, stop exclusive. `start=0,
   stop=1` guides every step; `stop=0.5` of 10 steps guides steps 0-4. Outside the window no perturbed
-  pass is computed at all.
+  pass is computed at all. img2img/inpaint (`strength < 1`) run only the last steps of the full
+  schedule, and the window counts the full schedule (a window that guides none of the steps run warns
+  once per apply()).
 - The perturbed branch always uses the conditional prompt (paper code, diffusers' PAG).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +55,8 @@ from torch import Tensor
 
 from .errors import HeadSetError, ModelError
 from .headset import HeadSet
+from .hooks import TransformerHooks, bind_arguments, calling_pipeline, first_call_of_run, guided_by, \
+    schedule_position, unwrap
 from .plan import Branch, Plan, compile_plan, in_window
 from .schema import GuidanceSettings, PerturbationSpec
 
@@ -97,14 +103,30 @@ def guided_prediction(
 
 
 # ----- the handle ------------------------------------------------------------------------------------------
+@dataclass
+class _Call:
+    """What the pre-hook decided for the transformer call in flight (read back by the post-hook)."""
+
+    kind: str  # "guided" | "companion" | "plain"
+    step: int
+    n: int = 0
+    cond: slice | None = None
+    active: tuple[int, ...] = ()
+    kwargs: dict[str, Any] | None = None
+    pipe: Any = None
+
+
 class GuidanceHandle:
-    """Guidance applied to one pipeline. A context manager; `remove()` restores the pipeline exactly.
+    """Guidance applied to one pipeline's transformer. A context manager; `remove()` restores it exactly.
 
     Attributes: `pipeline`, `plan` (the compiled `headhunter.plan.Plan` it executes), `branches` (head
     set and `GuidanceSettings` of every perturbed branch: `.scale`, `.start`, `.stop`), `scope`,
     `perturbation` (the plugin instance), `batched`, `installation` (the engine's), and `calls`: counts of
     transformer calls (`forwards`), guided calls (`guided_steps`) and perturbed rows computed
     (`perturbed_rows`), for checks and benchmarks.
+
+    Installed as torch hooks on the transformer (headhunter.hooks): every pipeline holding that transformer
+    (`from_pipe` siblings too) is guided, each from its own per-call state.
     """
 
     def __init__(self, pipe: Any, plan: Plan, batched: bool, adapter: Any) -> None:
@@ -115,19 +137,18 @@ class GuidanceHandle:
         self.scope = plan.scope
         self.batched = batched
         self.adapter = adapter
-        self.transformer = pipe.transformer
+        self.transformer = unwrap(pipe.transformer)
         self.calls = {"forwards": 0, "guided_steps": 0, "perturbed_rows": 0}
-        self._context: str | None = None
         self._inner = False
-        self._pending: Tensor | None = None
-        self._patches: list[tuple[Any, str, Any, Any, bool]] = []  # (object, attr, ours, previous, had own attr)
+        self._call: _Call | None = None
+        self._armed: _StepOnce | None = None  # the guidance term waiting for this step's scheduler.step
+        self._last_rows: int | None = None
+        self._warned_window = False
+        self._hooks: TransformerHooks | None = None
         self.installation = adapter.install(pipe, plan.perturbation, plan.scope)
         self.sites = list(self.installation.sites)
         try:
-            self._patch(self.transformer, "forward", _GuidedForward(self, self.transformer.forward))
-            if callable(getattr(self.transformer, "cache_context", None)):
-                self._patch(self.transformer, "cache_context", self._cache_context(self.transformer.cache_context))
-            self._ensure_scheduler_patched()
+            self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self)
         except BaseException:
             self.remove()
             raise
@@ -140,15 +161,11 @@ class GuidanceHandle:
 
     def remove(self) -> None:
         """Undo everything `apply` did; afterwards the pipeline's outputs are bit-identical to stock. Idempotent."""
-        for obj, attr, ours, previous, had_own in reversed(self._patches):
-            if obj.__dict__.get(attr) is not ours:
-                continue  # someone wrapped on top of ours (e.g. an offload hook): ours stays in their chain, inert
-            if had_own:
-                object.__setattr__(obj, attr, previous)
-            else:
-                del obj.__dict__[attr]
-        self._patches.clear()
-        self._pending = None
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
+        self._disarm()
+        self._call = None
         if self.installation is not None:
             installation, self.installation = self.installation, None
             installation.remove()
@@ -168,153 +185,225 @@ class GuidanceHandle:
         return (f"GuidanceHandle({type(self.pipeline).__name__}: {'; '.join(parts)}; scope={self.scope}, "
                 f"batched={self.batched}, {state})")
 
-    # --- patching ---
-    def _patch(self, obj: Any, attr: str, ours: Any) -> None:
-        had_own = attr in obj.__dict__
-        previous = obj.__dict__.get(attr)
-        if not isinstance(ours, _GuidedForward):
-            ours._headhunter_handle = self
-        object.__setattr__(obj, attr, ours)
-        self._patches.append((obj, attr, ours, previous, had_own))
+    # --- one transformer call: decided before it runs (pre-hook), combined after (forward hook) ---
+    def _before(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        if self._inner or not self.active:
+            return None
+        self.installation.set_strengths(None)  # a previous call that raised may have left them set
+        self._call = None
+        self.calls["forwards"] += 1
+        pipe = calling_pipeline(self.transformer)
+        if pipe is None:
+            raise ModelError(
+                f"the transformer guided by headhunter.apply({type(self.pipeline).__name__}) was called outside a "
+                "pipeline call; apply() guides pipeline calls (pipe(...) and from_pipe siblings). Call "
+                "handle.remove() first, or perturb your own loop with adapter.install(...) (docs/engine.md)")
+        kwargs = bind_arguments(module, args, kwargs)
+        hidden = kwargs.get("hidden_states")
+        if not isinstance(hidden, Tensor):
+            raise ModelError(f"{type(module).__name__} was called without a hidden_states tensor; cannot guide it")
+        step, total, begin = schedule_position(pipe)
+        context = self._hooks.context if self._hooks is not None else None
+        if (context is not None and context.name == "uncond") or kwargs.get("skip_layers") is not None:
+            # FLUX's (Wan's, Qwen-Image's) negative pass; SD3's skip-layer-guidance pass: left stock
+            self._check_companion(module, hidden.shape[0])
+            self._call = _Call("companion", step)
+            return None
+        n = hidden.shape[0]
+        cond = self._cond_rows(pipe, n, None if context is None else context.name)
+        self._disarm()  # a term armed for an earlier step the pipeline never stepped on is dropped
+        if first_call_of_run(pipe):
+            self._warn_if_window_guides_nothing(begin, total)
+        active = self.plan.active(step, total)
+        rows = cond.stop - cond.start
+        batch = n + (rows * len(active) if self.batched else 0)
+        self._fresh_caches(module, batch, context)
+        if not active:
+            self._call = _Call("plain", step)
+            return None
+        self._call = _Call("guided", step, n, cond, active, kwargs, pipe)
+        if not self.batched:
+            return None
+        big = {k: _extend_rows(k, v, n, cond, len(active)) for k, v in kwargs.items()}
+        self.installation.set_strengths(
+            self.plan.strengths((-1,) * (n // rows) + active, rows, hidden.device, hidden.dtype))
+        return big
 
-    def _cache_context(self, original: Any) -> Any:
-        """Wrap `transformer.cache_context(name)` to learn which call is FLUX's true-CFG negative pass."""
+    def _after(self, module: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        if self._inner or self._call is None:
+            return None
+        call, self._call = self._call, None
+        self.installation.set_strengths(None)
+        if output is None:  # the forward raised; the error propagates
+            return None
+        if call.kind != "guided":
+            return None
+        sample = _sample_of(output)
+        n, cond, active = call.n, call.cond, call.active
+        rows = cond.stop - cond.start
+        if self.batched:
+            ptbs = [sample[n + k * rows: n + (k + 1) * rows] for k in range(len(active))]
+            sample = sample[:n]
+        else:
+            ptbs = self._sequential(module, call, sample)
+        eps_cond = sample[cond]
+        ws = [self.plan.row_scale(j, rows, eps_cond) for j in active]
+        self._arm(call.pipe, guidance_delta(eps_cond, ptbs, ws))
+        self.calls["guided_steps"] += 1
+        self.calls["perturbed_rows"] += rows * len(active)
+        return _with_sample(output, sample) if self.batched else None
 
-        @contextlib.contextmanager
-        def cache_context(name: str, *args: Any, **kwargs: Any) -> Iterator[None]:
-            previous, self._context = self._context, name
-            try:
-                with original(name, *args, **kwargs):
-                    yield
-            finally:
-                self._context = previous
+    # --- the guidance term, added to the prediction the calling pipeline steps on ---
+    def _arm(self, pipe: Any, delta: Tensor) -> None:
+        """Add `delta` to the next `scheduler.step` of the calling pipeline, once.
 
-        return cache_context
-
-    def _ensure_scheduler_patched(self) -> None:
-        """Wrap `pipe.scheduler.step` (again, if the user swapped the scheduler after apply)."""
-        scheduler = getattr(self.pipeline, "scheduler", None)
+        Schedulers are plain Python objects with no hook mechanism, and the term must come after the
+        pipeline's own combination (which may be non-linear: Qwen-Image rescales its CFG prediction), so a
+        one-shot wrapper goes on the calling pipeline's scheduler for this step only: it takes itself off
+        at that step (or at the next conditional call, or at remove()). Nothing stays installed between
+        steps, and a from_pipe sibling or a swapped scheduler is simply the scheduler of the call.
+        """
+        scheduler = getattr(pipe, "scheduler", None)
         if scheduler is None or not callable(getattr(scheduler, "step", None)):
-            raise ModelError(f"{type(self.pipeline).__name__} has no scheduler with a step() method; "
-                             "apply() guides pipelines whose loop calls pipe.scheduler.step")
-        if getattr(scheduler.step, "_headhunter_handle", None) is self:
-            return
-        original = scheduler.step
+            raise ModelError(f"{type(pipe).__name__} has no scheduler with a step() method; apply() guides "
+                             "pipelines whose loop calls scheduler.step")
+        self._disarm()
+        self._armed = _StepOnce(self, scheduler, delta)
 
-        def step(model_output: Tensor, *args: Any, **kwargs: Any) -> Any:
-            pending, self._pending = self._pending, None
-            if pending is not None:
-                if pending.shape != model_output.shape:
-                    raise ModelError(
-                        f"the pipeline stepped on a prediction of shape {tuple(model_output.shape)} but its "
-                        f"conditional rows have shape {tuple(pending.shape)}; apply() guides pipelines that "
-                        "combine their passes into a conditional-shaped prediction")
-                model_output = model_output + pending.to(model_output.dtype)
-            return original(model_output, *args, **kwargs)
+    def _disarm(self) -> None:
+        armed, self._armed = self._armed, None
+        if armed is not None:
+            armed.detach()
 
-        self._patch(scheduler, "step", step)
+    def _sequential(self, module: Any, call: _Call, sample: Tensor) -> list[Tensor]:
+        """One forward of the cond rows per active branch, after the stock call (less memory)."""
+        assert call.kwargs is not None and call.cond is not None
+        rows = call.cond.stop - call.cond.start
+        only_cond = {k: _take_rows(k, v, call.n, call.cond) for k, v in call.kwargs.items()}
+        only_cond["return_dict"] = False
+        outs = []
+        self._inner = True
+        try:
+            for j in call.active:
+                self.installation.set_strengths(self.plan.strengths((j,), rows, sample.device, sample.dtype))
+                outs.append(module(**only_cond)[0])
+        finally:
+            self._inner = False
+            self.installation.set_strengths(None)
+        return outs
 
-    # --- one transformer call ---
-    def _step_position(self) -> tuple[int, int]:
-        """(index of the current step, number of steps), read from the scheduler on the host."""
-        scheduler = self.pipeline.scheduler
-        timesteps = getattr(scheduler, "timesteps", None)
-        total = 0 if timesteps is None else len(timesteps)
-        if total == 0:
-            raise ModelError(f"{type(scheduler).__name__} has no timesteps set: the transformer was called outside "
-                             "a pipeline call while guidance is applied")
-        index = getattr(scheduler, "step_index", None)
-        if index is None:  # before the first scheduler.step of this run
-            index = getattr(scheduler, "begin_index", None) or 0
-        return index, total
-
-    def _cond_rows(self, n: int, kwargs: Mapping[str, Any]) -> slice | None:
-        """Which rows of this transformer call are conditional (None: leave the call stock)."""
-        if self._context == "uncond" or kwargs.get("skip_layers") is not None:
-            return None  # FLUX's true-CFG negative pass; SD3's skip-layer-guidance pass
-        if self._context == "cond":
-            return slice(0, n)  # a separate conditional pass (Wan, Qwen-Image, FLUX.2 Klein): every row is cond
-        if getattr(self.pipeline, "do_classifier_free_guidance", False):
+    def _cond_rows(self, pipe: Any, n: int, context: str | None) -> slice:
+        """Which rows of this call are conditional, from the call itself: every row under
+        `cache_context("cond")` (a separate conditional pass: Wan, Qwen-Image, FLUX.2 Klein); else the
+        calling pipeline's own per-call CFG flag: `[uncond | cond]` when it runs CFG in one batch (SD3,
+        digits); else every row."""
+        if context == "cond":
+            return slice(0, n)
+        if getattr(pipe, "do_classifier_free_guidance", False):
             if n % 2:
                 raise ModelError(f"CFG batch of {n} rows is not [uncond | cond]; cannot find the conditional rows")
             return slice(n // 2, n)
         return slice(0, n)
 
-    def _forward(self, original: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        self.calls["forwards"] += 1
-        kwargs = _bind(original, args, kwargs)
-        hidden = kwargs.get("hidden_states")
-        cond = None if not isinstance(hidden, Tensor) else self._cond_rows(hidden.shape[0], kwargs)
-        if cond is None:
-            return original(**kwargs)
-        self._ensure_scheduler_patched()
-        self._pending = None
-        step, total = self._step_position()
-        active = self.plan.active(step, total)
-        if not active:
-            return original(**kwargs)
-        return_dict = kwargs.pop("return_dict", True)
-        n, rows = hidden.shape[0], cond.stop - cond.start
-        run = self._batched if self.batched else self._sequential
-        sample, ptbs = run(original, kwargs, n, cond, active, hidden)
-        eps_cond = sample[cond]
-        ws = [self.plan.row_scale(j, rows, eps_cond) for j in active]
-        self._pending = guidance_delta(eps_cond, ptbs, ws)
-        self.calls["guided_steps"] += 1
-        self.calls["perturbed_rows"] += rows * len(active)
-        return _wrap_output(sample, return_dict)
+    def _check_companion(self, module: Any, n: int) -> None:
+        """Refuse (before the forward) a negative pass that would share a per-module cache with the guided
+        conditional pass of a different batch size (diffusers caches not keyed by cache context)."""
+        if self._armed is None or not self.batched or self._last_rows == n:
+            return
+        unkeyed = _context_blind_cache_hooks(module)
+        if unkeyed:
+            raise ModelError(
+                f"{', '.join(sorted(unkeyed))} keeps one cache per module for every pass of a step, but the guided "
+                f"conditional pass has {self._last_rows} rows and this negative pass {n}; with headhunter guidance "
+                "use a cache keyed by cache context (FirstBlockCache) or turn true CFG off (true_cfg_scale=1)")
 
-    def _run(self, kwargs: dict[str, Any], strengths: dict[str, Tensor]) -> Tensor:
-        """One perturbed forward. It goes through the module call (so the engine's pre-forward hook records
-        the token layout); our own wrapper passes it straight to the original forward."""
-        self.installation.set_strengths(strengths)
-        self._inner = True
-        try:
-            return self.transformer(**kwargs, return_dict=False)[0]
-        finally:
-            self._inner = False
-            self.installation.set_strengths(None)
+    def _fresh_caches(self, module: Any, batch: int, context: Any) -> None:
+        """When the conditional call's batch changes (a step window starting or ending), reset diffusers'
+        stateful hooks (caches), which would otherwise mix tensors of the old and new batch."""
+        changed = self._last_rows is not None and batch != self._last_rows
+        self._last_rows = batch
+        if not changed or getattr(module, "_diffusers_hook", None) is None:
+            return
+        from diffusers.hooks.hooks import _set_cache_context
 
-    def _batched(self, original: Any, kwargs: dict[str, Any], n: int, cond: slice, active: tuple[int, ...],
-                 hidden: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """[original rows | copies of the cond rows, one block per active branch] in one forward."""
-        rows = cond.stop - cond.start
-        big = {k: _extend_rows(k, v, n, cond, len(active)) for k, v in kwargs.items()}
-        out = self._run(big, self.plan.strengths((-1,) * (n // rows) + active, rows, hidden.device, hidden.dtype))
-        return out[:n], [out[n + k * rows: n + (k + 1) * rows] for k in range(len(active))]
+        module._diffusers_hook.reset_stateful_hooks(recurse=True)
+        if context is not None:
+            _set_cache_context(module, context)  # the reset cleared it; the pipeline's `with` block is still open
 
-    def _sequential(self, original: Any, kwargs: dict[str, Any], n: int, cond: slice, active: tuple[int, ...],
-                    hidden: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """The stock call, then one forward of the cond rows per active branch (less memory)."""
-        rows = cond.stop - cond.start
-        sample = original(**kwargs, return_dict=False)[0]
-        only_cond = {k: _take_rows(k, v, n, cond) for k, v in kwargs.items()}
-        return sample, [self._run(only_cond, self.plan.strengths((j,), rows, hidden.device, hidden.dtype)) for j in active]
+    def _warn_if_window_guides_nothing(self, begin: int, total: int) -> None:
+        if self._warned_window:
+            return
+        guided = any(b.guides and in_window(i, total, b.start, b.stop) for b in self.branches for i in range(begin, total))
+        if guided or not any(b.guides for b in self.branches):
+            return
+        self._warned_window = True
+        windows = ", ".join(f"[{b.start:g}, {b.stop:g})" for b in self.branches)
+        skipped = (f"; this call starts at step {begin} (img2img/inpaint with strength < 1 skip the first steps, "
+                   "and windows count the full schedule)") if begin else ""
+        warnings.warn(
+            f"the step window {windows} guides none of the steps this call runs (steps {begin}..{total - 1} of a "
+            f"{total}-step schedule{skipped}; docs/guidance.md). Shown once per apply().", UserWarning, stacklevel=2)
 
 
-class _GuidedForward:
-    """The instance-level `forward` of a guided transformer; a plain pass-through once removed."""
+class _StepOnce:
+    """A one-shot `scheduler.step` for one step: adds the guidance term to the prediction, then takes itself
+    off (restoring exactly what was there: the class method, or a user's own instance attribute)."""
 
-    def __init__(self, handle: GuidanceHandle, original: Any) -> None:
+    def __init__(self, handle: GuidanceHandle, scheduler: Any, delta: Tensor) -> None:
         self.handle = handle
-        self.original = original
+        self.scheduler = scheduler
+        self.delta = delta
+        self.had_own = "step" in scheduler.__dict__
+        self.previous = scheduler.__dict__.get("step")
+        self.original = scheduler.step
+        object.__setattr__(scheduler, "step", self)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.handle.active or self.handle._inner:
-            return self.original(*args, **kwargs)
-        return self.handle._forward(self.original, args, kwargs)
+    def detach(self) -> None:
+        if self.scheduler.__dict__.get("step") is not self:
+            return  # someone replaced it since; nothing of ours is left in place
+        if self.had_own:
+            object.__setattr__(self.scheduler, "step", self.previous)
+        else:
+            del self.scheduler.__dict__["step"]
+
+    def __call__(self, model_output: Tensor, *args: Any, **kwargs: Any) -> Any:
+        self.detach()
+        if self.handle._armed is self:
+            self.handle._armed = None
+        if self.delta.shape != model_output.shape:
+            raise ModelError(
+                f"the pipeline stepped on a prediction of shape {tuple(model_output.shape)} but its conditional "
+                f"rows have shape {tuple(self.delta.shape)}; apply() guides pipelines that combine their passes "
+                "into a conditional-shaped prediction")
+        return self.original(model_output + self.delta.to(model_output.dtype), *args, **kwargs)
+
+
+def _context_blind_cache_hooks(module: Any) -> set[str]:
+    """Names of stateful diffusers hooks under `module` whose state is not kept per cache context."""
+    from diffusers.hooks.hooks import StateManager
+
+    names = set()
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for hook in registry.hooks.values():
+            if hook._is_stateful and not any(isinstance(v, StateManager) for v in vars(hook).values()):
+                names.add(type(hook).__name__)
+    return names
+
+
+def _sample_of(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output.sample
+
+
+def _with_sample(output: Any, sample: Tensor) -> Any:
+    if isinstance(output, tuple):
+        return (sample,) + tuple(output[1:])
+    return dataclasses.replace(output, sample=sample)
 
 
 # ----- row bookkeeping --------------------------------------------------------------------------------------
-def _bind(function: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A transformer call's positional arguments turned into keywords (pipelines pass keywords anyway)."""
-    if not args:
-        return dict(kwargs)
-    import inspect
-
-    return dict(inspect.signature(function).bind_partial(*args, **kwargs).arguments)
-
-
 def _is_batched(name: str, value: Any, n: int) -> bool:
     return name not in _NOT_BATCHED and isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == n
 
@@ -340,14 +429,6 @@ def _extend_rows(name: str, value: Any, n: int, rows: slice, copies: int) -> Any
     if _per_block(name, value, n):
         return type(value)(torch.cat([v] + [v[rows]] * copies) for v in value)
     return value
-
-
-def _wrap_output(sample: Tensor, return_dict: bool) -> Any:
-    if not return_dict:
-        return (sample,)
-    from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-    return Transformer2DModelOutput(sample=sample)
 
 
 # ----- public entry point -------------------------------------------------------------------------------------
@@ -392,7 +473,7 @@ def apply(
     if transformer is None:
         raise ModelError(f"{type(pipe).__name__} has no `transformer`; apply() guides diffusers DiT pipelines "
                          "(StableDiffusion3Pipeline, FluxPipeline, the digits model)")
-    if isinstance(transformer.__dict__.get("forward"), _GuidedForward):
+    if guided_by(unwrap(transformer)) is not None:
         raise ModelError("this pipeline is already guided by headhunter; call .remove() on the existing handle "
                          "first, or pass all head sets to one apply() call as a list")
     if not isinstance(batched, bool):

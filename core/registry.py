@@ -202,9 +202,19 @@ class Registry:
             return cls()
         matches = [e for e in self.entries("adapter") if e.obj.matches(model)]
         if not matches:
+            from .hooks import model_of
+
+            inner = model_of(model)
+            what = type(model).__name__
+            if inner is not model:
+                what += f" (its transformer is a {type(inner).__name__}"
+                wrapper = getattr(model, "transformer", model)
+                if wrapper is not inner:
+                    what += f", seen through the {type(wrapper).__name__} wrapper"
+                what += ")"
             raise ModelError(
-                f"no adapter recognises {type(model).__name__}; installed adapters: "
-                f"{', '.join(self.names('adapter')) or '(none)'}"
+                f"no adapter recognises {what}; installed adapters: {', '.join(self.names('adapter')) or '(none)'} "
+                "(each handles its own transformer class; an adapter plugin can teach others, docs/plugins.md)"
             )
         top = max(getattr(e.obj, "priority", 0) for e in matches)
         best = [e for e in matches if getattr(e.obj, "priority", 0) == top]

@@ -255,7 +255,7 @@ def test_hot_path_reads_no_device_values(family, name, params, scope):
     stock_reads = list(spy.seen)
     with install(model, name, params, scope) as inst:
         with inst.strengths(per_sample_strengths(inst.sites, 2)):
-            forward(model, inputs)  # warm-up: FLUX reads img_ids once per new ids tensor for the grid
+            forward(model, inputs)  # warm-up (FLUX + blur copies img_ids to the host once per forward for the grid)
             with _SyncSpy() as spy:
                 forward(model, inputs)
     assert spy.seen == stock_reads

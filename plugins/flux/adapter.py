@@ -23,6 +23,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
+from headhunter.hooks import model_of
 from headhunter.sites import Site
 
 from . import flux_sites
@@ -116,8 +117,7 @@ class FluxAdapter(ModelAdapter):
 
     @classmethod
     def matches(cls, model: Any) -> bool:
-        inner = getattr(model, "transformer", model)
-        return isinstance(inner, FluxTransformer2DModel)
+        return isinstance(model_of(model), FluxTransformer2DModel)
 
     def sites(self, model: Any) -> list[Site]:
         t = self.transformer(model)
@@ -155,7 +155,7 @@ class FluxAdapter(ModelAdapter):
         text = arg("encoder_hidden_states")
         state.text_len = None if text is None else text.shape[1]
         if state.perturbation.needs_grid:
-            state.grid = _grid_from_ids(state, arg("img_ids"), arg("hidden_states").shape[1])
+            state.grid = _grid_from_ids(arg("img_ids"), arg("hidden_states").shape[1])
 
     def layout_summary(self, model: Any, height: int | None = None, width: int | None = None) -> list[str]:
         height, width = height or 1024, width or 1024
@@ -170,18 +170,17 @@ class FluxAdapter(ModelAdapter):
         ]
 
 
-def _grid_from_ids(state: EngineState, img_ids: torch.Tensor | None, image_len: int) -> tuple[int, int] | None:
-    """(rows, cols) of the image tokens from FLUX's img_ids [N, 3] = (0, row, col), cached per ids tensor:
-    reading a device tensor's values synchronises once per new img_ids (once per generation), never per call."""
+def _grid_from_ids(img_ids: torch.Tensor | None, image_len: int) -> tuple[int, int] | None:
+    """(rows, cols) of the image tokens from FLUX's img_ids [N, 3] = (0, row, col).
+
+    Read on every forward that needs it (perturbations with `needs_grid`, i.e. `blur` with finite sigma), on
+    the host: one small copy of the ids per transformer forward, never per attention call. Not cached: a
+    cache keyed on the ids tensor (its memory address) handed a later call of another size the previous
+    grid, transposed, when memory was reused or the ids buffer refilled in place (issue #12).
+    """
     if img_ids is None:
         return None
-    key = (img_ids.data_ptr(), tuple(img_ids.shape), str(img_ids.device))
-    cached = state.cache.get("grid_ids")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    ids = img_ids.reshape(-1, img_ids.shape[-1])[-image_len:].detach().to("cpu")
+    ids = img_ids.reshape(-1, img_ids.shape[-1])[-image_len:].detach().to("cpu").numpy()
     rows = int(ids[:, 1].max() - ids[:, 1].min()) + 1
     cols = int(ids[:, 2].max() - ids[:, 2].min()) + 1
-    grid = (rows, cols) if rows * cols == image_len else None
-    state.cache["grid_ids"] = (key, grid)
-    return grid
+    return (rows, cols) if rows * cols == image_len else None

@@ -24,6 +24,7 @@ import torch
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
+from headhunter.hooks import model_of
 from headhunter.sites import Site
 
 from . import flux2_sites
@@ -166,7 +167,7 @@ class Flux2Adapter(ModelAdapter):
     def matches(cls, model: Any) -> bool:
         from diffusers import Flux2Transformer2DModel
 
-        return isinstance(getattr(model, "transformer", model), Flux2Transformer2DModel)
+        return isinstance(model_of(model), Flux2Transformer2DModel)
 
     def sites(self, model: Any) -> list[Site]:
         t = self.transformer(model)

@@ -26,6 +26,7 @@ import torch
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
+from headhunter.hooks import model_of
 from headhunter.sites import Site
 
 from . import qwenimage_sites
@@ -131,7 +132,7 @@ class QwenImageAdapter(ModelAdapter):
     def matches(cls, model: Any) -> bool:
         from diffusers import QwenImageTransformer2DModel
 
-        return isinstance(getattr(model, "transformer", model), QwenImageTransformer2DModel)
+        return isinstance(model_of(model), QwenImageTransformer2DModel)
 
     def sites(self, model: Any) -> list[Site]:
         blocks = self.transformer(model).transformer_blocks

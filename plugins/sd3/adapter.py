@@ -19,6 +19,7 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
+from headhunter.hooks import model_of
 from headhunter.sites import Site
 
 from . import sd3_sites
@@ -89,8 +90,7 @@ class SD3Adapter(ModelAdapter):
 
     @classmethod
     def matches(cls, model: Any) -> bool:
-        inner = getattr(model, "transformer", model)
-        return isinstance(inner, SD3Transformer2DModel)
+        return isinstance(model_of(model), SD3Transformer2DModel)
 
     def sites(self, model: Any) -> list[Site]:
         t = self.transformer(model)

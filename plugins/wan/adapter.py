@@ -24,6 +24,7 @@ import torch
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
+from headhunter.hooks import model_of
 from headhunter.sites import Site
 
 from . import wan_sites
@@ -109,7 +110,7 @@ class WanAdapter(ModelAdapter):
     def matches(cls, model: Any) -> bool:
         from diffusers import WanTransformer3DModel
 
-        return isinstance(getattr(model, "transformer", model), WanTransformer3DModel)
+        return isinstance(model_of(model), WanTransformer3DModel)
 
     def sites(self, model: Any) -> list[Site]:
         blocks = self.transformer(model).blocks
