@@ -19,17 +19,12 @@ import click
 def pull(repo_id: str, weight_name: str | None, revision: str | None, cache_dir: str | None, offline: bool,
          output: str | None, as_json: bool, token: str | None) -> None:
     """Fetch the head set of the Hub repo REPO_ID into the cache, check it, and print it."""
-    from headhunter.errors import HeadSetError
-    from headhunter.headset import HeadSet
-    from headhunter.hub import download_headset
+    from headhunter.hub import download_headset, read_downloaded
 
     path, filename = download_headset(
         repo_id, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=offline
     )
-    try:
-        headset = HeadSet.from_file(path)
-    except HeadSetError as err:
-        raise HeadSetError(f"{filename!r} in Hub repository {repo_id!r} is not a head set: {err}") from None
+    headset = read_downloaded(path, repo_id, filename, revision)  # the same message as load_headset gives
     click.echo(headset.to_json() if as_json else headset.describe())
     if not as_json:
         click.echo(f"cached:        {path}")

@@ -18,9 +18,13 @@ the file and what to do. docs/hub.md is the user guide.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
+import math
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +51,13 @@ SKIPPED_NAME_PARTS = ("checkpoint", "optimizer", "scheduler")
 IMAGES_DIR = "images"
 #: At most this many candidate headers are read to find the single head set among several files.
 MAX_HEADER_PROBES = 8
+#: Environment variable: seconds one Hub operation (a listing, a download, a search, a push) may take in all,
+#: retries included, before it fails with a HubError. Default DEFAULT_HUB_TIMEOUT.
+HUB_TIMEOUT_ENV = "HEADHUNTER_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 60.0
+#: Per-request limit (connect, read, write) for huggingface_hub requests that set none (listings, search,
+#: commits); requests with their own (HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT) keep it when lower.
+REQUEST_TIMEOUT = 10.0
 
 ImageLike = Union[str, Path, Any]  # a path, or anything with `.save(path)` (a PIL image)
 
@@ -327,6 +338,14 @@ def load_from_hub(
         repo_id, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token,
         local_files_only=local_files_only,
     )
+    return read_downloaded(path, repo_id, filename, revision)
+
+
+def read_downloaded(path: Path, repo_id: str, filename: str, revision: str | None = None) -> HeadSet:
+    """Read a head-set file fetched by `download_headset`; a file that is not a head set is a HeadSetError
+    naming the file in the repo (not the cache path) and the fix (`weight_name=`, CLI `--weight-name`)."""
+    from .headset import HeadSet
+
     try:
         return HeadSet.from_file(path)
     except HeadSetError as err:
@@ -371,7 +390,8 @@ def resolve_weight_name(repo_id: str, *, revision: str | None = None, token: str
     api = HfApi(token=token)
     with _hub_errors(repo_id, revision=revision):
         files = api.list_repo_files(repo_id, revision=revision)
-    return _pick(repo_id, revision, files, lambda name: _remote_is_headset(api, repo_id, name, revision))
+    with _hub_errors(repo_id, revision=revision):  # the header probes share the deadline rules
+        return _pick(repo_id, revision, files, lambda name: _remote_is_headset(api, repo_id, name, revision))
 
 
 def _cached_weight_name(
@@ -425,6 +445,8 @@ def _pick(repo_id: str, revision: str | None, files: Sequence[str], is_headset: 
 def _remote_is_headset(api: Any, repo_id: str, filename: str, revision: str | None) -> bool:
     try:
         meta = api.parse_safetensors_file_metadata(repo_id, filename, revision=revision).metadata
+    except _HubTimeout:
+        raise
     except Exception:  # noqa: BLE001 - a probe: any file we cannot parse is simply not a candidate
         return False
     return io.METADATA_KEY in (meta or {})
@@ -523,6 +545,67 @@ class _HubUnreachable(HubError):
     """The Hub endpoint could not be reached at all (connection refused, DNS, timeout)."""
 
 
+class _HubTimeout(HubError):
+    """Raised inside a request hook when a Hub operation's time is up (never retried by huggingface_hub)."""
+
+
+def hub_timeout() -> float:
+    """Seconds one Hub operation may take in all: HEADHUNTER_HUB_TIMEOUT, else DEFAULT_HUB_TIMEOUT."""
+    text = os.environ.get(HUB_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HUB_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise HubError(f"{HUB_TIMEOUT_ENV}={text!r} must be a number of seconds > 0")
+    return value
+
+
+#: (deadline as time.monotonic(), total seconds) of the Hub operation running in this context, if any.
+_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("headhunter_hub_deadline", default=None)
+
+
+def _bound_request(request: Any) -> None:
+    """httpx request hook: inside a headhunter Hub operation, cap every timeout by the time left (and give
+    requests that set none REQUEST_TIMEOUT); when no time is left, fail instead of sending."""
+    active = _DEADLINE.get()
+    if active is None:
+        return
+    deadline, total = active
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _HubTimeout(total)
+    limits = dict(request.extensions.get("timeout") or {})
+    request.extensions = {**request.extensions, "timeout": {
+        key: min(left, REQUEST_TIMEOUT if limits.get(key) is None else limits[key])
+        for key in ("connect", "read", "write", "pool")
+    }}
+
+
+@contextlib.contextmanager
+def _deadline() -> Iterator[None]:
+    """Bound the Hub requests made inside (huggingface_hub's shared httpx client gets `_bound_request` as a
+    request hook; it acts only inside this context). An outer deadline is kept."""
+    if _DEADLINE.get() is not None:
+        yield
+        return
+    total = hub_timeout()
+    with contextlib.suppress(ImportError):
+        from huggingface_hub.utils import get_session
+
+        session = get_session()
+        hooks = getattr(session, "event_hooks", None)  # httpx-based huggingface_hub (>= 1.0)
+        if hooks is not None and _bound_request not in hooks.get("request", []):
+            session.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_request]}
+    token = _DEADLINE.set((time.monotonic() + total, total))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
 def _where(repo_id: str, revision: str | None) -> str:
     return f"Hub repository {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
 
@@ -530,7 +613,8 @@ def _where(repo_id: str, revision: str | None) -> str:
 def _not_ours(repo_id: str, filename: str, revision: str | None, detail: str) -> str:
     return (
         f"{filename!r} in {_where(repo_id, revision)} is not a headhunter head set ({detail}); "
-        "pick the head-set file with weight_name=, or check that the repo holds a head set (`headhunter search`)"
+        "pick the head-set file with weight_name= (CLI: --weight-name), or check that the repo holds a head set "
+        "(`headhunter search`)"
     )
 
 
@@ -568,10 +652,16 @@ def _hub_errors(
     from huggingface_hub import constants
     from huggingface_hub import errors as hf
 
-    where = _where(repo_id, revision)
+    where = "the Hub's model list" if action == "search" else _where(repo_id, revision)
     remote_missing = getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError)  # huggingface_hub < 1.0
     try:
-        yield
+        with _deadline():
+            yield
+    except _HubTimeout as err:
+        raise _HubUnreachable(
+            f"the Hub at {constants.ENDPOINT} did not answer within {err.args[0]:g} s (asked to {action} {where}); "
+            f"check the network (or HF_ENDPOINT), or allow more time with {HUB_TIMEOUT_ENV}=SECONDS"
+        ) from None
     except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as err:  # before EntryNotFoundError (< 1.0)
         if offline or isinstance(err, hf.OfflineModeIsEnabled):
             raise HubError(_offline_message(repo_id, revision, filename)) from None

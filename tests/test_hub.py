@@ -7,6 +7,7 @@ server and makes any other outgoing connection fail the test.
 from __future__ import annotations
 
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -332,6 +333,73 @@ def test_cli_errors_are_clean(hub):
     out = CliRunner().invoke(hub_cli(), ["pull", "me/missing"])
     assert out.exit_code == 1
     assert "Error: Hub repository 'me/missing' not found" in out.output and "Traceback" not in out.output
+
+
+def test_cli_pull_of_a_file_that_is_not_a_head_set_gives_the_documented_message(hub, tmp_path):
+    hub.create("me/lora")
+    lora = st_save({"lora.down": np.zeros((4, 2), dtype=np.float32)}, metadata={"format": "pt"})
+    hub.commit("me/lora", {"pytorch_lora_weights.safetensors": lora})
+    out = CliRunner().invoke(hub_cli(), ["pull", "me/lora", "--cache-dir", str(tmp_path / "c")])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    (line,) = [x for x in out.output.splitlines() if x.strip()]
+    assert line.startswith("Error: 'pytorch_lora_weights.safetensors' in Hub repository 'me/lora' is not a headhunter "
+                           "head set (the file is a safetensors file but not a head set")
+    assert "weight_name= (CLI: --weight-name)" in line and str(tmp_path / "c") not in line
+    with pytest.raises(HeadSetError) as api_error:
+        load_from_hub("me/lora", cache_dir=tmp_path / "c")
+    assert line == f"Error: {api_error.value}"  # the CLI and the Python API say the same
+
+
+@pytest.fixture
+def silent_hub(monkeypatch, tmp_path):
+    """A server on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    point_hub_at(monkeypatch, f"http://127.0.0.1:{server.getsockname()[1]}", tmp_path / "hf-cache")
+    monkeypatch.setenv("HEADHUNTER_HUB_TIMEOUT", "1.5")
+    yield
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: load_from_hub("me/dark"),
+    lambda: load_from_hub("me/dark", weight_name="headset.safetensors"),
+    lambda: remote_metadata("me/dark", weight_name="headset.safetensors"),
+    lambda: search_hub(),
+], ids=["pull", "pull-named", "metadata", "search"])
+def test_a_hub_that_never_answers_fails_clearly_in_bounded_time(silent_hub, call):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(HubError, match=r"(did not answer within 1.5 s|cannot reach the Hub)"):
+        call()
+    assert time.monotonic() - start < 12  # 1.5 s + one huggingface_hub retry pause (1 s), with a wide margin
+
+
+def test_hub_timeout_setting_is_checked(monkeypatch):
+    from headhunter.hub import hub_timeout
+
+    monkeypatch.setenv("HEADHUNTER_HUB_TIMEOUT", "inf")
+    with pytest.raises(HubError, match="HEADHUNTER_HUB_TIMEOUT='inf' must be a number of seconds > 0"):
+        hub_timeout()
 
 
 # ----- docs ---------------------------------------------------------------------------------------------
