@@ -55,22 +55,28 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--perturbation", default="softpag", show_default=True, help="Perturbation plugin (see `headhunter plugins`).")
 @click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
 @click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
+@click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
+@click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
 @click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
 @click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
 @click.option("--no-report", is_flag=True, help="Skip the fresh-seed evaluation and report.")
 def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, steps, perturbation, scope,
-         candidates, batch_size, eval_seeds, out_dir, no_resume, no_report) -> None:
+         candidates, candidates_from, effect, batch_size, eval_seeds, out_dir, no_resume, no_report) -> None:
     """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
     diffusers model id / local path. With no arguments this runs the demo on the embedded model."""
     from headhunter.workflow import hunt as run_hunt
+
+    if (candidates_from is None) != (effect is None):
+        raise click.UsageError("--candidates-from and --effect go together")
 
     result = run_hunt(
         _load(model), objective, read_prompts(prompts), seeds, rounds=rounds, top_k=top_k,
         strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation, scope=scope,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None, batch_size=batch_size,
         out_dir=out_dir, resume=not no_resume, eval_seeds=eval_seeds, report=not no_report,
+        candidates_from=candidates_from, effect=effect,
     )
     click.echo(f"found head set: {result.headset.notation()}")
     click.echo(f"search seeds: baseline {result.baseline_score:.4g} -> {result.rounds[-1].set_score:.4g}")

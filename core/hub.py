@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # pragma: no cover
 LIBRARY_NAME = "headhunter"
 #: Tags on every pushed card, before the model family, `text-to-image` and the head set's own tags.
 BASE_TAGS = ("headhunter", "head-set", "perturbation-guidance")
+#: The tag that marks a pushed head atlas (docs/atlas.md); `headhunter search --atlas` filters on it.
+ATLAS_TAG = "head-atlas"
+#: Files of an atlas folder that are published (the checkpoint state and its kept images are not).
+ATLAS_FILES = ("index.html", "atlas.json", "effects.csv", "values.csv", "*.png")
 #: A `.safetensors` file whose name contains one of these is never taken as the head set (as in diffusers).
 SKIPPED_NAME_PARTS = ("checkpoint", "optimizer", "scheduler")
 #: Folder of example images inside a pushed repo.
@@ -115,6 +119,75 @@ def check_repo_id(repo_id: str) -> str:
     except HFValidationError as err:
         raise HubError(f"{repo_id!r} is not a valid Hub repo id: {str(err).splitlines()[0]}") from None
     return repo_id
+
+
+def push_atlas(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """Upload a head atlas folder (written by `headhunter.atlas(..., out_dir=...)`) as one commit.
+
+    Publishes the page (index.html), its PNGs, atlas.json, effects.csv and values.csv, and a README card
+    naming the base model, tagged `headhunter` + `head-atlas` + the architecture so `search_hub` finds it.
+    The checkpoint (state.json, images/) stays local. Raises SearchError when the folder holds no atlas,
+    HubError for Hub failures.
+    """
+    from huggingface_hub import HfApi
+
+    from .atlas import load_atlas
+
+    check_repo_id(repo_id)
+    source = Path(folder)
+    atlas = load_atlas(source)
+    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+    with tempfile.TemporaryDirectory(prefix="headhunter-push-") as tmp:
+        staging = Path(tmp)
+        for pattern in ATLAS_FILES:
+            for path in sorted(source.glob(pattern)):
+                shutil.copyfile(path, staging / path.name)
+        atlas_card(atlas, repo_id).save(staging / "README.md")
+        with _hub_errors(repo_id, revision=revision, action="push to"):
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=staging, revision=revision, create_pr=create_pr,
+                commit_message=commit_message or f"Upload head atlas of {atlas.settings.model} ({atlas.images} images)",
+            )
+
+
+def atlas_card(atlas: Any, repo_id: str) -> ModelCard:
+    """The README of a pushed atlas: base model, settings, cost, the labelled heads and the groups."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    s = atlas.settings
+    on_hub = len(s.model.split("/")) == 2
+    data = ModelCardData(library_name=LIBRARY_NAME, base_model=s.model if on_hub else None,
+                         tags=list(dict.fromkeys(["headhunter", ATLAS_TAG, "perturbation-guidance", atlas.architecture])))
+    lines = [
+        "---", data.to_yaml(), "---", "", f"# Head atlas of `{s.model}`", "",
+        "Every attention head perturbed alone (and every whole layer) against no guidance, measured on the same "
+        "prompt-seed pairs with paired differences and 95 % intervals, made with "
+        "[headhunter](https://pypi.org/project/headhunter-guidance/) (`headhunter atlas`; HeadHunter / SoftPAG, "
+        "Ahn et al., [arXiv 2506.10978](https://arxiv.org/abs/2506.10978)). Open `index.html` for the page.", "",
+        "| setting | value |", "|---|---|",
+        f"| base model | `{s.model}` ({atlas.architecture}, {len(atlas.sites)} attention sites) |",
+        f"| units | {len(s.heads)} heads + {len(s.layers)} whole layers + no guidance |",
+        f"| prompts x seeds | {len(s.prompts)} x {len(s.seeds)} |",
+        f"| guidance | `{s.perturbation.name}` u={s.strength:g}, w={s.guidance.scale:g}, scope `{s.guidance.scope}`, {s.steps} steps |",
+        f"| images | {atlas.images} |", "", "## Labelled units", "",
+    ]
+    table = atlas.label_table()
+    lines += [f"- `{unit}`: " + "; ".join(f"{e.label} {e.mean:+.3g} [{e.low:+.3g}, {e.high:+.3g}]" for e in effects)
+              for unit, effects in table] or ["No unit has a significant effect at these settings."]
+    lines += ["", "## Groups", ""] + [f"- {g.name}: {' '.join(g.heads)}" for g in atlas.groups]
+    lines += ["", "Make a head set from it: `headhunter atlas export DIR --effect WORD --top 3 -o heads.safetensors` "
+              f"after `headhunter pull`-ing or cloning `{repo_id}`.", "", f"*Pushed with headhunter {__version__}.*", ""]
+    return ModelCard("\n".join(lines))
 
 
 def json_name(weight_name: str) -> str:
@@ -279,7 +352,8 @@ def model_card(
         start=f"{g.start:g}",
         stop=f"{g.stop:g}",
         scope=g.scope,
-        origin={"paper": "named in the paper", "search": "found by a headhunter search", "manual": "hand-made"}[m.origin],
+        origin={"paper": "named in the paper", "search": "found by a headhunter search", "manual": "hand-made",
+                "atlas": "exported from a head atlas"}[m.origin],
         source=f" ({m.source})" if m.source else "",
         license=m.license,
         provenance=_provenance(m),
@@ -298,7 +372,8 @@ def _provenance(m: HeadSetMetadata) -> str:
     """Markdown lines describing where the heads come from (the search settings and scores, if searched)."""
     s = m.search
     if s is None:
-        where = {"paper": "Named in the paper", "search": "Found by a headhunter search", "manual": "Chosen by hand"}
+        where = {"paper": "Named in the paper", "search": "Found by a headhunter search", "manual": "Chosen by hand",
+                 "atlas": "Exported from a head atlas"}
         return f"{where[m.origin]}{': ' + m.source if m.source else ''}. No search record is attached."
     rows = [
         ("objective", f"`{s.objective}`"),
@@ -499,9 +574,14 @@ class HubHeadSet:
     error: str | None = None  # why the metadata could not be read, when details were asked for
 
     @property
+    def is_atlas(self) -> bool:
+        """True for a head atlas (tagged `head-atlas`), not a head set."""
+        return ATLAS_TAG in self.tags
+
+    @property
     def user_tags(self) -> list[str]:
         """Tags other than headhunter's own, the library and the Hub's computed `base_model:` tags."""
-        skip = {*BASE_TAGS, "text-to-image", LIBRARY_NAME}
+        skip = {*BASE_TAGS, "text-to-image", LIBRARY_NAME, ATLAS_TAG}
         return [t for t in self.tags if t not in skip and not t.startswith(("base_model:", "license:", "region:"))]
 
 
@@ -531,7 +611,7 @@ def search_hub(
         tag_list = list(info.tags or [])
         base = next((t.split(":", 1)[1] for t in tag_list if t.startswith("base_model:") and t.count(":") == 1), None)
         entry = HubHeadSet(info.id, base, tag_list, info.downloads, info.likes, info.last_modified)
-        if details:
+        if details and not entry.is_atlas:
             try:
                 entry.metadata = remote_metadata(info.id, token=token)
             except (HubError, HeadSetError) as err:
@@ -689,6 +769,7 @@ def _hub_errors(
 
 
 __all__ = [
+    "ATLAS_TAG",
     "BASE_TAGS",
     "HubHeadSet",
     "LIBRARY_NAME",
@@ -697,6 +778,7 @@ __all__ = [
     "json_name",
     "load_from_hub",
     "model_card",
+    "push_atlas",
     "push_to_hub",
     "remote_metadata",
     "resolve_weight_name",

@@ -126,8 +126,10 @@ class HeadSetMetadata(_Strict):
     sites: list[Site] = Field(min_length=1, description="the model's ordered sites; the paper layer index is the position")
     perturbation: PerturbationSpec = Field(default_factory=PerturbationSpec)
     guidance: GuidanceSettings = Field(default_factory=GuidanceSettings)
-    origin: Literal["paper", "search", "manual"] = Field(
-        default="manual", description="paper: named in the paper; search: found by headhunter; manual: hand-made"
+    origin: Literal["paper", "search", "manual", "atlas"] = Field(
+        default="manual",
+        description="paper: named in the paper; search: found by headhunter; manual: hand-made; "
+                    "atlas: exported from a head atlas (heads with a measured effect)"
     )
     source: str | None = Field(default=None, description="where it comes from, e.g. 'paper Fig. 5' or a run directory")
     search: SearchProvenance | None = None

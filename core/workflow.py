@@ -52,6 +52,8 @@ def hunt(
     name: str | None = None,
     eval_seeds: Sequence[int] | None = None,
     report: bool = True,
+    candidates_from: Any = None,
+    effect: str | None = None,
 ) -> HuntResult:
     """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
 
@@ -62,7 +64,9 @@ def hunt(
     (default: every head). With `out_dir`, state is checkpointed after every batch and the search resumes
     from it, and (with `report`) the found set is compared with no guidance and every whole layer on
     `eval_seeds` (fresh seeds, never the search's) and a report is written there (index.md, PNGs,
-    CSV/JSON), then the head set (headset.safetensors, headset.json). Raises SearchError on bad settings.
+    CSV/JSON), then the head set (headset.safetensors, headset.json). candidates_from + effect: keep only
+    the candidates a head atlas (an Atlas or its folder, docs/atlas.md) labels `effect`, in pool order.
+    Raises SearchError on bad settings (and when the atlas leaves no candidate).
     """
     # Settings that do not depend on the model are checked before it loads (and before anything is written).
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
@@ -81,6 +85,10 @@ def hunt(
         raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
     sites = get_registry().adapter_for(pipe).sites(pipe)
     pool = candidate_pool(sites, candidates)
+    if candidates_from is not None or effect is not None:
+        from .atlas import restrict_candidates
+
+        pool = restrict_candidates(pool, candidates_from, effect, sites)
     get_registry().perturbation(perturbation, **(perturbation_params or {}))  # the plugin checks its params
     settings = validated(
         SearchSettings, SearchError,

@@ -19,6 +19,7 @@ BUILTIN_COMMANDS: tuple[tuple[str, str], ...] = (
     ("inspect", "inspect"),
     ("generate", "generate"),
     ("hunt", "hunt"),
+    ("atlas", "atlas"),
     ("push", "push"),
     ("pull", "pull"),
     ("search", "search"),

@@ -40,6 +40,34 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: What `headhunter atlas` does on this model when not told otherwise (the `atlas` key of its search
+#: defaults): 48 heads + 6 layers + no guidance on the unconditional prompt and 32 fixed seeds
+#: (55 x 32 = 1,760 images), also measured by the classifier's confidence and by whether the predicted digit
+#: changes. The digits are white ink on black, so "brighter" means more ink: the label says so.
+ATLAS_DEFAULTS: dict[str, Any] = {
+    "prompts": [""],
+    "seeds": list(range(32)),
+    "objectives": ["digit-confidence"],
+    "classes": "digit",
+    "words": {"brightness": ("brighter (thicker strokes)", "darker (thinner strokes)")},
+}
+
+_CLASSIFIER: Any = None
+
+
+def classify_digits(images: Any) -> Any:
+    """The shipped classifier's predicted digit (argmax), int64 [B], of images [B, C, H, W] in [0, 1]."""
+    import torch
+
+    from .classifier import as_batch, load_classifier
+
+    global _CLASSIFIER
+    if _CLASSIFIER is None:
+        _CLASSIFIER = load_classifier()
+    with torch.no_grad():
+        return _CLASSIFIER.logits(as_batch(images)).argmax(dim=1)
+
+
 def fd_digits_metric(images: Any, prompts: Any) -> tuple[float, tuple[float, float]]:
     """FD-digits (lower is better) of a sample set vs the held-out digits, with its 95 % interval."""
     from .metrics import fd_digits
@@ -57,7 +85,8 @@ def search_defaults_for(model: Any) -> dict[str, Any] | None:
     config = model.transformer.config
     if any(config.get(key) != value for key, value in module.TRANSFORMER_CONFIG.items()):
         return None
-    return {**DEMO_DEFAULTS, "set_metrics": {"FD-digits (lower is better)": fd_digits_metric}}
+    return {**DEMO_DEFAULTS, "set_metrics": {"FD-digits (lower is better)": fd_digits_metric},
+            "atlas": {**ATLAS_DEFAULTS, "classify": classify_digits}}
 
 
 def _objective_factory(class_name: str) -> Callable[..., Any]:

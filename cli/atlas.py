@@ -1,0 +1,139 @@
+"""`headhunter atlas`: measure every head's effect alone, render the page, export head sets, push it.
+
+`headhunter atlas [MODEL] [options]` builds (or resumes) an atlas; `headhunter atlas export DIR --effect WORD`
+writes a head set from one; `headhunter atlas push DIR REPO` publishes one. Heavy modules load inside the
+commands, so the CLI starts without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from headhunter.cli.hunt import read_prompts
+from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, Seeds, WritableDir
+
+DEFAULT_OUT = "runs/atlas"
+
+
+class _AtlasGroup(click.Group):
+    """`atlas ARGS` runs `atlas build ARGS` unless ARGS start with a subcommand's name (or ask for help)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_AtlasGroup)
+def atlas() -> None:
+    """Which heads do what: every head perturbed alone (plus every whole layer) against no guidance,
+    measured, labelled ("darker", "sharper"), grouped and shown as a page. With no arguments: the
+    embedded digits model's 48 heads + 6 layers on 32 fixed seeds. `headhunter atlas build --help`
+    lists the options; `atlas export` writes a head set from an atlas, `atlas push` publishes one."""
+
+
+@atlas.command()
+@click.argument("model", default="digits")
+@click.option("--prompt", "prompts", multiple=True, help="A prompt, or @FILE with one per line. Repeatable.")
+@click.option("--seeds", type=Seeds(), help="Seeds: '0-31', '3,5,8'. Default: the model's atlas seeds.")
+@click.option("--heads", help="Heads perturbed alone: layers '3,5' and/or heads 'L3H2,L5H0'. Default: every head.")
+@click.option("--layers", help="Whole layers measured: '0,3' or 'none'. Default: every layer.")
+@click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w (default: the model's, else 3).")
+@click.option("--strength", type=STRENGTH, help="SoftPAG strength u (default: the model's, else 1).")
+@click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
+@click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s (diffusers convention); default: the pipeline's.")
+@click.option("--perturbation", default="softpag", show_default=True, help="Perturbation plugin (see `headhunter plugins`).")
+@click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
+@click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
+@click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
+@click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")
+@click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
+@click.option("--push", "push_repo", metavar="REPO", help="Also publish the atlas to this Hub repo.")
+@click.option("--private", is_flag=True, default=None, help="With --push: create the repo private.")
+@click.option("--token", help="With --push: Hub token.")
+def build(model, prompts, seeds, heads, layers, scale, strength, steps, cfg, perturbation, scope, objectives,
+          batch_size, out_dir, no_resume, push_repo, private, token) -> None:
+    """Build (or resume) the atlas of MODEL: `digits` (default, embedded) or a diffusers model id / path."""
+    from headhunter import load_pipeline
+    from headhunter.atlas import atlas as run_atlas
+    from headhunter.registry import get_registry
+
+    registered = model in get_registry().names("model")
+    result = run_atlas(
+        model if registered else load_pipeline(model), read_prompts(prompts), seeds,
+        heads=[h.strip() for h in heads.split(",") if h.strip()] if heads else None, layers=_layers(layers),
+        strength=strength, scale=scale, steps=steps, cfg=cfg, perturbation=perturbation, scope=scope,
+        objectives=list(objectives) or None, batch_size=batch_size, out_dir=out_dir, resume=not no_resume,
+    )
+    _summary(result)
+    click.echo(f"page: {Path(out_dir) / 'index.html'}")
+    if push_repo:
+        _push(Path(out_dir), push_repo, private, token)
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [int(x.strip().lstrip("L")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"cannot read layers {text!r}; use '0,3' or 'none'") from None
+
+
+def _summary(result: Any) -> None:
+    t = result.timing
+    made = int(t.get("images", 0))
+    click.echo(f"images: {result.images} ({len(result.settings.heads)} heads + {len(result.settings.layers)} layers "
+               f"+ no guidance) x {len(result.pairs)} prompt-seed pairs")
+    if made:
+        click.echo(f"generated now: {made} images in {t['seconds']:.1f} s "
+                   f"({1000 * t['seconds'] / made:.0f} ms/image wall, {1000 * t.get('cpu_seconds', 0) / made:.0f} ms/image CPU)")
+    table = result.label_table()
+    click.echo(f"labelled units: {len(table)} of {len(result.units) - 1}")
+    for unit, effects in table:
+        words = "; ".join(f"{e.label} {e.mean:+.3g} [{e.low:+.3g}, {e.high:+.3g}]" for e in effects)
+        click.echo(f"  {unit}: {words}")
+    for g in result.groups:
+        click.echo(f"group '{g.name}': {' '.join(g.heads)}")
+
+
+@atlas.command()
+@click.argument("atlas_dir", type=click.Path(file_okay=False))
+@click.option("--effect", required=True, help="A label word of the atlas, e.g. 'darker', 'sharper', 'higher digit confidence'.")
+@click.option("--top", default=3, show_default=True, type=POSITIVE_INT, help="How many heads (strongest first).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Head-set file (.safetensors or .json).")
+@click.option("--strength", type=STRENGTH, help="Strength of each head (default: the atlas's u).")
+@click.option("--name", help="Head-set name (default: atlas-EFFECT-topN).")
+def export(atlas_dir, effect, top, output, strength, name) -> None:
+    """Write a head set of the heads an atlas labels EFFECT, with the atlas as provenance."""
+    from headhunter.atlas import load_atlas
+
+    loaded = load_atlas(atlas_dir)
+    headset = loaded.export(effect, top, name=name, strength=strength)
+    if not output.endswith((".safetensors", ".json")):
+        raise click.BadParameter(f"output {output!r} must end in .safetensors or .json", param_hint="-o")
+    headset.save(output)
+    found = len(loaded.heads_with(effect))
+    click.echo(f"wrote {output}: {headset.notation()} ({len(headset)} of {found} heads labelled '{effect}')")
+
+
+@atlas.command()
+@click.argument("atlas_dir", type=click.Path(file_okay=False))
+@click.argument("repo")
+@click.option("--private", is_flag=True, default=None, help="Create the repo private.")
+@click.option("--token", help="Hub token.")
+def push(atlas_dir, repo, private, token) -> None:
+    """Publish an atlas folder to the Hub (page, PNGs, numbers and a card naming the base model)."""
+    _push(Path(atlas_dir), repo, private, token)
+
+
+def _push(folder: Path, repo: str, private: bool | None, token: str | None) -> None:
+    from headhunter.hub import push_atlas
+
+    info = push_atlas(folder, repo, private=private, token=token)
+    click.echo(f"pushed atlas to {repo}: {getattr(info, 'commit_url', '')}")
