@@ -166,7 +166,7 @@ def test_restrict_candidates_keeps_the_labelled_heads_in_pool_order():
 
 def test_hunt_candidates_from_an_atlas(tmp_path):
     from headhunter import get_registry
-    from headhunter.search import hunt
+    from headhunter.workflow import hunt
 
     pipe = tiny_pipe()
     sites = get_registry().adapter_for(pipe).sites(pipe)
