@@ -156,12 +156,14 @@ def test_sd35_like_model_equals_apply():
     assert (got - expected).abs().max().item() < TOL
 
 
-def test_nothing_guided_is_bit_identical_to_diffusers_cfg_guider(sd3, sd3_sets):
-    """w = 0, or every branch outside its window: no perturbed pass, the stock CFG guider's output bit for bit."""
-    stock = run_modular_sd3(sd3, ClassifierFreeGuidance(guidance_scale=4.5), cfg=True)
-    for guider in (HeadHunterGuidance(headsets=sd3_sets[0], perturbed_guidance_scale=0.0, guidance_scale=4.5),
+@pytest.mark.parametrize("extra", [{}, {"guidance_rescale": 0.7, "use_original_formulation": True}])
+def test_nothing_guided_is_bit_identical_to_diffusers_cfg_guider(sd3, sd3_sets, extra):
+    """w = 0, or every branch outside its window: no perturbed pass, the stock CFG guider's output bit for bit
+    (its rescale and original formulation included)."""
+    stock = run_modular_sd3(sd3, ClassifierFreeGuidance(guidance_scale=4.5, **extra), cfg=True)
+    for guider in (HeadHunterGuidance(headsets=sd3_sets[0], perturbed_guidance_scale=0.0, guidance_scale=4.5, **extra),
                    HeadHunterGuidance(headsets=sd3_sets[0], perturbed_guidance_start=0.0, perturbed_guidance_stop=0.0,
-                                      guidance_scale=4.5)):
+                                      guidance_scale=4.5, **extra)):
         assert torch.equal(run_modular_sd3(sd3, guider, cfg=True), stock)
 
 
