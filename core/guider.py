@@ -32,10 +32,11 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 
 from ._loading import PRESET_PREFIX, _looks_like_repo_id
+from .attention import check_scope
 from .errors import HeadSetError, HubError, ModelError
 from .guidance import guidance_delta
-from .plan import Branch, _common, _resolve_perturbation, in_window, resolve_branches
 from .headset import HeadSet, load_headset_file
+from .plan import Branch, Plan, _common, _resolve_perturbation, compile_plan, in_window, resolve_branches
 from .registry import get_registry
 from .schema import SCOPES
 
@@ -184,6 +185,7 @@ class HeadHunterGuidance(BaseGuidance):
             raise HeadSetError(f"perturbation={perturbation!r} must be a registered name (a guider config stores "
                                "names, not objects)")
         pert = _resolve_perturbation(perturbation, perturbation_params, heads, names, get_registry())
+        check_scope(pert, scope)
         scales = _per_branch(perturbed_guidance_scale, "perturbed_guidance_scale", len(heads))
         starts = _per_branch(perturbed_guidance_start, "perturbed_guidance_start", len(heads))
         stops = _per_branch(perturbed_guidance_stop, "perturbed_guidance_stop", len(heads))
@@ -207,7 +209,7 @@ class HeadHunterGuidance(BaseGuidance):
         self.branches: list[Branch] = branches
         self._references = [ref for _, ref in loaded]
         self._conditions: list[tuple[str, int, int | None]] = []  # (prediction name, tuple index, branch)
-        self._strength_cache: dict[tuple, Any] = {}
+        self._plans: dict[tuple, Plan] = {}
         self._installation: Any = None
         self._hook: Any = None
         self._after: Any = None
@@ -326,18 +328,27 @@ class HeadHunterGuidance(BaseGuidance):
         if not any(k is not None for k in blocks):
             return
         adapter = get_registry().adapter_for(denoiser)
-        sites = adapter.sites(denoiser)
-        for hs in self.headsets:
-            hs.validate_against(sites, adapter.architecture)
+        plan = self._plan(denoiser, adapter)
         transformer = adapter.transformer(denoiser)
-        self._installation = adapter.install(denoiser, self.perturbation, self.scope)
-        self._hook = transformer.register_forward_pre_hook(self._set_rows(blocks), with_kwargs=True, prepend=True)
+        self._installation = adapter.install(denoiser, plan.perturbation, plan.scope)
+        self._hook = transformer.register_forward_pre_hook(self._set_rows(plan, blocks), with_kwargs=True,
+                                                           prepend=True)
         self._after = transformer.register_forward_hook(self._after_forward, with_kwargs=True, always_call=True)
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         """After a batch's forward: remove what `prepare_models` installed (the original processors come back,
         so outputs are bit-identical to stock)."""
         self._remove()
+
+    def _plan(self, denoiser: torch.nn.Module, adapter: Any) -> Plan:
+        """The head sets and settings compiled for this model (`headhunter.plan`), once per model structure
+        (architecture and site shapes, not object identity); compiling checks the head sets fit (HeadSetError)."""
+        sites = adapter.sites(denoiser)
+        key = (adapter.architecture, tuple((s.name, s.num_heads) for s in sites))
+        if key not in self._plans:
+            self._plans[key] = compile_plan(denoiser, self.headsets, settings=[b.guidance for b in self.branches],
+                                            scope=self.scope, perturbation=self.perturbation, adapter=adapter)
+        return self._plans[key]
 
     def _blocks(self, batch: int) -> tuple[int | None, ...]:
         """The branch of each row block of batch `batch` (None: unperturbed)."""
@@ -350,7 +361,7 @@ class HeadHunterGuidance(BaseGuidance):
                              f"{len(self._conditions)} batches")
         return (self._conditions[batch][2],)
 
-    def _set_rows(self, blocks: tuple[int | None, ...]) -> Any:
+    def _set_rows(self, plan: Plan, blocks: tuple[int | None, ...]) -> Any:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             if not isinstance(hidden, torch.Tensor):
@@ -364,24 +375,12 @@ class HeadHunterGuidance(BaseGuidance):
             if n % len(blocks):
                 raise ModelError(f"a batch of {n} rows does not split into {len(blocks)} equal blocks "
                                  "(cond, uncond, perturbed ...); give every guider input the same batch size")
-            self._installation.set_strengths(self._strengths(blocks, n // len(blocks), hidden))
+            groups = tuple(-1 if k is None else k for k in blocks)
+            strengths = plan.strengths(groups, n // len(blocks), hidden.device, hidden.dtype)  # built once per layout
+            strengths.prepared.clear()  # one installation per forward: nothing to reuse, nothing to keep alive
+            self._installation.set_strengths(strengths)
 
         return hook
-
-    def _strengths(self, blocks: tuple[int | None, ...], rows: int, hidden: torch.Tensor) -> Any:
-        """{site: [len(blocks) * rows, H]} on the model's device, built once per layout (host-side)."""
-        inst = self._installation
-        key = (blocks, rows, inst.architecture, tuple((s.name, s.num_heads) for s in inst.sites),
-               str(hidden.device), hidden.dtype)
-        if key not in self._strength_cache:
-            from .attention import batch_strengths
-
-            per_block = [None if k is None else self.branches[k].headset for k in blocks]
-            self._strength_cache[key] = batch_strengths(per_block, inst.sites, repeat=rows, device=hidden.device,
-                                                        dtype=hidden.dtype, architecture=inst.architecture)
-        strengths = self._strength_cache[key]
-        strengths.prepared.clear()  # one installation per forward: nothing to reuse, nothing to keep alive
-        return strengths
 
     def _after_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
         """Runs after the forward even when it raised (torch passes output=None then): a forward that failed

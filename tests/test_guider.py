@@ -18,7 +18,7 @@ from diffusers.modular_pipelines.modular_pipeline_utils import ComponentSpec, In
 from tiny_pipes import FLUX_CALL, SD3_CALL, build_flux, build_sd3
 
 import headhunter
-from headhunter import HeadSet, HeadSetError, HubError, ModelError
+from headhunter import HeadSet, HeadSetError, HubError, ModelError, PluginError
 from headhunter.attention import PerturbingProcessor
 from headhunter.guider import HeadHunterGuidance
 
@@ -402,6 +402,8 @@ def test_bad_settings_are_refused_by_name(sd3, sd3_sets, flux):
         HeadHunterGuidance(headsets=[a, b], perturbed_guidance_scale=[1.0, 2.0, 3.0])
     with pytest.raises(HeadSetError, match="scope='everything' is not allowed"):
         HeadHunterGuidance(headsets=a, scope="everything")
+    with pytest.raises(PluginError, match="perturbation 'uniform' does not define scope 'pag_mask'"):
+        HeadHunterGuidance(headsets=a, perturbation="uniform", scope="pag_mask")  # at construction, not mid-run
     with pytest.raises(HeadSetError, match="guidance_scale=-1"):
         HeadHunterGuidance(headsets=a, guidance_scale=-1)
     with pytest.raises(HeadSetError, match="not found"):
