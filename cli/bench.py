@@ -274,17 +274,25 @@ def format_row(row: dict[str, Any]) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
 @click.option("--suite", default="forward", show_default=True,
               help="Comma-separated: forward (perturbed vs stock forward), guided (guided step vs floor vs "
-                   "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time).")
+                   "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time), "
+                   "startup (CLI start-up per light command, median of 5 fresh processes).")
 def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int], heads: int, rounds: int,
           min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
           json_path: str | None, suite: str) -> None:
-    """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search."""
+    """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search, start-up."""
+    suites = [s.strip() for s in suite.split(",") if s.strip()]
+    unknown = sorted(set(suites) - {"forward", "guided", "search", "startup"})
+    if unknown:
+        raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search, startup",
+                                 param_hint="--suite")
+    if "startup" in suites:
+        from headhunter import startup_bench
+
+        click.echo(startup_bench.format_report(startup_bench.run()))
+        if suites == ["startup"]:
+            return
     import torch
 
-    suites = [s.strip() for s in suite.split(",") if s.strip()]
-    unknown = sorted(set(suites) - {"forward", "guided", "search"})
-    if unknown:
-        raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search", param_hint="--suite")
     if threads:
         torch.set_num_threads(threads)
     if "guided" in suites:

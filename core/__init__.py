@@ -19,21 +19,22 @@ from .errors import (
     PluginError,
     SearchError,
 )
-from .headset import Head, HeadSet
-from .hookspecs import hookimpl
-from .registry import get_plugin_manager, get_registry
-from .schema import (
-    FORMAT_VERSION,
-    GenerationSettings,
-    GuidanceSettings,
-    HeadSetMetadata,
-    PerturbationSpec,
-    SearchProvenance,
-)
-from .sites import Site
 
-# Heavier parts load on first use so `import headhunter` (and the CLI) stays quick.
+# Everything else loads on first attribute access (PEP 562), so `import headhunter` costs only the version
+# and the exceptions: the CLI's --help/--version never pay for numpy, pydantic models or torch.
 _LAZY = {
+    "Head": "headhunter.headset",
+    "HeadSet": "headhunter.headset",
+    "hookimpl": "headhunter.hookspecs",
+    "get_plugin_manager": "headhunter.registry",
+    "get_registry": "headhunter.registry",
+    "FORMAT_VERSION": "headhunter.schema",
+    "GenerationSettings": "headhunter.schema",
+    "GuidanceSettings": "headhunter.schema",
+    "HeadSetMetadata": "headhunter.schema",
+    "PerturbationSpec": "headhunter.schema",
+    "SearchProvenance": "headhunter.schema",
+    "Site": "headhunter.sites",
     "load_headset": "headhunter._loading",
     "load_model": "headhunter._loading",
     "Objective": "headhunter.objective",
@@ -53,26 +54,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "FORMAT_VERSION",
-    "GenerationSettings",
-    "GuidanceSettings",
-    "Head",
-    "HeadSet",
     "HeadSetError",
-    "HeadSetMetadata",
     "HeadhunterError",
     "HubError",
     "ModelError",
     "ObjectiveError",
-    "PerturbationSpec",
     "PluginError",
     "SearchError",
-    "SearchProvenance",
-    "Site",
     "__version__",
-    "get_plugin_manager",
-    "get_registry",
-    "hookimpl",
     *sorted(_LAZY),
 ]
 
@@ -84,3 +73,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

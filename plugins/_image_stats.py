@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from headhunter.errors import ObjectiveError
 from headhunter.objective import Images, Objective, as_tensor_images
-from headhunter.objective_expr import format_leaf
+from headhunter.composite import format_leaf
 
 #: ITU-R BT.601 luma weights (PIL's "L" conversion).
 LUMA_601 = (0.299, 0.587, 0.114)

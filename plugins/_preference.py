@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from headhunter.errors import ObjectiveError
 from headhunter.objective import Images, Objective, check_prompts
-from headhunter.objective_expr import format_leaf
+from headhunter.composite import format_leaf
 from headhunter.plugins._image_stats import to_rgb
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"

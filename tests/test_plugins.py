@@ -140,6 +140,8 @@ def test_building_the_cli_and_registry_imports_no_heavy_module():
     """Start-up: registration and the CLI's --help need neither torch, diffusers nor transformers."""
     code = (
         "import sys\n"
+        "import headhunter\n"
+        "assert 'pydantic' not in sys.modules and 'numpy' not in sys.modules, 'import headhunter is not lazy'\n"
         "from click.testing import CliRunner\n"
         "from headhunter.cli import make_cli\n"
         "import headhunter\n"

@@ -8,15 +8,19 @@ on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headhunter.hookspecs import Register, hookimpl
-from headhunter.sites import KnownModel, Site
+
+if TYPE_CHECKING:
+    from headhunter.sites import Site
 
 
 def flux_sites(num_layers: int, num_single_layers: int, num_heads: int) -> list[Site]:
     """Sites of a FLUX.1 transformer: double-stream blocks 0..n-1, then single-stream blocks (paper numbering:
     0-18 double, 19-56 single on FLUX.1)."""
+    from headhunter.sites import Site
+
     double = [Site(name=f"transformer_blocks.{i}.attn", num_heads=num_heads, kind="joint") for i in range(num_layers)]
     single = [
         Site(name=f"single_transformer_blocks.{i}.attn", num_heads=num_heads, kind="single")
@@ -40,6 +44,8 @@ def register_adapters(register: Register) -> None:
 
 @hookimpl
 def register_base_models(register: Register) -> None:
+    from headhunter.sites import KnownModel
+
     for repo_id, (double, single, heads) in PUBLISHED.items():
         register(repo_id, KnownModel("flux", tuple(flux_sites(double, single, heads))),
                  description=f"flux: {double} double-stream + {single} single-stream blocks x {heads} heads")

@@ -7,14 +7,18 @@ import reference and loads on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headhunter.hookspecs import Register, hookimpl
-from headhunter.sites import KnownModel, Site
+
+if TYPE_CHECKING:
+    from headhunter.sites import Site
 
 
 def qwenimage_sites(num_layers: int, num_heads: int) -> list[Site]:
     """Sites of a Qwen-Image transformer: one joint site per block, block order (Qwen-Image: 0-59)."""
+    from headhunter.sites import Site
+
     return [Site(name=f"transformer_blocks.{i}.attn", num_heads=num_heads, kind="joint") for i in range(num_layers)]
 
 
@@ -33,6 +37,8 @@ def register_adapters(register: Register) -> None:
 
 @hookimpl
 def register_base_models(register: Register) -> None:
+    from headhunter.sites import KnownModel
+
     for repo_id, (blocks, heads) in PUBLISHED.items():
         register(repo_id, KnownModel("qwenimage", tuple(qwenimage_sites(blocks, heads))),
                  description=f"qwenimage: {blocks} joint blocks x {heads} heads")

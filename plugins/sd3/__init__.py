@@ -8,10 +8,12 @@ on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headhunter.hookspecs import Register, hookimpl
-from headhunter.sites import KnownModel, Site
+
+if TYPE_CHECKING:
+    from headhunter.sites import Site
 
 
 def sd3_sites(num_layers: int, num_heads: int, dual_attention_layers: tuple[int, ...] = ()) -> list[Site]:
@@ -20,6 +22,8 @@ def sd3_sites(num_layers: int, num_heads: int, dual_attention_layers: tuple[int,
     The `attn2` sites come after all joint sites so that `Lk` is block k's joint attention on every
     SD3 variant (the paper's numbering).
     """
+    from headhunter.sites import Site
+
     sites = [Site(name=f"transformer_blocks.{i}.attn", num_heads=num_heads, kind="joint") for i in range(num_layers)]
     sites += [
         Site(name=f"transformer_blocks.{i}.attn2", num_heads=num_heads, kind="image") for i in dual_attention_layers
@@ -43,6 +47,8 @@ def register_adapters(register: Register) -> None:
 
 @hookimpl
 def register_base_models(register: Register) -> None:
+    from headhunter.sites import KnownModel
+
     for repo_id, (layers, heads, dual) in PUBLISHED.items():
         register(repo_id, KnownModel("sd3", tuple(sd3_sites(layers, heads, dual))),
                  description=f"sd3: {layers} joint blocks x {heads} heads" + (f", attn2 in blocks 0-{dual[-1]}" if dual else ""))

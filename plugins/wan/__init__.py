@@ -8,14 +8,18 @@ on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headhunter.hookspecs import Register, hookimpl
-from headhunter.sites import KnownModel, Site
+
+if TYPE_CHECKING:
+    from headhunter.sites import Site
 
 
 def wan_sites(num_layers: int, num_heads: int) -> list[Site]:
     """Sites of a Wan transformer: the self-attention of blocks 0..n-1 (Wan 2.1 14B: 0-39)."""
+    from headhunter.sites import Site
+
     return [Site(name=f"blocks.{i}.attn1", num_heads=num_heads, kind="image") for i in range(num_layers)]
 
 
@@ -35,6 +39,8 @@ def register_adapters(register: Register) -> None:
 
 @hookimpl
 def register_base_models(register: Register) -> None:
+    from headhunter.sites import KnownModel
+
     for repo_id, (blocks, heads) in PUBLISHED.items():
         register(repo_id, KnownModel("wan", tuple(wan_sites(blocks, heads))),
                  description=f"wan: {blocks} self-attention sites x {heads} heads")
