@@ -91,7 +91,7 @@ def _summary(result: Any) -> None:
     click.echo(f"images: {result.images} ({len(result.settings.heads)} heads + {len(result.settings.layers)} layers "
                f"+ no guidance) x {len(result.pairs)} prompt-seed pairs")
     if made:
-        click.echo(f"generated now: {made} images in {t['seconds']:.1f} s "
+        click.echo(f"generated into this folder (all runs): {made} images in {t['seconds']:.1f} s "
                    f"({1000 * t['seconds'] / made:.0f} ms/image wall, {1000 * t.get('cpu_seconds', 0) / made:.0f} ms/image CPU)")
     table = result.label_table()
     click.echo(f"labelled units: {len(table)} of {len(result.units) - 1}")

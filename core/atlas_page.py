@@ -119,7 +119,8 @@ def _draw_heatmap(ax: Any, atlas: Atlas, m: Measure, colorbar: bool = True) -> N
 
     values, significant, labelled = heat_matrix(atlas, m.name)
     standardized = any(math.isfinite(e.d) for per in atlas.effects.values() if m.name in per for e in [per[m.name]])
-    limit = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    heads = values[:, :-1]  # the colour scale follows the heads; a stronger whole layer saturates
+    limit = float(np.nanmax(np.abs(heads))) if np.isfinite(heads).any() else 1.0
     limit = limit or 1.0
     cmap = "Reds" if m.kind == "paired" else "RdBu_r"
     image = ax.imshow(values, cmap=cmap, vmin=0 if m.kind == "paired" else -limit, vmax=limit, aspect="auto",
@@ -232,7 +233,7 @@ def render_html(atlas: Atlas, pictures: dict[str, bytes]) -> str:
             ("guidance", f"{esc(s.perturbation.name)} u={s.strength:g}, w={s.guidance.scale:g}, scope {esc(s.guidance.scope)}, "
                          f"cfg {'off' if s.guidance.cfg is None else f'{s.guidance.cfg:g}'}, {s.steps} steps"),
             ("images", f"{atlas.images} = ({len(s.heads)} + {len(s.layers)} + 1) x {len(s.prompts)} x {len(s.seeds)}; "
-                       f"generated in this run: {made} in {seconds:.0f} s ({per_image})"),
+                       f"generated into this folder: {made} in {seconds:.0f} s ({per_image})"),
             ("labels", f"significant after Bonferroni over every (unit, measure) test (alpha {atlas.alpha:g}) and "
                        f"|d| &ge; {atlas.min_effect:g} (d = mean difference / sd of the unguided images); "
                        "intervals are 95 % t intervals of the paired mean"),
@@ -258,8 +259,9 @@ def render_html(atlas: Atlas, pictures: dict[str, bytes]) -> str:
     for g in atlas.groups:
         out.append(f"<tr><td>{esc(g.name)}</td><td>{' '.join(f'<span class=tag>{esc(h)}</span>' for h in g.heads)}</td></tr>")
     out.append("</table><p class=muted>Average-linkage clustering of the labelled heads' standardized effect vectors.</p>")
-    out.append("<h2>Heatmaps</h2><p>Colour: d (or the mean difference where the unguided sd is 0); last column: the "
-               "whole layer; thin box: significant; thick box: labelled.</p>")
+    out.append("<h2>Heatmaps</h2><p>Colour: d (or the mean difference where the unguided sd is 0), scaled to the "
+               "heads (a stronger whole layer saturates); last column: the whole layer; thin box: significant; "
+               "thick box: labelled.</p>")
     out.append(img("heatmaps.png", "every measure's heatmap"))
     out.append("<h2>Contact sheets</h2><p>One row per head (the same prompt-seed pair down each column), with no "
                "guidance and the whole layer on top.</p>")
