@@ -18,6 +18,7 @@ from tiny_dit_pipes import (
     QWEN_CALL,
     WAN_CALL,
     build_flux2,
+    build_flux2_klein,
     build_qwenimage,
     build_wan,
     prompt_embeds,
@@ -81,24 +82,36 @@ def assert_close(actual, expected, tol=TOL):
 
 # ----- reference loops ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def flux2_reference(pipe, pe, branches, guidance_scale=4.0, num_images=1, perturbation="softpag"):
-    """Flux2Pipeline's loop (packed latents, 4-axis ids, embedded guidance, no CFG), one pass per forward."""
+def flux2_reference(pipe, pe, branches, guidance_scale=4.0, num_images=1, perturbation="softpag", npe=None):
+    """Flux2Pipeline's loop (packed latents, 4-axis ids, embedded guidance, no CFG), one pass per forward; with
+    `npe`, Flux2KleinPipeline's (no guidance embedding; CFG `neg + s (cond - neg)` from a separate call)."""
     pe, text_ids = pipe.encode_prompt(None, device=CPU, num_images_per_prompt=num_images, prompt_embeds=pe)
+    if npe is not None:
+        npe, neg_ids = pipe.encode_prompt(None, device=CPU, num_images_per_prompt=num_images, prompt_embeds=npe)
     rows = pe.shape[0]
     latents, latent_ids = pipe.prepare_latents(rows, pipe.transformer.config.in_channels // 4, FLUX2_CALL["height"],
                                                FLUX2_CALL["width"], pe.dtype, CPU, gen())
     mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=STEPS)
     timesteps, _ = flux2_timesteps(pipe.scheduler, STEPS, CPU, sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
-    guidance = torch.full([rows], guidance_scale)
+    guidance = torch.full([rows], guidance_scale) if npe is None else None
     with get_registry().adapter_for(pipe).install(pipe, perturbation, "joint") as inst:
         for t in timesteps:
             x = dict(hidden_states=latents, timestep=t.expand(rows) / 1000, guidance=guidance,
                      encoder_hidden_states=pe, txt_ids=text_ids, img_ids=latent_ids)
             cond = pipe.transformer(**x, return_dict=False)[0]
             pred = cond
+            if npe is not None:
+                neg = pipe.transformer(**{**x, "encoder_hidden_states": npe, "txt_ids": neg_ids}, return_dict=False)[0]
+                pred = neg + guidance_scale * (cond - neg)
             for headset, w in branches:
                 pred = pred + w * (cond - _perturbed(pipe, inst, headset, rows, **x))
             latents = pipe.scheduler.step(pred, t, latents, return_dict=False)[0]
+    if npe is not None:  # Flux2KleinPipeline returns unpacked, de-normalised, unpatchified latents
+        side = 2 * (FLUX2_CALL["height"] // (pipe.vae_scale_factor * 2))
+        latents = pipe._unpack_latents_with_ids(latents, latent_ids, side // 2, side // 2)
+        bn = pipe.vae.bn
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
+        latents = pipe._unpatchify_latents(latents * std + bn.running_mean.view(1, -1, 1, 1))
     return latents
 
 
@@ -196,6 +209,22 @@ def test_flux2_blur_reads_the_grid_of_the_pipeline_call(flux2):
         actual = run(flux2, FLUX2_CALL, prompt_embeds=pe, guidance_scale=4.0)
         assert handle.installation.layout["grid"] == (8, 8)
     assert_close(actual, expected)
+
+
+def test_flux2_klein_cfg_perturbs_only_the_conditional_pass():
+    """Flux2KleinPipeline runs cond and uncond as separate calls under cache_context while its
+    do_classifier_free_guidance is true."""
+    pipe = build_flux2_klein()
+    hs = make_headset(pipe, "L0H1, L1H0")
+    pe, npe = prompt_embeds(), prompt_embeds(1, 4, seed=1)
+    expected = flux2_reference(pipe, pe, [(hs, 2.0)], guidance_scale=3.0, npe=npe)
+    counter = RowCounter(pipe.transformer.x_embedder)
+    with headhunter.apply(pipe, hs, scale=2.0) as handle:
+        actual = run(pipe, FLUX2_CALL, prompt_embeds=pe, negative_prompt_embeds=npe, guidance_scale=3.0)
+    counter.close()
+    assert_close(actual, expected)
+    assert counter.rows == [2, 1] * STEPS
+    assert handle.calls["guided_steps"] == STEPS
 
 
 # ----- Qwen-Image ------------------------------------------------------------------------------------------------

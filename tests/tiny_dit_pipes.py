@@ -22,6 +22,7 @@ from diffusers import (  # noqa: E402
     AutoencoderKLQwenImage,
     AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
     Flux2Pipeline,
     Flux2Transformer2DModel,
     QwenImagePipeline,
@@ -62,6 +63,15 @@ def build_flux2(seed: int = 0, num_heads: int = 2, guidance_embeds: bool = True)
     )
     pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
                          transformer=transformer)
+    return _eval(pipe)
+
+
+def build_flux2_klein(seed: int = 0, num_heads: int = 2) -> Flux2KleinPipeline:
+    """Flux2KleinPipeline (not distilled: real CFG, cond and uncond as separate calls): the FLUX.2 transformer
+    without guidance embedding, the same tiny VAE."""
+    flux2 = build_flux2(seed, num_heads, guidance_embeds=False)
+    pipe = Flux2KleinPipeline(scheduler=flux2.scheduler, vae=flux2.vae, text_encoder=None, tokenizer=None,
+                              transformer=flux2.transformer, is_distilled=False)
     return _eval(pipe)
 
 
