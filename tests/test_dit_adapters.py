@@ -254,14 +254,17 @@ def test_attention_backend_passes_through(family):
     model = FAMILIES[family][0]()
     inputs = FAMILIES[family][1](model, 2)
     model.set_attention_backend("_native_math")
-    stock = forward(model, inputs)
-    with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
-        processor = model.get_submodule(inst.sites[0].name).processor
-        assert processor._attention_backend == processor.original._attention_backend is not None
-        with inst.strengths({s.name: torch.tensor([[0.0] * 4, [1.0] * 4]) for s in inst.sites}):
-            out = forward(model, inputs)
-        assert torch.equal(out[0], stock[0])
-    model.reset_attention_backend()
+    try:
+        stock = forward(model, inputs)
+        with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
+            processor = model.get_submodule(inst.sites[0].name).processor
+            assert processor._attention_backend == processor.original._attention_backend is not None
+            with inst.strengths({s.name: torch.tensor([[0.0] * 4, [1.0] * 4]) for s in inst.sites}):
+                out = forward(model, inputs)
+            assert torch.equal(out[0], stock[0])
+    finally:
+        model.set_attention_backend("native")  # set_attention_backend also sets diffusers' global active backend
+        model.reset_attention_backend()
 
 
 # ----- the 3-D blur, on the perturbation itself ----------------------------------------------------------------
