@@ -34,7 +34,7 @@ from pydantic import Field
 from . import _headset_io as io
 from ._runner import Row, auto_batch_size, run_batches
 from ._version import __version__
-from .errors import SearchError
+from .errors import PluginError, SearchError
 from .headset import HeadSet
 from .registry import get_registry
 from .schema import GenerationSettings, GuidanceSettings, PerturbationSpec, SearchProvenance, validated
@@ -58,6 +58,9 @@ WORDS: dict[str, tuple[str, str]] = {
 }
 #: The paired pixel measure: mean |image - unguided image| over pixels and channels, in [0, 1].
 CHANGE = "change"
+#: Keys of the `atlas` entry a `search_defaults` hook may return (docs/plugins.md).
+ATLAS_DEFAULT_KEYS = frozenset({"prompts", "seeds", "objectives", "strength", "scale", "steps", "words", "classes",
+                                "classify"})
 #: Largest side of the thumbnails kept for the contact sheets.
 THUMB_SIDE = 128
 
@@ -570,6 +573,12 @@ def atlas(
     pipe, model_name = resolve_model(model)
     defaults = get_registry().search_defaults(pipe)
     own = defaults.get("atlas", {})
+    unknown = sorted(set(own) - ATLAS_DEFAULT_KEYS)
+    if unknown:
+        raise PluginError(f"the model's search defaults give unknown atlas defaults {unknown}; "
+                          f"allowed: {', '.join(sorted(ATLAS_DEFAULT_KEYS))}")
+    if ("classes" in own) != ("classify" in own):
+        raise PluginError("the model's atlas defaults must give 'classes' (a name) and 'classify' (a function) together")
     prompts = list(prompts if prompts is not None else own.get("prompts", defaults.get("prompts", [])))
     if not prompts:
         raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")

@@ -316,3 +316,47 @@ def test_push_atlas_and_find_it(monkeypatch, tmp_path):
 
         listed = CliRunner().invoke(make_cli(), ["search", "--atlas"])
         assert listed.exit_code == 0 and "me/tiny-atlas" in listed.output and "(atlas)" in listed.output
+
+
+def test_class_change_measure_compares_with_the_unguided_image():
+    from headhunter.atlas import _Measurer
+
+    def classify(images):  # "class" = whether the image is mostly bright
+        return (images.mean(dim=(1, 2, 3)) > 0.5).long()
+
+    measurer = _Measurer({}, {}, classify, "digit changed")
+    base = torch.tensor([0.2, 0.8, 0.2]).view(3, 1, 1, 1).expand(3, 1, 4, 4)
+    images = torch.tensor([0.7, 0.9, 0.1]).view(3, 1, 1, 1).expand(3, 1, 4, 4)
+    values = measurer(images, ["", "", ""], base)
+    assert [v["digit changed"] for v in values] == [1.0, 0.0, 0.0]
+    assert [v["change"] for v in values] == pytest.approx([0.5, 0.1, 0.1])
+
+
+def test_hunt_cli_needs_both_atlas_options():
+    from headhunter.cli import make_cli
+
+    result = CliRunner().invoke(make_cli(), ["hunt", "--effect", "darker"])
+    assert result.exit_code != 0 and "--candidates-from and --effect go together" in result.output
+
+
+def test_model_atlas_defaults_come_from_the_search_defaults_hook(tmp_path):
+    from headhunter import hookimpl
+    from headhunter.errors import PluginError
+    from headhunter.registry import Registry, get_plugin_manager, use_registry
+
+    answers = {"atlas": {"prompts": ["7"], "seeds": [4, 5], "words": {"brightness": ("inkier", "paler")}}}
+
+    class Defaults:
+        @hookimpl
+        def search_defaults(self, model):
+            return answers
+
+    pm = get_plugin_manager(load_entry_points=False)
+    pm.register(Defaults(), name="tiny-atlas-defaults")
+    with use_registry(Registry(pm)):
+        result = atlas(tiny_pipe(), heads=["L0H0"], layers=[], steps=2, progress=False, measures=["brightness"])
+        assert result.settings.prompts == ["7"] and result.settings.seeds == [4, 5]
+        assert result.measures[0].words == ("inkier", "paler") and result.measures[0].generic == ("brighter", "darker")
+        answers["atlas"] = {"colour": 1}
+        with pytest.raises(PluginError, match=r"unknown atlas defaults \['colour'\]"):
+            atlas(tiny_pipe(), heads=["L0H0"], layers=[], steps=2, progress=False)
