@@ -1,9 +1,11 @@
 """Built-in objectives, registered through `register_objectives` like any third-party plugin.
 
-Offline image statistics (no weights) live in `_image_stats`, the CLIP-based preference scorers in
-`_preference`; both are imported only when an objective is created, so listing plugins stays quick.
+Offline image statistics (no weights) live in `_image_stats`; the CLIP-based scorers in `_preference`
+(PickScore, CLIP score, HPS v2) and `_aesthetic` (LAION aesthetic), built on `_clip` (preprocessing, CLIP
+models) and `_weights` (fetching, state dicts, the `HubObjective` base). All are imported only when an
+objective is created, so listing plugins stays quick.
 Composition (sums, harmonic means, gates) is not an objective here but the grammar of
-`headhunter.objective_expr.parse_objective`. docs/objectives.md describes each one.
+`headhunter.objective_expr.parse_objective` (objects: `headhunter.composite`). docs/objectives.md describes each one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from headhunter.hookspecs import hookimpl
 BUILTIN_OBJECTIVES: dict[str, tuple[str, str, str]] = {
     "pickscore": ("_preference", "PickScore", "PickScore v1 (the paper's objective): 100-scale CLIP-H preference, ~18-23"),
     "clipscore": ("_preference", "ClipScore", "CLIP ViT-L/14 image-text score, 100*cos; params template=, style="),
-    "aesthetic": ("_preference", "Aesthetic", "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP), ~1-10"),
+    "aesthetic": ("_aesthetic", "Aesthetic", "LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP), ~1-10"),
     "hps": ("_preference", "HPSv2", "HPS v2 human-preference score (cos, ~0.2-0.3), community transformers weights"),
     "brightness": ("_image_stats", "BrightnessObjective", "mean luma (BT.601), [0, 1]"),
     "darkness": ("_image_stats", "DarknessObjective", "1 - mean luma, [0, 1]"),

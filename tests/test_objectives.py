@@ -18,7 +18,7 @@ from PIL import Image
 
 from headhunter import ObjectiveError, get_registry
 from headhunter.objective_expr import parse_objective
-from headhunter.plugins import _preference as pref
+from headhunter.plugins import _clip
 from headhunter.plugins.objectives import BUILTIN_OBJECTIVES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def tiny_clip(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-clip")
     CLIPModel(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / pref.PREPROCESSOR_FILE).write_text(json.dumps({
+    (folder / _clip.PREPROCESSOR_FILE).write_text(json.dumps({
         "crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32}, "resample": 3,
         "do_resize": True, "do_center_crop": True, "do_normalize": True, "do_rescale": True,
         "rescale_factor": 1 / 255, "image_mean": [0.48145466, 0.4578275, 0.40821073],
@@ -195,7 +195,7 @@ def tiny_clip(tmp_path_factory) -> Path:
 def reference(folder: Path):
     from transformers import CLIPModel
 
-    return CLIPModel.from_pretrained(folder).eval(), tiny_tokenizer(), pref.load_preprocess(str(folder))
+    return CLIPModel.from_pretrained(folder).eval(), tiny_tokenizer(), _clip.load_preprocess(str(folder))
 
 
 def hand_logits(folder: Path, images, texts) -> torch.Tensor:
@@ -223,7 +223,7 @@ def test_preprocessing_matches_clip_image_processor(tiny_clip):
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil.from_pretrained(tiny_clip)
-    preprocess = pref.load_preprocess(str(tiny_clip))
+    preprocess = _clip.load_preprocess(str(tiny_clip))
     one_step = 2 / 255 / min(preprocess.std)  # PIL rounds each of its two passes to 8 bits
     for size in [(40, 56), (56, 40), (16, 16), (300, 200), (33, 32)]:
         for arr in pictures(1, size) + [(np.random.default_rng(1).random(size + (3,)) * 255).astype(np.uint8)]:
@@ -329,13 +329,13 @@ def aesthetic_files(tiny_clip: Path, folder: Path, combined: bool) -> tuple[Path
         torch.nn.Linear(8, 6), torch.nn.Dropout(0.2), torch.nn.Linear(6, 4), torch.nn.Dropout(0.1), torch.nn.Linear(4, 1)
     )
     if combined:
-        vision = CLIPVisionModelWithProjection(pref.vision_config(str(tiny_clip))).eval()
+        vision = CLIPVisionModelWithProjection(_clip.vision_config(str(tiny_clip))).eval()
         state = {f"clip.{k}": v for k, v in vision.state_dict().items()}
         state.update({f"mlp.layers.{k}": v for k, v in head.state_dict().items()})
         path = folder / "model.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
-        vision = CLIPVisionModelWithProjection.from_pretrained(tiny_clip, config=pref.vision_config(str(tiny_clip))).eval()
+        vision = CLIPVisionModelWithProjection.from_pretrained(tiny_clip, config=_clip.vision_config(str(tiny_clip))).eval()
         path = folder / "aesthetic-model.pth"
         torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, path)
     return path, vision, [head[0], head[2], head[4]]
@@ -347,7 +347,7 @@ def test_aesthetic_is_the_mlp_of_the_normalised_embedding(tiny_clip, tmp_path, c
     objective = make("aesthetic", weights=str(tmp_path), filename=path.name, clip=str(tiny_clip))
     images = torch.from_numpy(np.stack(pictures(3))).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        embeds = vision(pixel_values=pref.load_preprocess(str(tiny_clip))(images)).image_embeds
+        embeds = vision(pixel_values=_clip.load_preprocess(str(tiny_clip))(images)).image_embeds
         h = embeds / embeds.norm(dim=-1, keepdim=True)
         for linear in linears:
             h = linear(h)
