@@ -214,18 +214,22 @@ def test_flux2_single_stream_needs_the_text_length():
             model.get_submodule(site)(hidden_states=torch.randn(1, 10, 64))
 
 
-def test_qwenimage_text_mask_is_refused_by_name():
+def test_qwenimage_text_mask_with_padding_is_refused_and_an_all_valid_one_is_no_mask():
     model = tiny_qwenimage()
     inputs = qwenimage_inputs(model, 2)
-    mask = torch.ones(2, TEXT_LEN, dtype=torch.long)
-    mask[1, -2:] = 0
+    padded = torch.ones(2, TEXT_LEN, dtype=torch.long)
+    padded[1, -2:] = 0
     site = REGISTRY.adapter_for(model).sites(model)[0].name
+    u = {site: torch.tensor([[0.0] * 4, [1.0] * 4])}
     with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
-        stock = forward(model, {**inputs, "encoder_hidden_states_mask": mask})  # not perturbed: stock, mask ok
-        with inst.strengths({site: torch.ones(2, 4)}):
-            with pytest.raises(ModelError, match="text mask"):
-                forward(model, {**inputs, "encoder_hidden_states_mask": mask})
-    assert torch.equal(stock, forward(model, {**inputs, "encoder_hidden_states_mask": mask}))
+        stock = forward(model, {**inputs, "encoder_hidden_states_mask": padded})  # not perturbed: stock, mask ok
+        with inst.strengths(u):
+            with pytest.raises(ModelError, match="text mask that has padding"):
+                forward(model, {**inputs, "encoder_hidden_states_mask": padded})
+            unmasked = forward(model, inputs)
+            all_valid = forward(model, {**inputs, "encoder_hidden_states_mask": torch.ones(2, TEXT_LEN)})
+    assert torch.equal(all_valid, unmasked) and torch.equal(all_valid[0], forward(model, inputs)[0])
+    assert torch.equal(stock, forward(model, {**inputs, "encoder_hidden_states_mask": padded}))
 
 
 @pytest.mark.parametrize("family", NEW)

@@ -307,10 +307,11 @@ def test_batched_is_refused_where_the_loop_passes_hidden_states_around_the_guide
     assert_stock_processors(wan.transformer)
 
 
-def test_qwenimage_modular_loop_is_refused_by_the_adapter_and_left_stock():
+def test_qwenimage_modular_loop_runs_with_an_all_valid_mask_and_refuses_padding():
     """diffusers' modular Qwen-Image loop always passes a text mask (`prompt_embeds_mask` is a required input;
-    the stock QwenImagePipeline drops an all-ones mask, the modular one does not), and the Qwen-Image adapter
-    refuses to perturb attention under a text mask: the error reaches the caller, the model is stock after."""
+    the stock QwenImagePipeline drops an all-ones mask, the modular one does not). The Qwen-Image adapter treats
+    an all-valid mask as no mask (one host read per perturbed forward that carries a mask) and refuses a mask
+    with padding: the error reaches the caller, and the model is stock after either."""
     from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
     from tiny_dit_pipes import QWEN_CALL, build_qwenimage
 
@@ -319,13 +320,23 @@ def test_qwenimage_modular_loop_is_refused_by_the_adapter_and_left_stock():
     blocks.sub_blocks.pop("text_encoder")
     mp = blocks.init_pipeline()
     hs = make_headset(pipe, "L0H1", "q")
-    mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae,
-                         guider=HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0))
+    mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae)
     mp.set_progress_bar_config(disable=True)
     pe, _ = embeds()
-    with pytest.raises(ModelError, match="perturbing attention with a text mask is not supported"):
-        mp(prompt_embeds=pe, prompt_embeds_mask=torch.ones(pe.shape[:2], dtype=torch.long),
-           num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="latents", **QWEN_CALL)
+
+    def run(w, mask):
+        mp.update_components(guider=HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=w))
+        return mp(prompt_embeds=pe, prompt_embeds_mask=mask, num_inference_steps=STEPS,
+                  generator=torch.Generator().manual_seed(0), output="latents", **QWEN_CALL)
+
+    ones = torch.ones(pe.shape[:2], dtype=torch.long)
+    guided, unguided = run(2.0, ones), run(0.0, ones)
+    assert torch.isfinite(guided).all() and (guided - unguided).abs().max() > 1e-3
+    assert_stock_processors(pipe.transformer)
+    padded = ones.clone()
+    padded[:, -2:] = 0
+    with pytest.raises(ModelError, match="text mask that has padding is not supported"):
+        run(2.0, padded)
     assert_stock_processors(pipe.transformer)
 
 

@@ -11,9 +11,12 @@ shape[1]`; the grid comes from the transformer's `img_shapes` argument (host int
 cols) per image, read by the forward pre-hook; no device read). An edit pipeline's reference images
 append their tokens: the grid then does not cover every image token and finite-sigma `blur` refuses.
 
-A text mask (`encoder_hidden_states_mask`: the pipeline passes one only when prompts in one call have
-different lengths) is refused on perturbed sites: the targets and the float64 reference have no notion
-of masked keys.
+A text mask (`encoder_hidden_states_mask`) in which every token is valid is the same as no mask, and
+is accepted: diffusers' modular Qwen-Image loop always passes one. Deciding that needs the mask's
+values: the forward pre-hook reads them once per perturbed forward that carries a mask (one small
+device-to-host read; stock forwards and calls without a mask read nothing). A mask with padding (the
+prompts of one call have different lengths) is refused on perturbed sites: the targets and the float64
+reference have no notion of masked keys.
 """
 
 from __future__ import annotations
@@ -60,11 +63,13 @@ class QwenImagePerturbingProcessor(PerturbingProcessor):
                                  attention_mask, image_rotary_emb)
         if encoder_hidden_states is None:
             raise ValueError("QwenDoubleStreamAttnProcessor2_0 requires encoder_hidden_states (text stream)")
+        if encoder_hidden_states_mask is not None and self.state.cache.get("mask_all_valid"):
+            encoder_hidden_states_mask = None  # every text token valid (read in observe): the same as no mask
         if attention_mask is not None or encoder_hidden_states_mask is not None:
             raise ModelError(
-                f"{self.site_name}: perturbing attention with a text mask is not supported (the pipeline passes "
-                "one when prompts in one call have different lengths); guide one prompt per call, or pass "
-                "prompt_embeds of equal length without prompt_embeds_mask"
+                f"{self.site_name}: perturbing attention with a text mask that has padding is not supported (the "
+                "pipeline passes one when prompts in one call have different lengths); guide one prompt per "
+                "call, or pass prompt_embeds of equal length"
             )
         from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
@@ -155,6 +160,7 @@ class QwenImageAdapter(ModelAdapter):
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:
         params = list(inspect.signature(transformer.forward).parameters)
         state.cache["img_shapes_position"] = params.index("img_shapes") if "img_shapes" in params else None
+        state.cache["mask_position"] = params.index("encoder_hidden_states_mask")
 
     def observe(self, state: EngineState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         shapes = kwargs.get("img_shapes")
@@ -162,6 +168,11 @@ class QwenImageAdapter(ModelAdapter):
         if shapes is None and position is not None and position < len(args):
             shapes = args[position]
         state.grid = grid_from_shapes(shapes)
+        mask = kwargs.get("encoder_hidden_states_mask")
+        if mask is None and state.cache["mask_position"] < len(args):
+            mask = args[state.cache["mask_position"]]
+        # One host read per perturbed forward that carries a mask (never per attention call): is it all valid?
+        state.cache["mask_all_valid"] = mask is None or bool(mask.detach().to("cpu").bool().all())
 
     def layout_summary(self, model: Any, height: int | None = None, width: int | None = None) -> list[str]:
         height, width = height or 1328, width or 1328
