@@ -58,14 +58,21 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
 @click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
+@click.option("--schedule", type=click.Choice(["exhaustive", "racing"]), help="exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest (default: the model's, else exhaustive).")
+@click.option("--budget", type=click.FloatRange(0, 1, min_open=True), help="racing: most images per round, as a fraction of the exhaustive round's.")
+@click.option("--first-pairs", type=click.IntRange(min=2), help="racing: prompt-seed pairs every candidate gets first (default 8).")
+@click.option("--recipe", type=click.Choice(["greedy", "quality"]), default="greedy", show_default=True, help="quality: the paper's general-quality recipe (one round, top 4 heads at u = 0.25).")
 @click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
 @click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
 @click.option("--no-report", is_flag=True, help="Skip the fresh-seed evaluation and report.")
 def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, steps, perturbation, scope,
-         candidates, candidates_from, effect, batch_size, eval_seeds, out_dir, no_resume, no_report) -> None:
+         candidates, candidates_from, effect, batch_size, schedule, budget, first_pairs, recipe, eval_seeds, out_dir,
+         no_resume, no_report) -> None:
     """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
-    diffusers model id / local path. With no arguments this runs the demo on the embedded model."""
+    diffusers model id / local path. With no arguments this runs the demo on the embedded model.
+    Under `torchrun --nproc-per-node N` the ranks share the work and rank 0 writes (docs/search.md)."""
+    from headhunter.distributed import context
     from headhunter.workflow import hunt as run_hunt
 
     if (candidates_from is None) != (effect is None):
@@ -77,7 +84,10 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None, batch_size=batch_size,
         out_dir=out_dir, resume=not no_resume, eval_seeds=eval_seeds, report=not no_report,
         candidates_from=candidates_from, effect=effect,
+        schedule=schedule, budget=budget, first_pairs=first_pairs, recipe=recipe,
     )
+    if not context().is_main:
+        return
     click.echo(f"found head set: {result.headset.notation()}")
     click.echo(f"search seeds: baseline {result.baseline_score:.4g} -> {result.rounds[-1].set_score:.4g}")
     if result.best_layer is not None:
@@ -87,6 +97,18 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
         if isinstance(values, dict):
             ci = values.get("ci95", [float("nan")] * 2)
             click.echo(f"fresh seeds, {name}: {values['objective']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
+    for r in result.rounds:
+        others = [c for c in r.leaders if c not in r.added]
+        click.echo(f"round {r.index}: added {', '.join(r.added)}; stability {r.stability:.0%}; {r.images} images; "
+                   + (f"not separable from {len(others)} other candidate(s)" if others else "separated"))
+    if result.evaluation is not None:
+        from headhunter.report import dominance, verdict
+
+        click.echo(verdict(result.evaluation, "found head set", "no guidance").replace("**", ""))
+        layers = [d for d in dominance(result.evaluation) if d["setting"].startswith("layer ")]
+        click.echo("whole layers that dominate the found set (better objective and yardstick): "
+                   + (", ".join(f"{d['setting']} ({'beyond noise' if d['beyond_noise'] else 'within noise'})" for d in layers)
+                      if layers else "none"))
     click.echo(f"head set: {Path(out_dir) / 'headset.safetensors'}")
     if not no_report:
         click.echo(f"report: {Path(out_dir) / 'index.md'}")
@@ -94,5 +116,8 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
 
 def _load(model: str):
     from headhunter import load_pipeline
+    from headhunter.distributed import local_device
 
-    return load_pipeline(model)
+    pipe = load_pipeline(model)
+    device = local_device()
+    return pipe.to(device) if device else pipe

@@ -16,23 +16,11 @@ import torch
 
 from ._runner import GenerationSettings, Row, run_batches
 from .errors import SearchError
+from .stats import Estimate
 
 #: A set-level metric: (images [N, C, H, W] in [0, 1], prompts) -> (value, (low, high)); lower or higher
 #: is better as its name documents (e.g. FD: lower).
 SetMetric = Callable[[torch.Tensor, Sequence[str]], tuple[float, tuple[float, float]]]
-
-
-@dataclass
-class Estimate:
-    """A mean with a 95 % bootstrap interval over samples."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.mean:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
 @dataclass

@@ -27,11 +27,14 @@ def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = Non
     curve = plot_curve(result, out_dir / "curve.png", evaluation)
     write_scores(result, out_dir)
     grid = None
+    pareto = None
     if evaluation is not None:
         grid = write_grid(evaluation, out_dir / "grid.png")
         _write_json(out_dir / "evaluation.json", evaluation_dict(evaluation))
+        if yardstick(evaluation) is not None:
+            pareto = plot_pareto(evaluation, out_dir / "pareto.png")
     index = out_dir / "index.md"
-    write_atomic(index, render_index(result, evaluation, heatmaps, curve, grid).encode())
+    write_atomic(index, render_index(result, evaluation, heatmaps, curve, grid, pareto).encode())
     return index
 
 
@@ -147,7 +150,12 @@ def write_scores(result: Any, out_dir: Path) -> None:
         "baseline": result.baseline_score,
         "layers": result.layer_scores,
         "rounds": [{"index": r.index, "selected_before": r.selected_before, "added": r.added,
-                    "set_score": r.set_score, "scores": r.scores} for r in result.rounds],
+                    "set_score": r.set_score, "scores": r.scores, "pairs": r.pairs,
+                    "vs_set": {c: vars(e) for c, e in r.vs_set.items()}, "dropped": r.dropped,
+                    "leaders": r.leaders, "stability": r.stability, "frequency": r.frequency,
+                    "images": r.images, "stages": r.stages,
+                    "set_vs_baseline": vars(r.set_vs_baseline) if r.set_vs_baseline else None}
+                   for r in result.rounds],
         "headset": result.headset.notation(),
     })
 
@@ -186,7 +194,26 @@ def verdict(evaluation: Evaluation, found: str, rival: str) -> str:
     return f"**{found} {outcome} {rival}** on fresh seeds: difference {diff.mean:+.4g} (95 % CI [{diff.low:+.4g}, {diff.high:+.4g}], n = {diff.n})."
 
 
-def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path], curve: Path, grid: Path | None) -> str:
+def _round_stats(r: Any, top_k: int) -> str:
+    """The round's evidence in words: gain over no guidance, stability, indistinguishable leaders, cost."""
+    parts = []
+    if r.set_vs_baseline is not None:
+        d = r.set_vs_baseline
+        parts.append(f"gain over no guidance {d.mean:+.4g} (95 % CI [{d.low:+.4g}, {d.high:+.4g}], n = {d.n})")
+    if r.stability == r.stability:
+        parts.append(f"bootstrap stability of the choice {r.stability:.0%}")
+    others = [c for c in r.leaders if c not in r.added]
+    if others:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        parts.append(f"**not separable from {shown}** (paired 95 % intervals include 0)")
+    else:
+        parts.append("separated from every other candidate")
+    parts.append(f"{r.images} images" + (f", {len(r.dropped)} candidates dropped early (stages {r.stages} pairs)" if r.dropped else ""))
+    return "; " + "; ".join(parts)
+
+
+def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path], curve: Path, grid: Path | None,
+                 pareto: Path | None = None) -> str:
     s = result.settings
     lines = [
         f"# HeadHunter report: {result.headset.name}",
@@ -194,7 +221,9 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
         f"Model `{s.model}`, objective `{s.objective}`, {len(s.prompts)} prompts x {len(s.seeds)} seeds, "
         f"{s.steps} steps, perturbation `{s.perturbation.name}` (u = {s.strength:g}), scope `{s.guidance.scope}`, "
         f"w = {s.guidance.scale:g}, CFG {s.guidance.cfg if s.guidance.cfg is not None else 'off/pipeline default'}, "
-        f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads.",
+        f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads, schedule `{s.schedule}`"
+        + (f" (budget {s.budget:g} of the exhaustive images per round, first stage {s.first_pairs} pairs)" if s.schedule == "racing" else "")
+        + f"; {sum(r.images for r in result.rounds)} candidate images in all.",
         "",
         f"**Found head set:** {result.headset.notation()}  ([headset.safetensors](headset.safetensors), "
         f"[headset.json](headset.json))",
@@ -207,11 +236,12 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
     if best is not None:
         lines.append(f"- best whole layer: {best[0]} at {best[1]:.4g}")
     for r in result.rounds:
-        lines.append(f"- round {r.index}: added {', '.join(r.added)} -> {r.set_score:.4g}")
+        lines.append(f"- round {r.index}: added {', '.join(r.added)} -> {r.set_score:.4g}" + _round_stats(r, s.top_k))
     lines += ["", f"![score curve]({curve.name})", ""]
     lines += [f"![round {i} heatmap]({p.name})" for i, p in enumerate(heatmaps)]
     if evaluation is not None:
         lines += _evaluation_section(evaluation, grid)
+        lines += _pareto_section(evaluation, pareto)
     lines += ["", "Files: [scores.csv](scores.csv), [scores.json](scores.json)"
               + (", [evaluation.json](evaluation.json)" if evaluation else "") + ".", ""]
     return "\n".join(lines)
@@ -235,3 +265,95 @@ def _evaluation_section(evaluation: Evaluation, grid: Path | None) -> list[str]:
         lines += ["", f"![samples: same seeds down each column]({grid.name})"]
     return lines
 
+
+# ----- Pareto view: objective vs an independent yardstick on fresh seeds ---------------------------------
+def yardstick(evaluation: Evaluation) -> tuple[str, bool] | None:
+    """The independent metric to plot against the objective: (name, lower_is_better). The first set-level
+    or per-image metric the evaluation has; "lower is better" is read from its name (e.g. FD)."""
+    names = [m for r in evaluation.settings.values() for m in r.metrics]
+    if not names:
+        return None
+    fd_like = [m for m in names if "lower is better" in m]
+    name = fd_like[0] if fd_like else names[0]
+    return name, "lower is better" in name
+
+
+def _better(a: float, b: float, lower: bool) -> bool:
+    return a < b if lower else a > b
+
+
+def dominance(evaluation: Evaluation, found: str = "found head set") -> list[dict[str, Any]]:
+    """Every other setting that beats `found` on both axes: objective (paired difference over the same
+    fresh samples, 95 % interval) and yardstick (point estimates and intervals). `beyond_noise` when the
+    objective interval excludes 0 and the yardstick intervals do not overlap."""
+    stick = yardstick(evaluation)
+    if stick is None or found not in evaluation.settings:
+        return []
+    name, lower = stick
+    f = evaluation.settings[found].metrics[name]
+    out = []
+    for other, r in evaluation.settings.items():
+        if other == found or other.startswith("best layer") or name not in r.metrics:
+            continue
+        diff = evaluation.difference(other, found)
+        m = r.metrics[name]
+        if diff.mean > 0 and _better(m.mean, f.mean, lower):
+            separated = (m.high < f.low) if lower else (m.low > f.high)
+            out.append({"setting": other, "objective_diff": diff, "yardstick": m, "found_yardstick": f,
+                        "beyond_noise": bool(diff.low > 0 and separated)})
+    return out
+
+
+def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
+    """Objective (x, higher is better) vs the yardstick (y) on fresh seeds, 95 % intervals as error bars,
+    for no guidance, every whole layer, each round's set and the found set; the Pareto front is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name, lower = yardstick(evaluation)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    points = []
+    for setting, r in evaluation.settings.items():
+        if name not in r.metrics or setting.startswith("best layer"):
+            continue
+        o, m = r.objective, r.metrics[name]
+        color = "tab:blue" if setting == "found head set" else "tab:green" if setting.startswith("round") else \
+            "gray" if setting == "no guidance" else "tab:red"
+        ax.errorbar(o.mean, m.mean, xerr=[[o.mean - o.low], [o.high - o.mean]], yerr=[[m.mean - m.low], [m.high - m.mean]],
+                    fmt="o", color=color, capsize=2, markersize=5)
+        ax.annotate(setting.replace("layer ", ""), (o.mean, m.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        points.append((o.mean, m.mean if not lower else -m.mean))
+    front = sorted(p for p in points if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in points))
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] if not lower else -p[1] for p in front], "k--", linewidth=0.8, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"{evaluation.objective} (higher is better)")
+    ax.set_ylabel(name)
+    ax.set_title("fresh seeds: objective vs independent yardstick (blue: found set, green: earlier rounds, red: layers)", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def _pareto_section(evaluation: Evaluation, pareto: Path | None) -> list[str]:
+    stick = yardstick(evaluation)
+    if stick is None or "found head set" not in evaluation.settings:
+        return []
+    name, lower = stick
+    lines = ["", f"## Does any whole layer dominate the found set? (objective vs {name}, fresh seeds)", ""]
+    rivals = dominance(evaluation)
+    layers = [d for d in rivals if d["setting"].startswith("layer ")]
+    if not layers:
+        lines.append(f"**No whole layer dominates the found head set**: none is better on both {evaluation.objective} and {name}.")
+    for d in layers:
+        diff, m, f = d["objective_diff"], d["yardstick"], d["found_yardstick"]
+        how = "beyond noise" if d["beyond_noise"] else "on point estimates only (within noise)"
+        lines.append(f"- **{d['setting']} dominates the found set {how}**: objective {diff.mean:+.4g} (95 % CI "
+                     f"[{diff.low:+.4g}, {diff.high:+.4g}]), {name} {m.mean:.4g} [{m.low:.4g}, {m.high:.4g}] vs "
+                     f"{f.mean:.4g} [{f.low:.4g}, {f.high:.4g}].")
+    for d in rivals:
+        if not d["setting"].startswith("layer "):
+            lines.append(f"- {d['setting']} is also better on both axes ({'beyond noise' if d['beyond_noise'] else 'within noise'}).")
+    if pareto is not None:
+        lines += ["", f"![objective vs {name}]({pareto.name})"]
+    return lines

@@ -11,24 +11,29 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
 from . import _headset_io as io
+from . import _runner
 from ._files import read_json
-from ._runner import Row, run_batches
+from ._runner import Row
 from ._version import __version__
 from .errors import SearchError
 from .headset import HeadSet
-from .objective_expr import Composite, combine, components, expression
+from .distributed import Context, context
+from .objective_expr import components, expression, leaves
 from .registry import get_registry
+from .schedule import REFERENCE, run_round
 from .schema import GenerationSettings, SearchProvenance
 from .sites import Site, format_notation, parse_notation
+from .stats import Estimate, objective_value, paired_difference
 
 STATE_NAME = "state.json"
 #: Largest checkpoint read (a paper-scale search, 1,368 candidates x 3 rounds x 100 images, is ~30 MB).
@@ -53,18 +58,41 @@ class SearchSettings(GenerationSettings):
                             description="SoftPAG strength u of every selected head")
     candidates: list[str] = Field(description="candidate heads in paper notation, in pool order")
     layer_baselines: bool = Field(default=True, description="also score every whole layer (layer-level PAG)")
+    schedule: Literal["exhaustive", "racing"] = Field(
+        default="exhaustive", description="exhaustive: every candidate on every pair (Algorithm 1); racing: adaptive")
+    first_pairs: int = Field(default=8, ge=2, description="racing: pairs every candidate gets first")
+    budget: float = Field(default=1.0, gt=0.0, le=1.0, description="racing: most images per round, as a fraction of the exhaustive round's")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="level of the paired intervals (racing drops, leaders)")
     batch_size: int = Field(ge=1, description="images per pipeline call")
 
 
 @dataclass
 class RoundResult:
-    """One greedy round: every candidate's mean score (with S), and the heads added."""
+    """One greedy round: every candidate's score (with S) and the heads added, with the statistics.
+
+    scores: objective of S ∪ {c} on the candidate's pairs (pairs[c]: all M for the exhaustive schedule,
+    fewer for a candidate racing dropped); vs_set: paired difference (S ∪ {c}) − S on those pairs with its
+    interval; dropped: candidate -> pairs it had when racing dropped it; leaders: the candidates the data
+    cannot tell apart from the selection (paired interval vs the weakest selected head includes 0);
+    stability: bootstrap frequency with which the selection is exactly the top k (frequency: per candidate,
+    of being in the top k); images: images generated in the round (candidate_images: the schedule's count).
+    set_score, set_vs_baseline: the new S on the round's final pairs, and its paired gain over no guidance."""
 
     index: int
     selected_before: list[str]
     scores: dict[str, float]
     added: list[str]
     set_score: float
+    pairs: dict[str, int] = field(default_factory=dict)
+    vs_set: dict[str, Estimate] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    leaders: list[str] = field(default_factory=list)
+    stability: float = float("nan")
+    frequency: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    candidate_images: int = 0
+    stages: list[int] = field(default_factory=list)
+    set_vs_baseline: Estimate | None = None
 
 
 @dataclass
@@ -78,6 +106,7 @@ class HuntResult:
     settings: SearchSettings
     sites: list[Site]
     out_dir: Path | None
+    evaluation: Any = None  #: the fresh-seed Evaluation, when `headhunter.hunt` made one
 
     def score_table(self) -> list[dict[str, Any]]:
         """One row per (round, candidate head): layer, head, score, whether it was added."""
@@ -141,8 +170,9 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
     pool_size = len(settings.candidates)
     if settings.rounds * settings.top_k > pool_size:
         raise SearchError(f"rounds x top_k = {settings.rounds * settings.top_k} heads asked for, but the pool has only {pool_size} candidates")
-    state = _State.open(Path(out_dir) if out_dir else None, settings, resume)
-    loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress)
+    ctx = context()
+    state = _State.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
+    loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
     result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
     return result
@@ -209,19 +239,30 @@ class _State:
         self.path, self.settings, self.data = path, settings, data
 
     @classmethod
-    def open(cls, out_dir: Path | None, settings: SearchSettings, resume: bool) -> _State:
+    def open(cls, out_dir: Path | None, settings: SearchSettings, resume: bool, ctx: Context | None = None) -> _State:
+        """Rank 0 reads (or starts) the checkpoint and hands its content to every rank; only rank 0 keeps a
+        path, so only rank 0 ever writes. SearchError if the checkpoint was made with other settings."""
+        ctx = ctx or Context()
         fresh = {"settings": settings.model_dump(), "library_version": __version__, "units": {}, "done_batches": {}}
         if out_dir is None:
             return cls(None, settings, fresh)
         path = out_dir / STATE_NAME
-        if (path.exists() or path.is_symlink()) and resume:
-            data = read_checkpoint(path)
-            _require_same_settings(data["settings"], settings.model_dump(mode="json"), out_dir)
-            return cls(path, settings, data)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        state = cls(path, settings, fresh)
-        state.save()
-        return state
+        data: Any = None
+        if ctx.is_main:
+            try:
+                if (path.exists() or path.is_symlink()) and resume:
+                    data = read_checkpoint(path)
+                    _require_same_settings(data["settings"], settings.model_dump(mode="json"), out_dir)
+                else:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    data = fresh
+                    io.write_atomic(path, json.dumps(data).encode())
+            except SearchError as exc:
+                data = exc
+        data = ctx.broadcast(data)
+        if isinstance(data, SearchError):
+            raise data
+        return cls(path if ctx.is_main else None, settings, data)
 
     def save(self) -> None:
         if self.path is not None:
@@ -230,15 +271,12 @@ class _State:
     def batch_done(self, phase: str, start: int) -> bool:
         return start in self.data["done_batches"].get(phase, [])
 
-    def record(self, phase: str, start: int, scores: dict[str, dict[int, float]]) -> None:
+    def record(self, phase: str, start: int, scores: dict[str, dict[int, Any]], save: bool = True) -> None:
         for unit, per_pair in scores.items():
             self.data["units"].setdefault(unit, {}).update({str(k): v for k, v in per_pair.items()})
         self.data["done_batches"].setdefault(phase, []).append(start)
-        self.save()
-
-    def unit_scores(self, unit: str) -> list[dict[str, float]]:
-        per_pair = self.data["units"].get(unit, {})
-        return [per_pair[k] for k in sorted(per_pair, key=int)]
+        if save:
+            self.save()
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -300,17 +338,26 @@ def _require_same_settings(saved: dict[str, Any], wanted: dict[str, Any], out_di
 
 
 # ----- the search ----------------------------------------------------------------------------------------
+def set_key(heads: Sequence[str]) -> str:
+    """The checkpoint key of a head set's images: its heads sorted, or `baseline` for the empty set.
+    Keys name content, so S ∪ {h} of one round and S of the next share their images."""
+    return "+".join(sorted(heads, key=lambda h: parse_notation(h)[:2])) if heads else BASELINE
+
+
 class _Search:
-    def __init__(self, pipe, sites, architecture, settings, objective, state, progress) -> None:
+    def __init__(self, pipe, sites, architecture, settings, objective, state, progress, ctx) -> None:
         self.pipe, self.sites, self.architecture = pipe, sites, architecture
-        self.settings, self.objective, self.state = settings, objective, state
+        self.settings, self.objective, self.state, self.ctx = settings, objective, state, ctx
         self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
         self.gen = generation_settings(settings)
+        self.leaves = list(leaves(objective))
+        self.covered: set[tuple[str, int]] = set()
+        self.images = 0
         total_units = 1 + (len(sites) if settings.layer_baselines else 0)
         total_units += sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
         total_units += settings.rounds if settings.top_k > 1 else 0
-        self.bar = tqdm(total=total_units * len(self.pairs), desc="headhunter", unit="img", disable=not progress)
-        self.bar.update(sum(len(v) for v in state.data["units"].values()))
+        self.bar = tqdm(total=total_units * len(self.pairs), desc="headhunter", unit="img",
+                        disable=not (progress and ctx.is_main))
 
     def headset(self, heads: Sequence[str], name: str = "candidate") -> HeadSet:
         u = self.settings.strength
@@ -322,65 +369,102 @@ class _Search:
         return HeadSet.from_heads([(layer, h, u) for h in range(self.sites[layer].num_heads)], sites=self.sites,
                                   architecture=self.architecture, name=f"L{layer}")
 
-    def score_units(self, phase: str, units: dict[str, HeadSet | None]) -> dict[str, float]:
-        """Mean objective per unit over all prompt-seed pairs (generating only what is not checkpointed)."""
-        keys = list(units)
-        rows = [Row(units[k], p, s) for k in keys for p, s in self.pairs]
-        m = len(self.pairs)
+    def fetch(self, phase: str, units: dict[str, tuple[HeadSet | None, int]]) -> None:
+        """Make sure each unit has scores on its first n pairs: generate what no earlier phase covered.
 
-        def on_batch(start: int, images: torch.Tensor) -> None:
-            batch_rows = rows[start : start + len(images)]
-            leaf_scores = components(self.objective, images, [r.prompt for r in batch_rows])
-            per_unit: dict[str, dict[int, dict[str, float]]] = {}
-            for leaf, values in leaf_scores.items():
-                for offset, value in enumerate(values.double().cpu().tolist()):
-                    index = start + offset
-                    if not math.isfinite(value):
-                        raise SearchError(f"objective {leaf!r} returned {value} for unit {keys[index // m]}")
-                    per_unit.setdefault(keys[index // m], {}).setdefault(index % m, {})[leaf] = value
-            self.state.record(phase, start, per_unit)
-            self.bar.update(len(images))
+        The rows of a phase depend only on earlier phases (replayed identically on resume), so they are cut
+        into the same fixed slices every time; finished slices are skipped, the others are dealt out to
+        the ranks round-robin, and every rank records every slice's scores (rank 0 writes the checkpoint)."""
+        rows, keys = [], []
+        for unit, (headset, n) in units.items():
+            for index in range(n):
+                if (unit, index) not in self.covered:
+                    prompt, seed = self.pairs[index]
+                    rows.append(Row(headset, prompt, seed))
+                    keys.append((unit, index))
+        self.covered.update(keys)
+        size = self.settings.batch_size
+        pending = [start for start in range(0, len(rows), size) if not self.state.batch_done(phase, start)]
+        world, rank = self.ctx.world, self.ctx.rank
+        for group in range(0, len(pending), world):
+            starts = pending[group : group + world]
+            mine = starts[rank] if rank < len(starts) else None
+            result = None
+            if mine is not None:
+                images = _runner.generate_rows(self.pipe, rows[mine : mine + size], self.gen)
+                result = (mine, self.score_images(images, rows[mine : mine + size], keys[mine : mine + size]))
+            for item in self.ctx.all_gather(result):
+                if item is not None:
+                    start, per_unit = item
+                    self.state.record(phase, start, per_unit, save=False)
+                    self.images += sum(len(v) for v in per_unit.values())
+                    self.bar.update(sum(len(v) for v in per_unit.values()))
+            if self.ctx.is_main:
+                self.state.save()
 
-        run_batches(self.pipe, rows, self.gen, self.settings.batch_size, on_batch,
-                    skip=lambda start: self.state.batch_done(phase, start))
-        return {k: self.unit_score(k) for k in keys}
+    def score_images(self, images: torch.Tensor, rows: list[Row], keys: list[tuple[str, int]]) -> dict[str, dict[int, dict[str, float]]]:
+        leaf_scores = components(self.objective, images, [r.prompt for r in rows])
+        per_unit: dict[str, dict[int, dict[str, float]]] = {}
+        for leaf, values in leaf_scores.items():
+            for (unit, index), value in zip(keys, values.double().cpu().tolist()):
+                if not math.isfinite(value):
+                    raise SearchError(f"objective {leaf!r} returned {value} for {unit} on pair {index}")
+                per_unit.setdefault(unit, {}).setdefault(index, {})[leaf] = value
+        return per_unit
 
-    def unit_score(self, unit: str) -> float:
-        """The objective of a unit: each leaf scorer averaged over the M images, then combined (as the
-        paper's code does for harmonic means and gates; for a plain objective this is just the mean)."""
-        per_pair = self.state.unit_scores(unit)
-        if len(per_pair) != len(self.pairs):
-            raise SearchError(f"internal: unit {unit} has {len(per_pair)} of {len(self.pairs)} scores")
-        means = {leaf: _mean([p[leaf] for p in per_pair]) for leaf in per_pair[0]}
-        if not isinstance(self.objective, Composite):
-            (value,) = means.values()
-            return value
-        return float(combine(self.objective, {k: torch.tensor(v, dtype=torch.float64) for k, v in means.items()}))
+    def scores(self, unit: str, n: int) -> np.ndarray:
+        """Leaf scores of a unit on its first n pairs, [n, leaves]."""
+        per_pair = self.state.data["units"].get(unit, {})
+        try:
+            return np.array([[per_pair[str(i)][leaf] for leaf in self.leaves] for i in range(n)], dtype=np.float64)
+        except KeyError as exc:
+            raise SearchError(f"internal: unit {unit} lacks the score {exc} (the checkpoint is incomplete)") from None
+
+    def value(self, unit: str, n: int | None = None) -> float:
+        """The objective of a unit on its first n pairs (default all): each leaf averaged, then combined."""
+        return float(objective_value(self.objective, self.scores(unit, n or len(self.pairs)).mean(0), self.leaves))
 
     def run(self, name: str) -> HuntResult:
         s = self.settings
-        units: dict[str, HeadSet | None] = {BASELINE: None}
+        m = len(self.pairs)
+        units: dict[str, tuple[HeadSet | None, int]] = {BASELINE: (None, m)}
         if s.layer_baselines:
-            units.update({f"L{i}": self.layer_headset(i) for i in range(len(self.sites))})
-        reference = self.score_units("reference", units)
-        baseline = reference.pop(BASELINE)
+            units.update({f"L{i}": (self.layer_headset(i), m) for i in range(len(self.sites))})
+        self.fetch("reference", units)
+        baseline = self.value(BASELINE)
+        layer_scores = {k: self.value(k) for k in units if k != BASELINE}
         selected: list[str] = []
         rounds: list[RoundResult] = []
         for r in range(s.rounds):
             pool = [c for c in s.candidates if c not in selected]
-            cands = {f"r{r}:{c}": self.headset(selected + [c]) for c in pool}
-            scores = {k.split(":", 1)[1]: v for k, v in self.score_units(f"round{r}", cands).items()}
-            ranked = sorted(pool, key=lambda c: (-scores[c], pool.index(c)))
-            added = ranked[: s.top_k]
             before = list(selected)
-            selected += added
-            if s.top_k == 1:
-                set_score = scores[added[0]]
-            else:
-                set_score = self.score_units(f"set{r}", {f"set{r}": self.headset(selected)})[f"set{r}"]
-            rounds.append(RoundResult(r, before, scores, added, set_score))
+            names = {c: set_key(before + [c]) for c in pool}
+            names[REFERENCE] = set_key(before)
+
+            def fetch(wanted: dict[str, int], r=r, names=names, before=before) -> None:
+                n = max(wanted.values())
+                self.fetch(f"round{r}:{n}", {names[c]: (self.headset(before + ([] if c == REFERENCE else [c])), k)
+                                             for c, k in wanted.items()})
+
+            images_before = self.images
+            outcome = run_round(pool, fetch, lambda c, n, names=names: self.scores(names[c], n), total_pairs=m,
+                                top_k=s.top_k, objective=self.objective, leaves=self.leaves, schedule=s.schedule,
+                                first_pairs=s.first_pairs, budget=s.budget, level=s.confidence)
+            selected += outcome.selected
+            n_final = outcome.stages[-1]
+            key = set_key(selected)
+            if s.top_k > 1:
+                self.fetch(f"set{r}", {key: (self.headset(selected), n_final)})
+            set_score = self.value(key, n_final)
+            set_vs_baseline = paired_difference(self.scores(key, n_final), self.scores(BASELINE, n_final),
+                                                self.objective, self.leaves, s.confidence)
+            rounds.append(RoundResult(r, before, outcome.scores, outcome.selected, set_score, pairs=outcome.pairs,
+                                      vs_set=outcome.vs_set, dropped=outcome.dropped, leaders=outcome.leaders,
+                                      stability=outcome.stability, frequency=outcome.frequency,
+                                      images=self.images - images_before, candidate_images=outcome.images,
+                                      stages=outcome.stages, set_vs_baseline=set_vs_baseline))
         self.bar.close()
-        return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, reference, s, self.sites, None)
+        return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, layer_scores, s, self.sites, None)
 
     def found(self, selected: list[str], rounds: list[RoundResult], baseline: float, name: str) -> HeadSet:
         s = self.settings
@@ -397,9 +481,3 @@ class _Search:
             guidance=s.guidance,
             search=provenance, tags=["headhunter", "search"],
         )
-
-
-def _mean(values: list[float]) -> float:
-    if not values:
-        raise SearchError("internal: a unit has no scores")
-    return math.fsum(values) / len(values)

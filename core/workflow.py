@@ -14,11 +14,15 @@ from typing import Any
 
 from . import _headset_io as io
 from ._runner import auto_batch_size
+from .distributed import DistributedError, context
 from .errors import SearchError
 from .evaluation import evaluate_result, evaluation_summary
 from .registry import get_registry
 from .schema import GuidanceSettings, PerturbationSpec, validated
 from .search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
+
+
+RECIPES = ("greedy", "quality")
 
 
 def model_defaults(pipe: Any) -> dict[str, Any]:
@@ -54,6 +58,11 @@ def hunt(
     report: bool = True,
     candidates_from: Any = None,
     effect: str | None = None,
+    schedule: str | None = None,
+    budget: float | None = None,
+    first_pairs: int | None = None,
+    confidence: float = 0.95,
+    recipe: str = "greedy",
 ) -> HuntResult:
     """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
 
@@ -67,7 +76,17 @@ def hunt(
     CSV/JSON), then the head set (headset.safetensors, headset.json). candidates_from + effect: keep only
     the candidates a head atlas (an Atlas or its folder, docs/atlas.md) labels `effect`, in pool order.
     Raises SearchError on bad settings (and when the atlas leaves no candidate).
+
+    schedule: "exhaustive" (every candidate on every pair: Algorithm 1) or "racing" (adaptive: drop what is
+    confidently behind, add pairs to the rest; default: the model's, else exhaustive); budget: racing's
+    most images per round as a fraction of the exhaustive round's; first_pairs: racing's first stage;
+    confidence: level of every paired interval. recipe: "greedy" (R rounds of top_k, the default) or
+    "quality" (the paper's general-quality recipe, App. D.1: one round, the top k heads (default 4) combined
+    at u = 0.25, unless rounds, top_k or strength are given). Under torchrun every rank runs this same
+    call: batches are shared out, rank 0 alone writes files (docs/search.md).
     """
+    if recipe not in RECIPES:
+        raise SearchError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     # Settings that do not depend on the model are checked before it loads (and before anything is written).
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
@@ -76,6 +95,9 @@ def hunt(
     objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.get("objective"))
     prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
     seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
+    if recipe == "quality":
+        rounds, top_k, strength = rounds or 1, top_k or 4, strength or 0.25
+    schedule = schedule or defaults.get("schedule", "exhaustive")
     rounds, top_k, strength, scale, steps = (
         value if value is not None else defaults.get(key, fallback)
         for key, value, fallback in (("rounds", rounds, 1), ("top_k", top_k, 1), ("strength", strength, 1.0),
@@ -96,7 +118,8 @@ def hunt(
         strength=strength, steps=steps, guidance=dict(scale=scale, cfg=cfg, scope=scope),
         perturbation=dict(name=perturbation, params=perturbation_params or {}), candidates=pool,
         layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
-        pipeline_kwargs=pipeline_kwargs or {},
+        pipeline_kwargs=pipeline_kwargs or {}, schedule=schedule, budget=budget or defaults.get("budget", 1.0),
+        first_pairs=first_pairs or defaults.get("first_pairs", 8), confidence=confidence,
     )
     fresh = fresh_seeds(eval_seeds, defaults, seeds) if out_dir and report else None
     if fresh is not None and defaults.get("set_metrics") and len(prompts) * len(fresh) < 2:
@@ -105,26 +128,34 @@ def hunt(
             f"but {len(prompts)} prompt(s) x {len(fresh)} evaluation seed(s) give {len(prompts) * len(fresh)}; "
             "give more evaluation seeds (e.g. '100-131'), or skip the evaluation (report=False, --no-report)"
         )
+    ctx = context()
     result = search(pipe, settings, objective_obj, out_dir=out_dir, resume=resume, progress=progress, name=name)
-    if out_dir:
-        out = Path(out_dir)
+    if not out_dir:
+        return result
+    out = Path(out_dir)
+    if ctx.is_main:
         save_headset(result, out)  # what took time is on disk first
-        if report:
-            try:
-                evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
-                                             set_metrics=defaults.get("set_metrics", {}), progress=progress)
-                result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
-                    update={"evaluation": evaluation_summary(evaluation)}))
+    if report:
+        try:
+            # every rank evaluates (the evaluation is sharded); rank 0 alone writes
+            evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
+                                         set_metrics=defaults.get("set_metrics", {}), progress=progress and ctx.is_main)
+            result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
+                update={"evaluation": evaluation_summary(evaluation)}))
+            result.evaluation = evaluation
+            if ctx.is_main:
                 save_headset(result, out)
                 from .report import write_report
 
                 write_report(result, out, evaluation)
-            except Exception as err:  # noqa: BLE001 - whatever failed, say where the found head set is
-                raise SearchError(
-                    f"the search finished and its head set {result.headset.notation()} is saved in "
-                    f"{out / io.WEIGHTS_NAME}, but the evaluation or report then failed: {type(err).__name__}: "
-                    f"{' '.join(str(err).split())[:300]}"
-                ) from err
+        except DistributedError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever failed, say where the found head set is
+            raise SearchError(
+                f"the search finished and its head set {result.headset.notation()} is saved in "
+                f"{out / io.WEIGHTS_NAME}, but the evaluation or report then failed: {type(err).__name__}: "
+                f"{' '.join(str(err).split())[:300]}"
+            ) from err
     return result
 
 

@@ -230,3 +230,28 @@ def test_search_evaluation_and_report_are_separate_steps(tmp_path):
     evaluation = evaluate_result(pipe, result, Brightness(), [50, 51], progress=False)
     write_report(result, tmp_path, evaluation)
     assert (tmp_path / "index.md").is_file() and "found head set" in (tmp_path / "index.md").read_text()
+
+
+def test_racing_drops_what_is_confidently_behind_and_reports_its_evidence():
+    """Racing = exhaustive on the first pairs; candidates it drops were behind the leader on those pairs;
+    every candidate carries a paired interval vs S; leaders include the selection; stability in [0, 1]."""
+    pipe = tiny_digits_pipe()
+    settings = {**SETTINGS, "seeds": list(range(8))}
+    full = hunt(pipe, Brightness(), rounds=1, batch_size=32, schedule="exhaustive", **settings)
+    race = hunt(pipe, Brightness(), rounds=1, batch_size=32, schedule="racing", first_pairs=4, **settings)
+    r, f = race.rounds[0], full.rounds[0]
+    assert r.stages[0] == 4 and set(r.scores) == set(f.scores)
+    assert r.images < f.images == 6 * 16
+    for head, n in r.pairs.items():
+        assert n in r.stages and r.vs_set[head].n == n
+        assert n == r.stages[-1] or head in r.dropped
+    assert r.added[0] in r.leaders and set(r.leaders) <= set(r.scores) - set(r.dropped)
+    assert 0.0 <= r.stability <= 1.0 and r.frequency[r.added[0]] >= r.stability
+    # the exhaustive schedule: every candidate on all pairs, its interval is the paired t interval
+    import numpy as np
+
+    d = f.vs_set[f.added[0]]
+    assert d.mean == pytest.approx(f.scores[f.added[0]] - full.baseline_score, abs=1e-9)
+    assert d.n == 16 and d.low < d.mean < d.high
+    assert f.set_vs_baseline.mean == pytest.approx(f.set_score - full.baseline_score, abs=1e-9)
+    assert all(0.0 <= v <= 1.0 for v in f.frequency.values()) and np.isclose(sum(f.frequency.values()), 1.0)

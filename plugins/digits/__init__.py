@@ -29,7 +29,10 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 DEMO_DEFAULTS: dict[str, Any] = {
     "objective": "digit-logprob",
     "prompts": [""],
-    "seeds": list(range(40)),
+    "seeds": list(range(64)),
+    "schedule": "racing",
+    "budget": 0.5,
+    "first_pairs": 8,
     "eval_seeds": list(range(10_000, 10_128)),
     "metrics": ["digit-confidence"],
     "rounds": 2,

@@ -1,0 +1,76 @@
+"""Search statistics against explicit references: t quantiles (published table values), the paired t
+interval written out by hand, the bootstrap for composite objectives, selection stability, Kendall tau."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from headhunter.errors import SearchError
+from headhunter.objective import Objective
+from headhunter.objective_expr import HarmonicMean
+from headhunter.stats import kendall_tau, paired_difference, selection_frequency, t_quantile
+
+
+class Leaf(Objective):
+    def __init__(self, name):
+        self.name = name
+
+    def score(self, images, prompts):  # never called: the statistics work on stored scores
+        raise AssertionError
+
+
+@pytest.mark.parametrize("dof,expected", [(1, 12.7062047), (2, 4.3026527), (3, 3.1824463), (5, 2.5705818),
+                                          (10, 2.2281389), (30, 2.0422725), (63, 1.9983405)])
+def test_t_quantile_matches_published_tables(dof, expected):
+    assert t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-6)
+    assert t_quantile(0.025, dof) == pytest.approx(-expected, abs=2e-6)
+
+
+def test_paired_difference_is_the_t_interval_of_per_pair_differences():
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(12, 1))
+    a = b + 0.3 + 0.1 * rng.normal(size=(12, 1))  # shared seed noise cancels in the paired difference
+    est = paired_difference(a, b, Leaf("x"), ["x"])
+    d = (a - b)[:, 0]
+    half = 2.2009852 * d.std(ddof=1) / math.sqrt(12)  # t(0.975, 11)
+    assert est.mean == pytest.approx(d.mean()) and est.n == 12
+    assert (est.low, est.high) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-6)
+    unpaired_half = 2.2009852 * math.sqrt(a.var(ddof=1) / 12 + b.var(ddof=1) / 12)
+    assert half < unpaired_half / 3
+    one = paired_difference(a[:1], b[:1], Leaf("x"), ["x"])
+    assert math.isinf(one.low) and math.isinf(one.high)
+    with pytest.raises(SearchError, match="equal shapes"):
+        paired_difference(a, b[:5], Leaf("x"), ["x"])
+
+
+def test_composite_difference_is_the_formula_of_means_with_a_bootstrap_interval():
+    objective = HarmonicMean([Leaf("p"), Leaf("q")])
+    leaves = ["p", "q"]
+    rng = np.random.default_rng(1)
+    b = rng.uniform(0.2, 0.8, size=(40, 2))
+    a = b + 0.05
+    est = paired_difference(a, b, objective, leaves)
+    hm = lambda m: 2 / (1 / m[0] + 1 / m[1])  # noqa: E731
+    assert est.mean == pytest.approx(hm(a.mean(0)) - hm(b.mean(0)))
+    assert est.low < est.mean < est.high and est.low > 0  # a is better on every pair
+
+
+def test_selection_frequency_counts_bootstrap_top_k():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(30, 1))
+    scores = {"clear": base + 1.0, "noise1": base + 0.01 * rng.normal(size=(30, 1)),
+              "noise2": base + 0.01 * rng.normal(size=(30, 1))}
+    exact, freq = selection_frequency(scores, Leaf("x"), ["x"], 1, ["clear"])
+    assert exact == 1.0 and freq["clear"] == 1.0 and freq["noise1"] == 0.0
+    exact, freq = selection_frequency({k: v for k, v in scores.items() if k != "clear"}, Leaf("x"), ["x"], 1, ["noise1"])
+    assert 0.05 < exact < 0.95 and freq["noise1"] + freq["noise2"] == pytest.approx(1.0)
+
+
+def test_kendall_tau_reference_values():
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3, 4, 5], [3, 4, 1, 2, 5]) == pytest.approx(0.2)  # 6 concordant, 4 discordant
+    assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / math.sqrt(3 * 2))  # tau-b with a tie
