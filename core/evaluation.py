@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._runner import GenerationSettings, Row, run_batches
+from ._runner import GenerationSettings, Row
 from .errors import SearchError
 from .stats import Estimate
 
@@ -78,20 +78,29 @@ def evaluate(
 
     headsets: name -> HeadSet or None (unguided). metrics: extra per-image objectives (name -> Objective);
     set_metrics: set-level metrics such as a Fréchet distance. Intervals are 95 % bootstrap over samples.
+    Under torchrun (`headhunter.distributed`) the fixed batches are dealt out to the ranks and the images
+    all-gathered, so every rank returns the same Evaluation, equal to a single process's.
     """
+    from . import _runner
+    from .distributed import context
+
+    ctx = context()
     pairs = [(p, int(s)) for p in prompts for s in seeds]
     results = {}
     for name, headset in headsets.items():
         rows = [Row(headset, p, s) for p, s in pairs]
-        chunks: list[torch.Tensor] = []
-
-        def collect(start: int, images: torch.Tensor) -> None:
-            chunks.append(images)
-            if progress is not None:
-                progress(len(images))
-
-        run_batches(pipe, rows, generation, batch_size, collect)
-        images = torch.cat(chunks)
+        starts = list(range(0, len(rows), batch_size))
+        chunks: dict[int, torch.Tensor] = {}
+        for group in range(0, len(starts), ctx.world):
+            mine = starts[group : group + ctx.world]
+            start = mine[ctx.rank] if ctx.rank < len(mine) else None
+            made = None if start is None else _runner.generate_rows(pipe, rows[start : start + batch_size], generation)
+            for got_start, images in ctx.all_gather((start, made)):
+                if got_start is not None:
+                    chunks[got_start] = images
+                    if progress is not None:
+                        progress(len(images))
+        images = torch.cat([chunks[start] for start in starts])
         results[name] = _score(name, images, [p for p, _ in pairs], objective, metrics or {}, set_metrics or {}, keep_images)
     return Evaluation(results, list(prompts), [int(s) for s in seeds], str(getattr(objective, "name", objective)))
 

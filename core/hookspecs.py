@@ -59,10 +59,10 @@ def search_defaults(model: Any) -> dict[str, Any] | None:
     """Return what `headhunter.hunt` uses for `model` when not told otherwise, or None if not your model.
 
     Keys (all optional): objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, top_k,
-    strength, scale, steps, atlas (`headhunter.registry.SEARCH_DEFAULT_KEYS`). `atlas` is a dict for
-    `headhunter.atlas` (all optional): prompts, seeds, objectives, strength, scale, steps, words
-    ({statistic: (word up, word down)}), and classes (a name) with classify (images -> int64 [B] class
-    ids) for the "changes the <class>" measure. Two plugins answering for one model is an error.
+    strength, scale, steps, schedule, budget, first_pairs, atlas (`headhunter.registry.SEARCH_DEFAULT_KEYS`).
+    `atlas` is a dict for `headhunter.atlas` (all optional): prompts, seeds, objectives, strength, scale,
+    steps, words ({statistic: (word up, word down)}), and classes (a name) with classify (images -> int64
+    [B] class ids) for the "changes the <class>" measure. Two plugins answering for one model is an error.
     """
 
 
