@@ -16,14 +16,14 @@ def load_headset(
     source: str | Path,
     weight_name: str | None = None,
     revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | None = None,
-    local_files_only: bool = False,
+    **hub_kwargs: Any,
 ) -> HeadSet:
     """Load a head set from a local file/folder, a shipped preset (`preset:NAME`) or a Hub repo (`user/repo`).
 
     Local paths win: an existing path is always read as a file. The Hub arguments follow diffusers'
-    `load_lora_weights` (explicit `weight_name`, else the single head-set file in the repo).
+    `load_lora_weights` (explicit `weight_name`, else the single head-set file in the repo); `hub_kwargs`
+    (`cache_dir`, `token`, `local_files_only`) go unchanged to `headhunter.hub.download_headset`, the one
+    place that lists them (an unknown keyword is a TypeError there).
     """
     text = str(source)
     if Path(text).exists():
@@ -35,10 +35,7 @@ def load_headset(
     if _looks_like_repo_id(text):
         from .hub import load_from_hub
 
-        return load_from_hub(
-            text, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token,
-            local_files_only=local_files_only,
-        )
+        return load_from_hub(text, weight_name=weight_name, revision=revision, **hub_kwargs)
     raise HeadSetError(
         f"head set {text!r} not found: not an existing file or folder, not 'preset:NAME' "
         "(see `headhunter presets`), not a Hub repo id 'user/repo'"

@@ -197,21 +197,15 @@ def load_from_hub(
     *,
     weight_name: str | None = None,
     revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | None = None,
-    local_files_only: bool = False,
+    **hub_kwargs: Any,
 ) -> HeadSet:
     """Download (or take from the cache) a head set from a Hub repo and read it.
 
     `revision` is a branch, tag or commit id (a commit id pins the exact file). Offline, the name comes
-    from the cached snapshot; see the module docstring for the resolution rules.
+    from the cached snapshot; see the module docstring for the resolution rules. `hub_kwargs`
+    (`cache_dir`, `token`, `local_files_only`) are passed to `download_headset` unchanged.
     """
-    from .headset import HeadSet
-
-    path, filename = download_headset(
-        repo_id, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token,
-        local_files_only=local_files_only,
-    )
+    path, filename = download_headset(repo_id, weight_name=weight_name, revision=revision, **hub_kwargs)
     return read_downloaded(path, repo_id, filename, revision)
 
 

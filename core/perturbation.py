@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from .errors import PluginError
 
@@ -53,17 +53,9 @@ class Perturbation(ABC):
     needs_grid: bool = False
 
     def __init__(self, **params: Any) -> None:
-        try:
-            self.params = self.Params(**params)
-        except ValidationError as err:
-            fields = ", ".join(
-                f"{k} ({f.description or f.annotation})" for k, f in self.Params.model_fields.items()
-            ) or "none"
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in err.errors())
-            raise PluginError(
-                f"invalid parameters {params!r} for perturbation {self.name!r}: {problems}. "
-                f"Allowed parameters: {fields}"
-            ) from None
+        from .schema import plugin_params
+
+        self.params = plugin_params(self.Params, PluginError, f"perturbation {self.name!r}", params)
 
     @abstractmethod
     def target(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

@@ -9,6 +9,7 @@ version is refused. docs/format.md documents every field.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from typing import TypeVar
@@ -159,6 +160,22 @@ def validated(model: type[M], error: type[Exception], /, **values: Any) -> M:
         return model(**values)
     except ValidationError as exc:
         raise error(describe_validation(exc, model)) from None
+
+
+def plugin_params(model: type[M], error: type[Exception], what: str, params: Mapping[str, Any]) -> M:
+    """A plugin's parameters (a perturbation's, an objective's) validated once: `model(**params)`.
+
+    A bad or unknown parameter raises `error` naming `what` (e.g. "objective 'pickscore'"), every problem
+    (`describe_validation`) and every allowed parameter with its default. Perturbation and objective base
+    classes call this; a plugin's own `Params` model needs no error handling of its own.
+    """
+    try:
+        return model(**params)
+    except ValidationError as exc:
+        allowed = ", ".join(
+            f"{k} (required)" if f.is_required() else f"{k} (default {f.default!r})" for k, f in model.model_fields.items()
+        ) or "none"
+        raise error(f"bad parameters for {what}: {describe_validation(exc, model)}. Allowed: {allowed}") from None
 
 
 def describe_validation(exc: ValidationError, model: type[BaseModel]) -> str:

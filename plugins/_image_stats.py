@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from headhunter.errors import ObjectiveError
 from headhunter.objective import Images, Objective, as_tensor_images
+from headhunter.schema import plugin_params
 from headhunter.composite import format_leaf
 
 #: ITU-R BT.601 luma weights (PIL's "L" conversion).
@@ -187,11 +188,7 @@ class ColorObjective(Objective):
         target: str = pydantic.Field(description="target colour, '#rrggbb' or a basic colour name")
 
     def __init__(self, **params: Any) -> None:
-        try:
-            self.params = self.Params(**params)
-        except pydantic.ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ObjectiveError(f"bad parameters for objective 'color' ({problems}); allowed: target=#rrggbb") from None
+        self.params = plugin_params(self.Params, ObjectiveError, "objective 'color'", params)
         self.rgb = torch.tensor(parse_colour(self.params.target))
 
     def score(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:

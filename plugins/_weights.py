@@ -19,6 +19,7 @@ import torch
 from headhunter.composite import format_leaf
 from headhunter.errors import ObjectiveError
 from headhunter.objective import Objective
+from headhunter.schema import plugin_params
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
 
@@ -99,12 +100,7 @@ class HubObjective(Objective):
     Params: ClassVar[type[_Params]]
 
     def __init__(self, **params: Any) -> None:
-        try:
-            self.params = self.Params(**params)
-        except pydantic.ValidationError as err:
-            allowed = ", ".join(f"{k} (default {f.default!r})" for k, f in self.Params.model_fields.items())
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in err.errors())
-            raise ObjectiveError(f"bad parameters for objective {self.name!r}: {problems}. Allowed: {allowed}") from None
+        self.params = plugin_params(self.Params, ObjectiveError, f"objective {self.name!r}", params)
         try:
             self.load()
         except ObjectiveError as err:

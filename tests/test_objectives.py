@@ -380,7 +380,7 @@ def test_missing_weights_fail_at_creation_naming_repo_and_command(tiny_clip):
 
 
 def test_bad_parameters_list_what_is_allowed():
-    with pytest.raises(ObjectiveError, match=r"bad parameters for objective 'pickscore': modle: .*Allowed: model \(default 'yuvalkirstain/PickScore_v1'\)"):
+    with pytest.raises(ObjectiveError, match=r"bad parameters for objective 'pickscore': modle=.*Allowed: model \(default 'yuvalkirstain/PickScore_v1'\)"):
         make("pickscore", modle="x")
 
 
