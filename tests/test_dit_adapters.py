@@ -312,3 +312,35 @@ def test_a_grid_that_does_not_cover_the_frames_is_refused():
         REGISTRY.perturbation("blur", sigma=1.0).target(q, k, v, bad)
     with pytest.raises(Exception, match="temporal_sigma"):
         REGISTRY.perturbation("blur", temporal_sigma=-1.0)
+
+
+@pytest.mark.parametrize("family", NEW)
+@pytest.mark.parametrize("site_index", [0, -1])
+def test_whole_layer_identity_equals_diffusers_attention_score_skip(family, site_index):
+    """Every head of one site at u = 1 with `identity` and scope `joint` is diffusers' own attention-score skip
+    (`AttentionScoreSkipFunctionMode`: scaled_dot_product_attention returns V), the mechanism behind
+    `LayerSkipConfig(skip_attention_scores=True)` and block-level STG. diffusers 0.42.1's layer-skip hook
+    cannot be installed on these processors (its registry lacks them), so the mode is entered around the
+    site's module here, exactly as that hook does."""
+    from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
+
+    model = FAMILIES[family][0]()
+    inputs = FAMILIES[family][1](model, 2)
+    site = REGISTRY.adapter_for(model).sites(model)[site_index]
+    with REGISTRY.adapter_for(model).install(model, "identity", "joint") as inst, \
+            inst.strengths({site.name: torch.ones(2, site.num_heads)}):
+        ours = forward(model, inputs)
+    module = model.get_submodule(site.name)
+    stock_forward = module.forward
+
+    def skipped(*args, **kwargs):
+        with AttentionScoreSkipFunctionMode():
+            return stock_forward(*args, **kwargs)
+
+    module.forward = skipped
+    try:
+        theirs = forward(model, inputs)
+    finally:
+        del module.forward
+    assert (ours - theirs).abs().max() <= 1e-6 * theirs.abs().max()
+    assert (ours - forward(model, inputs)).abs().max() > 1e-3
