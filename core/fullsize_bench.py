@@ -2,8 +2,9 @@
 
 One script for the lent GPU (issue: speed on the hardware users run). Speed does not depend on weight values,
 so the transformers are built from their published configs with random weights (no download). Measured side
-by side in one process, per outermost transformer call (= the transformer work of one denoising step),
-timed with CUDA events recorded by module hooks (no extra host-device synchronisation inside a run):
+by side in one process, per denoising step (the time between two step ends: forward(s), guidance and the
+scheduler update), timed with CUDA events recorded at each step end (no extra host-device synchronisation
+inside a run); the first step of every call (which carries the call's set-up) is not measured:
 
 - `stock forward B=2 / B=3`: the stock transformer at the batch a guided step needs without / with CFG;
 - `guided` cases: `headhunter.apply(pipe, headset, scale=3)` on a stock pipeline, batched (one forward)
@@ -66,44 +67,35 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-class CallTimer:
-    """Times every outermost call of a module: CUDA events on a GPU (read after the run), perf_counter on CPU.
+class StepClock:
+    """Marks the end of every denoising step: CUDA events on a GPU (read after the run), perf_counter on CPU.
 
-    Nested calls (the sequential mode's extra forwards go through the module again) count in the outer one.
+    Pipelines call `callback` at each step end (`callback_on_step_end`), so the time between two marks is one
+    whole step (the transformer forward(s), guidance, scheduler update); the first step of a call, which also
+    carries the call's set-up, is never measured.
     """
 
-    def __init__(self, module: torch.nn.Module, cuda: bool) -> None:
+    def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
-        self.depth = 0
-        self.pairs: list[tuple[Any, Any]] = []
-        self.hooks = [module.register_forward_pre_hook(self._before), module.register_forward_hook(self._after)]
+        self.marks: list[Any] = []
 
-    def _now(self) -> Any:
+    def mark(self) -> None:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            return event
-        return time.perf_counter()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
 
-    def _before(self, *_: Any) -> None:
-        self.depth += 1
-        if self.depth == 1:
-            self._start = self._now()
-
-    def _after(self, *_: Any) -> None:
-        self.depth -= 1
-        if self.depth == 0:
-            self.pairs.append((self._start, self._now()))
+    def callback(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.mark()
+        return {}
 
     def ms(self) -> list[float]:
         if self.cuda:
             torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in self.pairs]
-        return [(b - a) * 1e3 for a, b in self.pairs]
-
-    def close(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -111,18 +103,19 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    """Runs named cases interleaved over repetitions; each case is `fn()` running one pipeline call."""
+    """Runs named cases interleaved over repetitions. A case is `fn(clock)`: it asks `clock()` for a fresh
+    StepClock per pipeline call and passes `clock.callback` as the call's `callback_on_step_end`."""
 
-    def __init__(self, module: torch.nn.Module, device: str, repeats: int) -> None:
-        self.module, self.device, self.repeats = module, device, repeats
+    def __init__(self, device: str, repeats: int) -> None:
+        self.device, self.repeats = device, repeats
         self.cuda = device == "cuda"
-        self.cases: dict[str, Callable[[], Any]] = {}
-        self.per_call: dict[str, int] = {}
+        self.cases: dict[str, Callable[[Callable[[], StepClock]], Any]] = {}
+        self.factor: dict[str, float] = {}
 
-    def add(self, name: str, fn: Callable[[], Any], calls_per_unit: int = 1) -> None:
-        """`calls_per_unit`: outermost transformer calls that make one unit (a search candidate set: 8)."""
+    def add(self, name: str, fn: Callable[[Callable[[], StepClock]], Any], factor: float = 1.0) -> None:
+        """`factor` multiplies the per-step time (one candidate at a time: 8 calls make one unit of 8)."""
         self.cases[name] = fn
-        self.per_call[name] = calls_per_unit
+        self.factor[name] = factor
 
     def run(self, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
         results: dict[str, dict[str, Any]] = {}
@@ -132,21 +125,21 @@ class Bench:
             if self.cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            fn()
+            fn(lambda: StepClock(self.cuda))
             if self.cuda:
                 torch.cuda.synchronize()
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**30
             log(f"warm: {name}")
         for _ in range(self.repeats):
             for name, fn in self.cases.items():
-                timer = CallTimer(self.module, self.cuda)
-                try:
-                    fn()
-                finally:
-                    timer.close()
-                calls = timer.ms()
-                k = self.per_call[name]
-                times[name] += [sum(calls[i:i + k]) for i in range(0, len(calls) - k + 1, k)]
+                clocks: list[StepClock] = []
+
+                def clock() -> StepClock:
+                    clocks.append(StepClock(self.cuda))
+                    return clocks[-1]
+
+                fn(clock)
+                times[name] += [ms * self.factor[name] for c in clocks for ms in c.ms()]
         for name, values in times.items():
             results[name] = _stats(values)
             if name in peaks:
@@ -187,19 +180,20 @@ def _sd3(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int, 
 
     e1, e8 = embeds(1), embeds(8)
 
-    def call(p: Any, s: float, e: dict[str, torch.Tensor], **extra: Any) -> Callable[[], Any]:
-        def go() -> Any:
+    def call(p: Any, s: float, e: dict[str, torch.Tensor], **extra: Any) -> Callable[..., Any]:
+        def go(clock: Callable[[], StepClock] | None = None) -> Any:
             with torch.no_grad():
                 return p(guidance_scale=s, height=px, width=px, num_inference_steps=steps, output_type="latent",
-                         generator=torch.Generator(device="cpu").manual_seed(0), **e, **extra).images
+                         generator=torch.Generator(device="cpu").manual_seed(0), **e, **extra,
+                         callback_on_step_end=None if clock is None else clock().callback).images
         return go
 
-    def guided(hs: Any, s: float, batched: bool = True, **kw: Any) -> Callable[[], Any]:
+    def guided(hs: Any, s: float, batched: bool = True, **kw: Any) -> Callable[..., Any]:
         inner = call(pipe, s, e1)
 
-        def go() -> Any:
+        def go(clock: Callable[[], StepClock] | None = None) -> Any:
             with headhunter.apply(pipe, hs, scale=W, batched=batched, **kw):
-                return inner()
+                return inner(clock)
         return go
 
     sites = headhunter.get_registry().adapter_for(pipe).sites(pipe)
@@ -213,25 +207,28 @@ def _sd3(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int, 
                         generator=g).to(device, dtype) for n in (2, 3)}
     ef = {n: embeds(n) for n in (2, 3)}
 
-    def stock_forward(n: int) -> Callable[[], Any]:
-        def go() -> None:
+    def stock_forward(n: int) -> Callable[..., Any]:
+        def go(clock: Callable[[], StepClock]) -> None:
+            c = clock()
             with torch.no_grad():
+                c.mark()
                 for _ in range(steps):
                     transformer(hidden_states=x[n], timestep=torch.full((n,), 500.0, device=device, dtype=dtype),
                                 encoder_hidden_states=ef[n]["prompt_embeds"],
                                 pooled_projections=ef[n]["pooled_prompt_embeds"], return_dict=False)
+                    c.mark()
         return go
 
-    def one_at_a_time() -> None:
+    def one_at_a_time(clock: Callable[[], StepClock]) -> None:
         for hs in candidates:
             with headhunter.apply(pipe, hs, scale=W):
-                call(pipe, 1.0, e1)()
+                call(pipe, 1.0, e1)(clock)
 
-    def per_sample_batch() -> Any:
+    def per_sample_batch(clock: Callable[[], StepClock]) -> Any:
         with headhunter.apply(pipe, candidates, scale=W, per_sample=True):
-            return call(pipe, 1.0, embeds(1), num_images_per_prompt=8)()
+            return call(pipe, 1.0, e1, num_images_per_prompt=8)(clock)
 
-    bench = Bench(transformer, device, repeats)
+    bench = Bench(device, repeats)
     bench.add("stock forward B=2", stock_forward(2))
     bench.add("stock forward B=3", stock_forward(3))
     bench.add("stock pipeline step B=2 (no CFG, 2 images)", call(pipe, 1.0, embeds(2)))
@@ -248,7 +245,7 @@ def _sd3(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int, 
     bench.add("ours layer 1 pag_mask identity, CFG (B=3)",
               guided(layer, CFG, scope="pag_mask", perturbation="identity"))
     bench.add("search: 8 candidates batched (B=16), per 8", per_sample_batch)
-    bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, calls_per_unit=8)
+    bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, factor=8)
     log(f"sd3: {len(bench.cases)} cases, {steps} steps x {repeats} repeats")
     results = bench.run(log)
     checks = {}
@@ -290,19 +287,20 @@ def _flux(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int,
 
     e1, e1n = embeds(1), embeds(1, negative=True)
 
-    def call(e: dict[str, torch.Tensor], **extra: Any) -> Callable[[], Any]:
-        def go() -> Any:
+    def call(e: dict[str, torch.Tensor], **extra: Any) -> Callable[..., Any]:
+        def go(clock: Callable[[], StepClock] | None = None) -> Any:
             with torch.no_grad():
                 return pipe(height=px, width=px, num_inference_steps=steps, output_type="latent", guidance_scale=3.5,
-                            generator=torch.Generator(device="cpu").manual_seed(0), **e, **extra).images
+                            generator=torch.Generator(device="cpu").manual_seed(0), **e, **extra,
+                            callback_on_step_end=None if clock is None else clock().callback).images
         return go
 
-    def guided(hs: Any, batched: bool = True, cfg: bool = False) -> Callable[[], Any]:
+    def guided(hs: Any, batched: bool = True, cfg: bool = False) -> Callable[..., Any]:
         inner = call(e1n, true_cfg_scale=CFG) if cfg else call(e1)
 
-        def go() -> Any:
+        def go(clock: Callable[[], StepClock] | None = None) -> Any:
             with headhunter.apply(pipe, hs, scale=W, batched=batched):
-                return inner()
+                return inner(clock)
         return go
 
     sites = headhunter.get_registry().adapter_for(pipe).sites(pipe)
@@ -323,25 +321,28 @@ def _flux(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int,
         img_ids = img_ids.reshape(-1, 3).to(device, dtype)
         txt_ids = torch.zeros(text_len, 3, device=device, dtype=dtype)
 
-        def go() -> None:
+        def go(clock: Callable[[], StepClock]) -> None:
+            c = clock()
             with torch.no_grad():
+                c.mark()
                 for _ in range(steps):
                     transformer(hidden_states=hidden, timestep=torch.full((n,), 0.5, device=device, dtype=dtype),
                                 guidance=torch.full((n,), 3.5, device=device, dtype=dtype),
                                 encoder_hidden_states=enc, pooled_projections=pooled, img_ids=img_ids,
                                 txt_ids=txt_ids, return_dict=False)
+                    c.mark()
         return go
 
-    def one_at_a_time() -> None:
+    def one_at_a_time(clock: Callable[[], StepClock]) -> None:
         for hs in candidates:
             with headhunter.apply(pipe, hs, scale=W):
-                call(e1)()
+                call(e1)(clock)
 
-    def per_sample_batch() -> Any:
+    def per_sample_batch(clock: Callable[[], StepClock]) -> Any:
         with headhunter.apply(pipe, candidates, scale=W, per_sample=True):
-            return call(e1, num_images_per_prompt=8)()
+            return call(e1, num_images_per_prompt=8)(clock)
 
-    bench = Bench(transformer, device, repeats)
+    bench = Bench(device, repeats)
     bench.add("stock forward B=1", stock_forward(1))
     bench.add("stock forward B=2", stock_forward(2))
     bench.add("stock pipeline step B=2 (2 images)", call(embeds(2)))
@@ -349,10 +350,9 @@ def _flux(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int,
     bench.add("guided early L4 sequential, no CFG", guided(early, batched=False))
     bench.add("guided late L38 batched, no CFG (B=2)", guided(late))
     bench.add("guided late L38 sequential, no CFG", guided(late, batched=False))
-    bench.add("guided late L38 batched, true CFG (B=2 + uncond B=1), per step", guided(late, cfg=True),
-              calls_per_unit=2)
+    bench.add("guided late L38 batched, true CFG (B=2 + uncond B=1)", guided(late, cfg=True))
     bench.add("search: 8 candidates batched (B=16), per 8", per_sample_batch)
-    bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, calls_per_unit=8)
+    bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, factor=8)
     log(f"flux: {len(bench.cases)} cases, {steps} steps x {repeats} repeats")
     results = bench.run(log)
     del pipe, transformer
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tiny", action="store_true", help="small widths, real depths (checks the script on CPU)")
     parser.add_argument("--out", default=".", help="folder for fullsize_<device>.json")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per pipeline call")
+    parser.add_argument("--steps", type=int, default=5, help="denoising steps per pipeline call")
     parser.add_argument("--models", default="sd3,flux")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
