@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers.configuration_utils import FrozenDict
 from diffusers.guiders import ClassifierFreeGuidance, PerturbedAttentionGuidance
+from diffusers.guiders.guider_utils import BaseGuidance
 from diffusers.modular_pipelines import FluxAutoBlocks, StableDiffusion3AutoBlocks
 from diffusers.modular_pipelines.flux.denoise import FluxLoopDenoiser
 from diffusers.modular_pipelines.modular_pipeline_utils import ComponentSpec, InputParam
@@ -337,6 +338,80 @@ def test_qwenimage_modular_loop_runs_with_an_all_valid_mask_and_refuses_padding(
     padded[:, -2:] = 0
     with pytest.raises(ModelError, match="text mask that has padding is not supported"):
         run(2.0, padded)
+    assert_stock_processors(pipe.transformer)
+
+
+class ReferenceGuidance(BaseGuidance):
+    """An explicit reference guider: one batch each for cond, uncond (s != 1) and perturbed; the perturbed pass
+    runs the engine's float64 reference (materialised attention maps, `install(..., mode="reference")`);
+    pred = uncond + s (cond - uncond) + w (cond - perturbed), written out. For loops with no stock counterpart."""
+
+    _input_predictions = ["pred_cond", "pred_uncond", "pred_ptb"]
+
+    def __init__(self, headset, w: float, s: float):
+        super().__init__()
+        self.register_to_config(w=w, s=s)
+        self.headset, self.w, self.s = headset, w, s
+        self._inst = None
+
+    @property
+    def num_conditions(self) -> int:
+        return 3 if self.s != 1.0 else 2
+
+    def prepare_inputs(self, data):
+        names = [("pred_cond", 0), ("pred_uncond", 1), ("pred_ptb", 0)] if self.s != 1.0 else \
+            [("pred_cond", 0), ("pred_ptb", 0)]
+        self._rows = data["encoder_hidden_states"][0].shape[0]
+        return [self._prepare_batch(data, index, name) for name, index in names]
+
+    def prepare_models(self, denoiser):
+        self._count_prepared += 1
+        if self._count_prepared == self.num_conditions:  # the perturbed batch is the last
+            from headhunter.attention import batch_strengths
+
+            self._inst = headhunter.get_registry().adapter_for(denoiser).install(denoiser, "softpag", "joint",
+                                                                                  mode="reference")
+            self._inst.set_strengths(batch_strengths([self.headset], self._inst.sites, repeat=self._rows))
+
+    def cleanup_models(self, denoiser):
+        if self._inst is not None:
+            self._inst.remove()
+            self._inst = None
+
+    def forward(self, pred_cond, pred_uncond=None, pred_ptb=None):
+        from diffusers.guiders.guider_utils import GuiderOutput
+
+        base = pred_cond if pred_uncond is None else pred_uncond + self.s * (pred_cond - pred_uncond)
+        return GuiderOutput(pred=base + self.w * (pred_cond - pred_ptb), pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+@pytest.mark.parametrize("s", [4.0, 1.0])
+def test_qwenimage_modular_equals_the_explicit_reference_guider(s):
+    """Qwen-Image has no stock pipeline with the modular loop's rule (it rescales the whole guided prediction,
+    perturbation term included, to the conditional norm), so the reference is an explicit guider in the same
+    loop: separate passes, float64 materialised attention for the perturbed one, the equation written out."""
+    from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
+    from tiny_dit_pipes import QWEN_CALL, build_qwenimage
+
+    pipe = build_qwenimage()
+    hs = make_headset(pipe, "L0H1, L1H0@0.5", "q")
+    pe, npe = embeds()
+    ones = torch.ones(pe.shape[:2], dtype=torch.long)
+
+    def run(guider):
+        blocks = QwenImageAutoBlocks()
+        blocks.sub_blocks.pop("text_encoder")
+        mp = blocks.init_pipeline()
+        mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae, guider=guider)
+        mp.set_progress_bar_config(disable=True)
+        negatives = {"negative_prompt_embeds": npe, "negative_prompt_embeds_mask": ones} if s != 1.0 else {}
+        return mp(prompt_embeds=pe, prompt_embeds_mask=ones, num_inference_steps=STEPS,
+                  generator=torch.Generator().manual_seed(0), output="latents", **negatives, **QWEN_CALL)
+
+    got = run(HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=s))
+    expected = run(ReferenceGuidance(hs, w=2.0, s=s))
+    assert (got - expected).abs().max().item() < TOL
+    assert (got - run(ClassifierFreeGuidance(guidance_scale=s))).abs().max().item() > 1e-3
     assert_stock_processors(pipe.transformer)
 
 
