@@ -15,6 +15,7 @@ import re
 import pytest
 import torch
 from click.testing import CliRunner
+from torch.utils._python_dispatch import TorchDispatchMode
 from diffusers import Flux2Transformer2DModel, QwenImageTransformer2DModel, WanTransformer3DModel
 from tiny import (
     FAMILIES,
@@ -344,3 +345,35 @@ def test_whole_layer_identity_equals_diffusers_attention_score_skip(family, site
         del module.forward
     assert (ours - theirs).abs().max() <= 1e-6 * theirs.abs().max()
     assert (ours - forward(model, inputs)).abs().max() > 1e-3
+
+
+class _CopySpy(TorchDispatchMode):
+    """Counts copies to float64 (the FLUX.2 adapter's one host copy of img_ids is one of them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.__name__.startswith("_to_copy") and kwargs.get("dtype") == torch.float64:
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("num_blocks", [(1, 1), (2, 3)])
+def test_flux2_reads_img_ids_once_per_forward_not_per_attention_call(num_blocks):
+    """docs/engine.md: with a finite-sigma blur FLUX.2 copies img_ids to the host once per perturbed forward,
+    whatever the number of perturbed sites; with other perturbations not at all."""
+    model = tiny_flux2(num_layers=num_blocks[0], num_single_layers=num_blocks[1])
+    inputs = flux2_inputs(model, 1)
+    adapter = REGISTRY.adapter_for(model)
+    everywhere = {s.name: torch.ones(1, 4) for s in adapter.sites(model)}
+    with _CopySpy() as spy:
+        forward(model, inputs)
+    stock = spy.count
+    for name, params, extra in (("blur", {"sigma": 1.0}, 1), ("blur", {"sigma": math.inf}, 0), ("softpag", {}, 0)):
+        with adapter.install(model, REGISTRY.perturbation(name, **params), "image") as inst, inst.strengths(everywhere):
+            with _CopySpy() as spy:
+                forward(model, inputs)
+        assert spy.count - stock == extra, (name, params)
