@@ -202,6 +202,10 @@ details{margin:.6em 0}
 """
 
 
+def _size(e: Any) -> float:
+    return e.d if math.isfinite(e.d) else e.mean
+
+
 def _fmt(x: float) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
@@ -255,6 +259,18 @@ def render_html(atlas: Atlas, pictures: dict[str, bytes]) -> str:
         out.append("</table>")
     else:
         out.append("<p class=muted>No head has a significant effect at these settings.</p>")
+    words = sorted(atlas.effect_words().items(), key=lambda kv: (-kv[1], kv[0]))
+    if words:
+        out.append("<h2>By effect</h2><p>Heads (not whole layers) carrying each label, strongest first; "
+                   "<code>headhunter atlas export DIR --effect WORD</code> makes a head set of the first ones.</p>"
+                   "<table><tr><th>effect</th><th>heads</th></tr>")
+        for word, _ in words:
+            measure, _ = atlas._resolve_effect(word)
+            cells = " ".join(f"<span class=tag>{esc(h)} {_fmt(_size(atlas.effects[h][measure.name]))}</span>"
+                             for h in atlas.heads_with(word))
+            out.append(f"<tr><td><b>{esc(word)}</b></td><td>{cells}</td></tr>")
+        out.append("</table><p class=muted>Number after each head: d, or the mean difference for measures whose "
+                   "unguided sd is 0 (the class change: fraction of pairs).</p>")
     out.append("<h2>Groups of heads with similar effects</h2><table><tr><th>group</th><th>heads</th></tr>")
     for g in atlas.groups:
         out.append(f"<tr><td>{esc(g.name)}</td><td>{' '.join(f'<span class=tag>{esc(h)}</span>' for h in g.heads)}</td></tr>")
