@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from headhunter.errors import HeadhunterError
-from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, Seeds, WritableDir
+from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, PluginName, Seeds, WritableDir
 
 
 #: Largest prompt file read (@FILE).
@@ -52,7 +52,8 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w >= 0 (default: the model's, else 3).")
 @click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s >= 0 (diffusers convention); default: the pipeline's.")
 @click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
-@click.option("--perturbation", default="softpag", show_default=True, help="Perturbation plugin (see `headhunter plugins`).")
+@click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
+              help="Perturbation plugin (see `headhunter plugins`).")
 @click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
 @click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
@@ -78,8 +79,9 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
     if (candidates_from is None) != (effect is None):
         raise click.UsageError("--candidates-from and --effect go together")
 
+    prompt_list = read_prompts(prompts)  # cheap checks before the model loads
     result = run_hunt(
-        _load(model), objective, read_prompts(prompts), seeds, rounds=rounds, top_k=top_k,
+        _load(model), objective, prompt_list, seeds, rounds=rounds, top_k=top_k,
         strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation, scope=scope,
         candidates=[c.strip() for c in candidates.split(",")] if candidates else None, batch_size=batch_size,
         out_dir=out_dir, resume=not no_resume, eval_seeds=eval_seeds, report=not no_report,

@@ -40,6 +40,8 @@ def inspect(model: str, height: int | None, width: int | None, revision: str | N
     except ModelError as err:
         raise ModelError(f"model {model!r}: {err}; install an adapter plugin for this architecture") from None
     sites = adapter.sites(obj)
+    if not sites:
+        raise ModelError(f"model {model!r} has no attention sites (its config describes an empty transformer)")
     transformer = adapter.transformer(obj)
     layout = adapter.layout_summary(obj, height, width)
     if as_json:

@@ -167,6 +167,23 @@ class Device(click.ParamType):
         return str(device)
 
 
+class PluginName(click.ParamType):
+    """The name of a registered plugin of one kind (perturbation, objective, model, adapter)."""
+
+    name = "name"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from headhunter.registry import get_registry
+
+        names = get_registry().names(self.kind)
+        if value not in names:
+            self.fail(f"unknown {self.kind} {value!r}; allowed: {', '.join(names) or '(none installed)'}", param, ctx)
+        return value
+
+
 class WritableDir(click.Path):
     """An output folder that exists or can be created, and can be written to (checked before any work)."""
 

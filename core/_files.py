@@ -224,9 +224,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         if fd != -1:
             os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.strerror is not None:
+            err.filename = str(path)  # so the message names the file being written
         raise

@@ -101,3 +101,30 @@ def test_errors_are_clean_and_leave_no_files(saved, tmp_path):
                     "--out", str(out))
     assert result.exit_code != 0 and "architecture 'flux'" in result.output
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_full_disk_leaves_no_partial_file_and_one_error_line(saved, tmp_path, monkeypatch):
+    """ENOSPC while writing the outputs: exit 1, one `Error:` line naming the file, no temp file left."""
+    import errno
+
+    from headhunter import _files
+
+    root, pipe, hs = saved
+    real_write = _files.os.fsync
+    calls = []
+
+    def full_after_one(fd):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd)
+
+    monkeypatch.setattr(_files.os, "fsync", full_after_one)
+    out = tmp_path / "out"
+    result = invoke(str(root / "tiny-sd3"), "--headset", str(root / "tiny.safetensors"), "--prompt", "a red cat",
+                    "--num-images", "2", "--steps", "2", "--height", "32", "--width", "32", "--out", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"Error: {out / 'guided_001_seed1.png'}: No space left on device"
+    assert sum(line.startswith("Error:") for line in lines) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["guided_000_seed0.png"]  # the first write, whole; no .tmp
