@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from headhunter.cli.hunt import read_prompts
-from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, Seeds, WritableDir
+from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, Seeds, WritableDir, PluginName
 
 DEFAULT_OUT = "runs/atlas"
 
@@ -45,7 +45,8 @@ def atlas() -> None:
 @click.option("--strength", type=STRENGTH, help="SoftPAG strength u (default: the model's, else 1).")
 @click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
 @click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s (diffusers convention); default: the pipeline's.")
-@click.option("--perturbation", default="softpag", show_default=True, help="Perturbation plugin (see `headhunter plugins`).")
+@click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
+              help="Perturbation plugin (see `headhunter plugins`).")
 @click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field
 
 from . import _headset_io as io
+from ._files import read_json
 from ._runner import Row, auto_batch_size, run_batches
 from ._version import __version__
 from .errors import PluginError, SearchError
@@ -475,7 +476,7 @@ class _State:
             return cls(None, settings, fresh)
         path = out_dir / STATE_NAME
         if path.exists() and resume:
-            data = json.loads(path.read_text())
+            data = _read_state(path)
             saved, wanted = data.get("settings", {}), settings.model_dump()
             for key in sorted(set(saved) | set(wanted)):
                 if saved.get(key) != wanted.get(key):
@@ -756,19 +757,22 @@ def load_atlas(path: str | Path) -> Atlas:
     file = p / ATLAS_NAME if p.is_dir() else p
     if not file.is_file():
         raise SearchError(f"no atlas at {path}: {file} does not exist (make one with `headhunter atlas --out {path}`)")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise SearchError(f"{file} is not valid JSON ({err})") from None
-    if data.get("format") != "headhunter-atlas":
+    data = read_json(file, max_bytes=MAX_ATLAS_BYTES, error=SearchError, what="atlas file")
+    if not isinstance(data, dict) or data.get("format") != "headhunter-atlas":
         raise SearchError(f"{file} is not a headhunter atlas (no 'format': 'headhunter-atlas')")
-    result = Atlas(
-        validated(AtlasSettings, SearchError, **data["settings"]), [Site(**s) for s in data["sites"]], data["architecture"],
-        [Measure(**{**m, "words": tuple(m["words"]), "generic": tuple(m["generic"])}) for m in data["measures"]],
-        {u: list(v) for u, v in data["values"].items()}, alpha=data["alpha"], min_effect=data["min_effect"],
-        timing=data.get("timing", {}), out_dir=file.parent,
-    )
-    analyse(result)
+    try:
+        result = Atlas(
+            validated(AtlasSettings, SearchError, **data["settings"]), [Site(**s) for s in data["sites"]],
+            data["architecture"],
+            [Measure(**{**m, "words": tuple(m["words"]), "generic": tuple(m["generic"])}) for m in data["measures"]],
+            {u: list(v) for u, v in data["values"].items()}, alpha=data["alpha"], min_effect=data["min_effect"],
+            timing=data.get("timing", {}), out_dir=file.parent,
+        )
+        analyse(result)
+    except SearchError as err:
+        raise SearchError(f"atlas file {file} is damaged: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # an edited or damaged file
+        raise SearchError(f"atlas file {file} is damaged: {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
     state = _State(file.parent, result.settings, {"done": _done_batches(file.parent)})
     result.thumbs = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in state.kept_images().items()
                      if not k.startswith("base|")}
@@ -777,6 +781,20 @@ def load_atlas(path: str | Path) -> Atlas:
 
 def _done_batches(folder: Path) -> list[int]:
     try:
-        return list(json.loads((folder / STATE_NAME).read_text()).get("done", []))
-    except (OSError, json.JSONDecodeError):
+        done = _read_state(folder / STATE_NAME).get("done", [])
+    except SearchError:
         return []
+    return [d for d in done if isinstance(d, int)] if isinstance(done, list) else []
+
+
+#: Largest atlas.json / atlas state.json read.
+MAX_ATLAS_BYTES = 512 * 1024 * 1024
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """An atlas checkpoint, read as a file from outside (regular, bounded, finite JSON) and checked to be an
+    object; SearchError naming the file otherwise."""
+    data = read_json(path, max_bytes=MAX_ATLAS_BYTES, error=SearchError, what="atlas checkpoint")
+    if not isinstance(data, dict):
+        raise SearchError(f"atlas checkpoint {path} is damaged: not a JSON object; use resume=False (--no-resume)")
+    return data

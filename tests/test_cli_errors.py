@@ -35,6 +35,10 @@ def files(tmp_path_factory):
     (root / "badvalue").mkdir()
     (root / "badvalue" / "config.json").write_text('{"_class_name": "SD3Transformer2DModel", "attention_head_dim": "x"}')
     (root / "a-file").write_text("x")
+    (root / "bad-atlas").mkdir()
+    (root / "bad-atlas" / "atlas.json").write_text("[" * 1000 + "]" * 1000)
+    (root / "edited-atlas").mkdir()
+    (root / "edited-atlas" / "atlas.json").write_text('{"format": "headhunter-atlas", "settings": {}}')
     return root
 
 
@@ -108,6 +112,15 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["bench", "--threads", "0"], 2, "out of range"),
         (["bench", "--heads", "-1"], 2, "out of range"),
         (["bench", "--suite", "bogus"], 2, "unknown suite bogus"),
+        (["atlas", "build", "--strength", "nan"], 2, "not a finite number; allowed: (0, 1]"),
+        (["atlas", "build", "--steps", "0"], 2, "out of range"),
+        (["atlas", "build", "--perturbation", "nope"], 2, "unknown perturbation 'nope'"),
+        (["atlas", "build", "--out", under_file], 2, "is not a folder"),
+        (["atlas", "export", str(root / "no-atlas"), "--effect", "x", "-o", "o.json"], 1, "no atlas at"),
+        (["atlas", "export", str(root / "bad-atlas"), "--effect", "x", "-o", "o.json"], 1, "nested"),
+        (["atlas", "export", str(root / "edited-atlas"), "--effect", "x", "-o", "o.json"], 1, "edited-atlas/atlas.json is damaged: model is required"),
+        (["atlas", "export", str(root), "--effect", "x", "-o", "o.json", "--top", "0"], 2, "out of range"),
+        (["atlas", "push", str(root / "no-atlas"), "me/x"], 1, "no atlas at"),
     ]
 
 
