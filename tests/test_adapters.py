@@ -31,14 +31,6 @@ SD35_MEDIUM = dict(SD3_MEDIUM, pos_embed_max_size=384, qk_norm="rms_norm", dual_
 SD35_LARGE = dict(SD3_MEDIUM, num_layers=38, num_attention_heads=38, caption_projection_dim=2432, qk_norm="rms_norm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("repo", "cls", "config"), [
     ("stabilityai/stable-diffusion-3-medium-diffusers", SD3Transformer2DModel, SD3_MEDIUM),
     ("stabilityai/stable-diffusion-3.5-medium", SD3Transformer2DModel, SD35_MEDIUM),

@@ -26,15 +26,6 @@ TINY = dict(steps=30, batch_size=32, warmup=5, num_layers=1, num_attention_heads
             classifier_epochs=1, lr=2e-3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These calls are small: one thread is as fast, and immune to the OpenMP stalls of a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> DigitsPipeline:
     pipe = load_digits_pipeline()

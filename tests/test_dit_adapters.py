@@ -45,14 +45,6 @@ NEW = ("flux2", "qwenimage", "wan")
 WAN_1_3B = dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_sites_and_paper_order():
     flux2, qwen, wan = tiny_flux2(), tiny_qwenimage(), tiny_wan()
     assert REGISTRY.adapter_for(flux2).sites(flux2) == flux2_sites(2, 2, 4)

@@ -26,15 +26,6 @@ EXTRA_PARAMS = {"blur": [{"sigma": math.inf}, {"sigma": math.inf, "mean_over": "
                          {"sigma": 0.7, "temporal_sigma": 1.5}, {"sigma": math.inf, "temporal_sigma": 2.0}]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cases():
     cases = []
     for name in REGISTRY.names("perturbation"):
