@@ -29,7 +29,8 @@ N_BOOT = 1000
 
 @dataclass
 class Estimate:
-    """A mean with a 95 % interval (bootstrap or t, as documented where it is made) over n samples."""
+    """A value with a 95 % interval over n samples (bootstrap, t, or +-1.96 bootstrap sd for FD-digits; how is
+    documented where it is made): the one interval type of headhunter and its plugins."""
 
     mean: float
     low: float

@@ -76,7 +76,7 @@ def fd_digits_metric(images: Any, prompts: Any) -> tuple[float, tuple[float, flo
     from .metrics import fd_digits
 
     result = fd_digits(images)
-    return result.fd, (result.low, result.high)
+    return result.mean, (result.low, result.high)
 
 
 def search_defaults_for(model: Any) -> dict[str, Any] | None:

@@ -138,7 +138,7 @@ def summary(results: dict[str, Any]) -> str:
         return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
     def fd(d: dict[str, float]) -> str:
-        return f"{d['fd']:.1f} ± {1.96 * d['sd']:.1f}"
+        return f"{d['mean']:.1f} ± {d['high'] - d['mean']:.1f}"
 
     real = results["real"]
     lines = [f"load {results['load_seconds']:.2f} s",

@@ -15,29 +15,15 @@ not the bias. Compare settings only at equal sample counts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from headhunter.stats import Estimate
+
 from .classifier import DigitClassifier, load_classifier
 from .data import load_split, to_unit
-
-
-@dataclass(frozen=True)
-class FDResult:
-    """A Fréchet distance, its bootstrap standard deviation and 95 % interval, and the two sample counts."""
-
-    fd: float
-    sd: float
-    low: float
-    high: float
-    n_gen: int
-    n_ref: int
-
-    def __str__(self) -> str:
-        return f"{self.fd:.1f} ± {1.96 * self.sd:.1f} (n={self.n_gen} vs {self.n_ref})"
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
@@ -71,14 +57,15 @@ def fd_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return frechet_distance(*feature_stats(feats_a), *feature_stats(feats_b))
 
 
-def fd_bootstrap(feats_gen: np.ndarray, feats_ref: np.ndarray, n_boot: int = 200, seed: int = 0) -> FDResult:
-    """FD of the full sets with a 95 % interval: estimate +- 1.96 sd over bootstraps of both sets."""
+def fd_bootstrap(feats_gen: np.ndarray, feats_ref: np.ndarray, n_boot: int = 200, seed: int = 0) -> Estimate:
+    """FD of the full sets with a 95 % interval: estimate +- 1.96 sd over bootstraps of both sets (low clipped
+    at 0); `n` is the number of generated samples."""
     rng = np.random.default_rng(seed)
     feats_gen, feats_ref = np.asarray(feats_gen, np.float64), np.asarray(feats_ref, np.float64)
     boots = [fd_features(feats_gen[rng.integers(0, len(feats_gen), len(feats_gen))],
                          feats_ref[rng.integers(0, len(feats_ref), len(feats_ref))]) for _ in range(n_boot)]
     fd, sd = fd_features(feats_gen, feats_ref), float(np.std(boots, ddof=1))
-    return FDResult(fd, sd, max(0.0, fd - 1.96 * sd), fd + 1.96 * sd, len(feats_gen), len(feats_ref))
+    return Estimate(fd, max(0.0, fd - 1.96 * sd), fd + 1.96 * sd, len(feats_gen))
 
 
 @torch.no_grad()
@@ -97,7 +84,7 @@ def heldout_features(classifier: DigitClassifier | None = None) -> np.ndarray:
 
 
 def fd_digits(images: torch.Tensor | Sequence[Any], classifier: DigitClassifier | None = None,
-              n_boot: int = 200, seed: int = 0) -> FDResult:
+              n_boot: int = 200, seed: int = 0) -> Estimate:
     """FD-digits of generated images (in [0, 1]) against the held-out real digits, with a 95 % interval."""
     classifier = classifier or load_classifier()
     return fd_bootstrap(classifier_features(images, classifier), heldout_features(classifier), n_boot, seed)
