@@ -337,7 +337,7 @@ def remote_metadata(
 ) -> HeadSetMetadata:
     """A remote head set's metadata, read from the safetensors header alone (one HTTP range request)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import SafetensorsParsingError
+    from huggingface_hub.errors import HFValidationError, SafetensorsParsingError
 
     check_repo_id(repo_id)
     filename = _check_weight_name(weight_name) if weight_name else resolve_weight_name(repo_id, revision=revision, token=token)
@@ -347,9 +347,15 @@ def remote_metadata(
             header = HfApi(token=token).parse_safetensors_file_metadata(repo_id, filename, revision=revision)
         except SafetensorsParsingError as err:
             raise HeadSetError(_not_ours(repo_id, filename, revision, str(err))) from None
+        except HFValidationError:
+            raise
+        except (RecursionError, ValueError, TypeError, KeyError, AttributeError) as err:  # a hostile header
+            raise HeadSetError(_not_ours(repo_id, filename, revision,
+                                         f"its safetensors header cannot be parsed: {type(err).__name__}")) from None
     meta = header.metadata or {}
-    if io.METADATA_KEY not in meta:
-        raise HeadSetError(_not_ours(repo_id, filename, revision, f"no '{io.METADATA_KEY}' key in its safetensors header"))
+    if not isinstance(meta, dict) or not isinstance(meta.get(io.METADATA_KEY), str):
+        raise HeadSetError(_not_ours(repo_id, filename, revision,
+                                     f"no '{io.METADATA_KEY}' string in its safetensors header metadata"))
     return io.parse_metadata(meta[io.METADATA_KEY], source=source)
 
 

@@ -350,6 +350,19 @@ def test_cli_pull_of_a_file_that_is_not_a_head_set_gives_the_documented_message(
     assert line == f"Error: {api_error.value}"  # the CLI and the Python API say the same
 
 
+@pytest.mark.parametrize("header", [b"[" * 40_000 + b"]" * 40_000, b"[1, 2]", b'{"__metadata__": 5}',
+                                    b'{"__metadata__": {"headhunter": "' + b"[" * 100 + b'"}}',
+                                    b'{"x": {"dtype": "F32", "shape": "a", "data_offsets": [0]}}'])
+def test_remote_header_read_refuses_hostile_headers_with_our_error(hub, header):
+    import struct
+
+    hub.create("me/odd")
+    hub.commit("me/odd", {"headset.safetensors": struct.pack("<Q", len(header)) + header})
+    with pytest.raises(HeadSetError, match=r"('headset.safetensors' in Hub repository 'me/odd' is not a headhunter "
+                                           r"head set|me/odd/headset.safetensors: its 'headhunter' metadata is nested)"):
+        remote_metadata("me/odd", weight_name="headset.safetensors")
+
+
 @pytest.fixture
 def silent_hub(monkeypatch, tmp_path):
     """A server on 127.0.0.1 that accepts connections and never answers."""
