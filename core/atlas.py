@@ -207,12 +207,22 @@ class Atlas:
         return [e.unit for e in sorted(found, key=_strength, reverse=True)]
 
     def _resolve_effect(self, effect: str) -> tuple[Measure, int]:
-        wanted = effect.strip().lower()
-        for m in self.measures:
-            for direction, word, generic in ((1, m.words[0], m.generic[0]), (-1, m.words[1], m.generic[1])):
-                if wanted in {w.lower() for w in (word, generic) if w}:
-                    return m, direction
+        """(measure, +1 or -1) for a label word: an exact label or generic word, else the one label holding
+        the words of `effect` ("thicker" finds "brighter (thicker strokes)"); SearchError otherwise."""
+        wanted = " ".join(effect.strip().lower().split())
+        options = [(m, direction, word, generic) for m in self.measures
+                   for direction, word, generic in ((1, m.words[0], m.generic[0]), (-1, m.words[1], m.generic[1]))]
+        for m, direction, word, generic in options:
+            if wanted in {w.lower() for w in (word, generic) if w}:
+                return m, direction
+        pattern = re.compile(rf"\b{re.escape(wanted)}\b") if wanted else None
+        partial = [(m, d, word) for m, d, word, _ in options if word and pattern and pattern.search(word.lower())]
+        if len(partial) == 1:
+            return partial[0][0], partial[0][1]
         words = sorted({w for m in self.measures for w in (*m.words, *m.generic) if w})
+        if partial:
+            raise SearchError(f"effect {effect!r} matches several labels: {', '.join(w for _, _, w in partial)}; "
+                              "give one of them whole")
         raise SearchError(f"effect {effect!r} is not measured by this atlas; effects it knows: {', '.join(words)}")
 
     def export(self, effect: str, top: int = 3, *, name: str | None = None, strength: float | None = None) -> HeadSet:

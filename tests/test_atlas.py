@@ -360,3 +360,16 @@ def test_model_atlas_defaults_come_from_the_search_defaults_hook(tmp_path):
         answers["atlas"] = {"colour": 1}
         with pytest.raises(PluginError, match=r"unknown atlas defaults \['colour'\]"):
             atlas(tiny_pipe(), heads=["L0H0"], layers=[], steps=2, progress=False)
+
+
+def test_effect_words_match_a_relabelled_direction_by_its_words():
+    a = synthetic()
+    a.measures[0] = Measure("brightness", "stat", ("brighter (thicker strokes)", "darker (thinner strokes)"),
+                            ("brighter", "darker"))
+    analyse(a)
+    assert a.labels("L0H0") == ["darker (thinner strokes)"]
+    assert a.heads_with("thinner") == a.heads_with("darker") == a.heads_with("thinner strokes") == ["L1H1", "L0H0"]
+    with pytest.raises(SearchError, match="matches several labels"):
+        a.heads_with("strokes")
+    with pytest.raises(SearchError, match="not measured"):
+        a.heads_with("thin")  # whole words only
