@@ -18,6 +18,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from tiny import FLUX_CONFIG, SD3_CONFIG  # noqa: E402 (one home for the tiny transformer configs)
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -97,12 +98,8 @@ def _eval(pipe: Any) -> Any:
 # ----- pipelines --------------------------------------------------------------------------------------------
 def sd3_transformer(num_layers: int = 2, num_heads: int = 4, head_dim: int = 8, **config: Any) -> SD3Transformer2DModel:
     """A tiny SD3 transformer (SD3.5 features through `qk_norm="rms_norm"`, `dual_attention_layers=(0,)`)."""
-    inner = num_heads * head_dim
-    cfg = dict(
-        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
-        attention_head_dim=head_dim, num_attention_heads=num_heads, joint_attention_dim=32,
-        caption_projection_dim=inner, pooled_projection_dim=32, pos_embed_max_size=32,
-    )
+    cfg = dict(SD3_CONFIG, num_layers=num_layers, attention_head_dim=head_dim, num_attention_heads=num_heads,
+               caption_projection_dim=num_heads * head_dim, pos_embed_max_size=32)  # room for 32x32 px pipelines
     cfg.update(config)
     return SD3Transformer2DModel(**cfg)
 
@@ -126,11 +123,8 @@ def build_sd3(t5: bool = False, seed: int = 0, **transformer_config: Any) -> Sta
 def flux_transformer(num_layers: int = 1, num_single_layers: int = 1, num_heads: int = 2,
                      guidance_embeds: bool = False, **config: Any) -> FluxTransformer2DModel:
     """A tiny FLUX transformer (head_dim 16 = sum of the RoPE axes (4, 6, 6))."""
-    cfg = dict(
-        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
-        attention_head_dim=16, num_attention_heads=num_heads, joint_attention_dim=32,
-        pooled_projection_dim=16, guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
-    )
+    cfg = dict(FLUX_CONFIG, num_layers=num_layers, num_single_layers=num_single_layers, num_attention_heads=num_heads,
+               pooled_projection_dim=16, guidance_embeds=guidance_embeds)  # the tiny CLIP's pooled width
     cfg.update(config)
     return FluxTransformer2DModel(**cfg)
 
