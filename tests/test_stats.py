@@ -74,3 +74,29 @@ def test_kendall_tau_reference_values():
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau([1, 2, 3, 4, 5], [3, 4, 1, 2, 5]) == pytest.approx(0.2)  # 6 concordant, 4 discordant
     assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / math.sqrt(3 * 2))  # tau-b with a tie
+
+
+def test_dominance_verdict_names_layers_better_on_both_axes():
+    """A layer with a better objective (paired interval > 0) and a better FD beyond both intervals dominates
+    beyond noise; one better on point estimates only dominates within noise; a worse one is not listed."""
+    from headhunter.evaluation import Evaluation, SettingResult, bootstrap_mean
+    from headhunter.report import _pareto_section, dominance
+    from headhunter.stats import Estimate
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=64)
+    fd = "FD (lower is better)"
+
+    def setting(name, shift, fd_value, fd_half):
+        scores = list(base + shift + 0.01 * rng.normal(size=64))
+        return SettingResult(name, bootstrap_mean(scores), scores, {fd: Estimate(fd_value, fd_value - fd_half, fd_value + fd_half, 64)})
+
+    settings = {s.name: s for s in [
+        setting("no guidance", 0.0, 100, 10), setting("found head set", 0.1, 120, 10),
+        setting("layer L1", 0.3, 90, 5), setting("layer L2", 0.105, 115, 20), setting("layer L3", 0.5, 300, 20)]}
+    evaluation = Evaluation(settings, [""], list(range(64)), "obj")
+    found = {d["setting"]: d["beyond_noise"] for d in dominance(evaluation)}
+    assert found == {"layer L1": True, "layer L2": False}
+    text = "\n".join(_pareto_section(evaluation, None))
+    assert "**layer L1 dominates the found set beyond noise**" in text
+    assert "layer L2 dominates the found set on point estimates only" in text and "L3" not in text
