@@ -23,7 +23,9 @@ How it works (the pipeline's own loop is untouched; no transformer attribute is 
   that only observes; Wan's and Qwen-Image's unconditional pass) and SD3's skip-layer-guidance pass
   (`skip_layers=`) are not perturbed; a call under `cache_context("cond")` (pipelines that run cond and
   uncond as separate calls: Wan, Qwen-Image, FLUX.2 Klein) is all conditional, whatever the pipeline's CFG
-  flag says; any other call is all conditional. A call from outside any pipeline call is refused.
+  flag says; without a cache context, a second call before the scheduler steps (the negative pass of
+  FLUX img2img / inpaint / ControlNet) is left stock; any other call is all conditional. A call from
+  outside any pipeline call is refused.
 - `remove()` (or leaving the `with` block) takes the hooks off and puts back the original attention
   processors (and an unconsumed one-shot step): outputs are bit-identical to the unmodified pipeline.
 
@@ -55,7 +57,7 @@ from torch import Tensor
 
 from .errors import HeadSetError, ModelError
 from .headset import HeadSet
-from .hooks import TransformerHooks, bind_arguments, calling_pipeline, first_call_of_run, guided_by, \
+from .hooks import CONTEXT_HOOK, TransformerHooks, bind_arguments, calling_pipeline, first_call_of_run, guided_by, \
     schedule_position, unwrap
 from .plan import Branch, Plan, compile_plan, in_window
 from .schema import GuidanceSettings, PerturbationSpec
@@ -142,13 +144,17 @@ class GuidanceHandle:
         self._inner = False
         self._call: _Call | None = None
         self._armed: _StepOnce | None = None  # the guidance term waiting for this step's scheduler.step
+        #: (scheduler, its timesteps, step_index) at the last conditional call: held references, compared with
+        #: `is` (set_timesteps makes new timesteps at every pipeline call), never addresses
+        self._step_marker: tuple[Any, Any, int | None] | None = None
         self._last_rows: int | None = None
         self._warned_window = False
         self._hooks: TransformerHooks | None = None
         self.installation = adapter.install(pipe, plan.perturbation, plan.scope)
         self.sites = list(self.installation.sites)
         try:
-            self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self)
+            self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self,
+                                           on_reset=self._end_of_call)
         except BaseException:
             self.remove()
             raise
@@ -166,6 +172,7 @@ class GuidanceHandle:
             self._hooks = None
         self._disarm()
         self._call = None
+        self._step_marker = None
         if self.installation is not None:
             installation, self.installation = self.installation, None
             installation.remove()
@@ -204,8 +211,12 @@ class GuidanceHandle:
             raise ModelError(f"{type(module).__name__} was called without a hidden_states tensor; cannot guide it")
         step, total, begin = schedule_position(pipe)
         context = self._hooks.context if self._hooks is not None else None
-        if (context is not None and context.name == "uncond") or kwargs.get("skip_layers") is not None:
-            # FLUX's (Wan's, Qwen-Image's) negative pass; SD3's skip-layer-guidance pass: left stock
+        name = None if context is None else context.name
+        marker = (pipe.scheduler, pipe.scheduler.timesteps, getattr(pipe.scheduler, "step_index", None))
+        if name == "uncond" or kwargs.get("skip_layers") is not None or (name is None and self._same_step(marker)):
+            # a later pass of the same step: FLUX's (Wan's, Qwen-Image's) negative pass under
+            # cache_context("uncond"), the negative pass of FLUX img2img / inpaint / ControlNet (which open no
+            # cache context: the second call before the scheduler steps), SD3's skip-layer pass: left stock
             self._check_companion(module, hidden.shape[0])
             self._call = _Call("companion", step)
             return None
@@ -215,9 +226,15 @@ class GuidanceHandle:
         if first_call_of_run(pipe):
             self._warn_if_window_guides_nothing(begin, total)
         active = self.plan.active(step, total)
+        if active and not self.batched and _stateful_cache_hooks(module):
+            raise ModelError(
+                f"apply(..., batched=False) runs extra forwards of the conditional rows through "
+                f"{', '.join(sorted(_stateful_cache_hooks(module)))}, whose cached tensors belong to the full batch; "
+                "use batched=True (the default) with diffusers caches")
         rows = cond.stop - cond.start
         batch = n + (rows * len(active) if self.batched else 0)
         self._fresh_caches(module, batch, context)
+        self._step_marker = marker  # after the cache reset, which clears it
         if not active:
             self._call = _Call("plain", step)
             return None
@@ -235,6 +252,7 @@ class GuidanceHandle:
         call, self._call = self._call, None
         self.installation.set_strengths(None)
         if output is None:  # the forward raised; the error propagates
+            self._end_of_call()
             return None
         if call.kind != "guided":
             return None
@@ -252,6 +270,18 @@ class GuidanceHandle:
         self.calls["guided_steps"] += 1
         self.calls["perturbed_rows"] += rows * len(active)
         return _with_sample(output, sample) if self.batched else None
+
+    def _same_step(self, marker: tuple[Any, Any, int | None]) -> bool:
+        """Whether a conditional call of this step already ran: same scheduler, same schedule (this
+        pipeline call), same host step index; `scheduler.step` moves the index, so the first call after each
+        step is the conditional one."""
+        seen = self._step_marker
+        return seen is not None and seen[0] is marker[0] and seen[1] is marker[1] and seen[2] == marker[2]
+
+    def _end_of_call(self) -> None:
+        """A pipeline call ended (diffusers resets stateful hooks in maybe_free_model_hooks) or a forward
+        raised: the next call starts a new step."""
+        self._step_marker = None
 
     # --- the guidance term, added to the prediction the calling pipeline steps on ---
     def _arm(self, pipe: Any, delta: Tensor) -> None:
@@ -310,7 +340,7 @@ class GuidanceHandle:
         conditional pass of a different batch size (diffusers caches not keyed by cache context)."""
         if self._armed is None or not self.batched or self._last_rows == n:
             return
-        unkeyed = _context_blind_cache_hooks(module)
+        unkeyed = _stateful_cache_hooks(module, context_blind=True)
         if unkeyed:
             raise ModelError(
                 f"{', '.join(sorted(unkeyed))} keeps one cache per module for every pass of a step, but the guided "
@@ -378,8 +408,9 @@ class _StepOnce:
         return self.original(model_output + self.delta.to(model_output.dtype), *args, **kwargs)
 
 
-def _context_blind_cache_hooks(module: Any) -> set[str]:
-    """Names of stateful diffusers hooks under `module` whose state is not kept per cache context."""
+def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:
+    """Class names of diffusers' stateful hooks (caches) under `module`, ours excepted; with `context_blind`
+    only those whose state is not kept per cache context (no StateManager)."""
     from diffusers.hooks.hooks import StateManager
 
     names = set()
@@ -387,9 +418,12 @@ def _context_blind_cache_hooks(module: Any) -> set[str]:
         registry = getattr(sub, "_diffusers_hook", None)
         if registry is None:
             continue
-        for hook in registry.hooks.values():
-            if hook._is_stateful and not any(isinstance(v, StateManager) for v in vars(hook).values()):
-                names.add(type(hook).__name__)
+        for name, hook in registry.hooks.items():
+            if not hook._is_stateful or name == CONTEXT_HOOK:
+                continue
+            if context_blind and any(isinstance(v, StateManager) for v in vars(hook).values()):
+                continue
+            names.add(type(hook).__name__)
     return names
 
 

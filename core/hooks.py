@@ -129,15 +129,19 @@ def _observer_class() -> type:
 
         _is_stateful = True
 
-        def __init__(self) -> None:
+        def __init__(self, on_reset: Callable[[], None] | None = None) -> None:
             super().__init__()
             self.state_manager = StateManager(_Nothing)
+            self.on_reset = on_reset
 
         @property
         def context(self) -> Any | None:
             return getattr(self.state_manager, "_context", None)
 
         def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+            # diffusers resets stateful hooks at the end of every pipeline call (maybe_free_model_hooks)
+            if self.on_reset is not None:
+                self.on_reset()
             return module
 
     return CacheContextObserver
@@ -148,12 +152,13 @@ class TransformerHooks:
     cache-context observer (diffusers' registry). `remove()` takes all of them off; idempotent.
 
     `before(module, kwargs) -> kwargs | None` may return new keyword arguments (more rows);
-    `after(module, kwargs, output) -> output | None` may return a new output (None: keep it). Both run
+    `after(module, kwargs, output) -> output | None` may return a new output (None: keep it);
+    `on_reset()` runs when diffusers resets stateful hooks (end of a pipeline call). Both hooks run
     outside `torch.compile` tracing (`torch.compiler.disable`): decisions stay in Python on the host.
     """
 
     def __init__(self, transformer: torch.nn.Module, before: Callable[..., Any], after: Callable[..., Any],
-                 owner: Any) -> None:
+                 owner: Any, on_reset: Callable[[], None] | None = None) -> None:
         self.transformer = transformer
         self.owner = owner
 
@@ -176,7 +181,7 @@ class TransformerHooks:
             from diffusers.hooks import HookRegistry
 
             registry = HookRegistry.check_if_exists_or_initialize(transformer)
-            self.observer = _observer_class()()
+            self.observer = _observer_class()(on_reset)
             registry.register_hook(self.observer, CONTEXT_HOOK)
 
     @property
