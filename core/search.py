@@ -354,9 +354,10 @@ class _Search:
         self.covered: set[tuple[str, int]] = set()
         self.images = 0
         total_units = 1 + (len(sites) if settings.layer_baselines else 0)
-        total_units += sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
+        share = settings.budget if settings.schedule == "racing" else 1.0  # racing: the bar shows its cap
+        total_units += share * sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
         total_units += settings.rounds if settings.top_k > 1 else 0
-        self.bar = tqdm(total=total_units * len(self.pairs), desc="headhunter", unit="img",
+        self.bar = tqdm(total=int(total_units * len(self.pairs)), desc="headhunter", unit="img",
                         disable=not (progress and ctx.is_main))
 
     def headset(self, heads: Sequence[str], name: str = "candidate") -> HeadSet:
