@@ -558,3 +558,26 @@ def test_inductor_compile_guides_like_a_plain_pipeline(feature, model):
     assert diff <= tol and all(maxdiff(out, stock) > 1e-3 for out in outs)
     assert handle.calls["guided_steps"] == 2 * STEPS
     assert maxdiff(run(pipe, settings), stock) <= tol
+
+
+def test_flux_attention_backend_is_kept_by_guided_calls():
+    """FLUX dispatches attention through diffusers' backend registry: with `_native_math` set, guided calls
+    equal the plain pipeline's (default SDPA) to the backends' rounding, and the backend stays set."""
+    build, settings, notation = MODELS["flux"]
+    tol = 1e-5
+    plain = build()
+    hs = headset(plain, notation)
+    with headhunter.apply(plain, hs, scale=W):
+        reference = run(plain, settings)
+    pipe = build()
+    pipe.transformer.set_attention_backend("_native_math")
+    try:
+        with headhunter.apply(pipe, hs, scale=W) as handle:
+            outs = [run(pipe, settings) for _ in range(N_CALLS)]
+        backend = pipe.transformer.transformer_blocks[0].attn.processor._attention_backend
+    finally:
+        pipe.transformer.reset_attention_backend()
+    diff = max(maxdiff(out, reference) for out in outs)
+    _report("attention backend _native_math", "flux", diff, tol)
+    assert diff <= tol and handle.calls["guided_steps"] == N_CALLS * STEPS
+    assert backend.value == "_native_math"
