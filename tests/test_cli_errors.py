@@ -204,7 +204,9 @@ def test_hunt_no_report_does_not_print_a_report_path(monkeypatch, tmp_path):
     import headhunter.workflow as workflow
 
     headset = HeadSet.from_heads([(0, 1)], sites=SITES, architecture="toy")
-    fake = SimpleNamespace(headset=headset, baseline_score=0.5, rounds=[SimpleNamespace(set_score=0.7)], best_layer=None)
+    fake = SimpleNamespace(headset=headset, baseline_score=0.5, best_layer=None, evaluation=None,
+                           rounds=[SimpleNamespace(index=0, set_score=0.7, added=["L0H1"], leaders=["L0H1"],
+                                                   stability=1.0, images=4)])
     seen = {}
     monkeypatch.setattr(hunt_cli, "_load", lambda model: object())
     monkeypatch.setattr(workflow, "hunt", lambda *a, **kw: seen.update(kw) or fake)
