@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from headhunter.cli.hunt import read_prompts
-from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, Seeds, WritableDir, PluginName
+from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, PluginName, Scope, Seeds, WritableDir
 
 DEFAULT_OUT = "runs/atlas"
 
@@ -47,7 +47,7 @@ def atlas() -> None:
 @click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s (diffusers convention); default: the pipeline's.")
 @click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
               help="Perturbation plugin (see `headhunter plugins`).")
-@click.option("--scope", default="joint", show_default=True, type=click.Choice(["joint", "image", "pag_mask"]))
+@click.option("--scope", default="joint", show_default=True, type=Scope())
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")

@@ -17,8 +17,9 @@ from typing import Any
 
 import click
 
-from headhunter.cli.params import NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, FiniteFloat, WritableDir
-from headhunter.schema import SCOPES
+from headhunter.cli.params import (
+    NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, FiniteFloat, Scope, WritableDir,
+)
 
 SIDECAR = "generate.json"
 GRID = "compare.png"
@@ -39,7 +40,7 @@ DTYPES = ("float32", "float16", "bfloat16")
               help="FLUX.1-dev's guidance embedding (the pipeline's guidance_scale); default: the pipeline's.")
 @click.option("--start", type=UNIT, help="Window start, fraction of steps, inclusive (default: head set's).")
 @click.option("--stop", type=UNIT, help="Window stop, fraction of steps, exclusive (default: head set's).")
-@click.option("--scope", type=click.Choice(SCOPES), help="Identity scope (default: the head set's).")
+@click.option("--scope", type=Scope(), help="Identity scope (default: the head set's).")
 @click.option("--steps", type=STEPS, help="Denoising steps (default: the pipeline's).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the first image; image i uses seed + i.")
 @click.option("--num-images", type=POSITIVE_INT, default=1, show_default=True, help="Images per prompt.")

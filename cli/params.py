@@ -202,6 +202,24 @@ class WritableDir(click.Path):
         return path
 
 
+class Scope(click.Choice):
+    """The identity scopes, `headhunter.schema.SCOPES` (joint, image, pag_mask), read when first needed: building
+    the CLI must not import the schema (pydantic), so `headhunter --help` stays quick."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from headhunter.schema import SCOPES
+
+        return SCOPES
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns; the schema is the source
+        pass
+
+
 #: Shared instances of the common ranges (help texts stay in the commands).
 UNIT = FiniteFloat(0.0, 1.0)
 NON_NEGATIVE = FiniteFloat(min=0.0)

@@ -147,6 +147,7 @@ def test_building_the_cli_and_registry_imports_no_heavy_module():
         "import headhunter\n"
         "cli = make_cli()\n"
         "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+        "assert 'pydantic' not in sys.modules, '--help imported pydantic'\n"
         "assert CliRunner().invoke(cli, ['plugins']).exit_code == 0\n"
         "headhunter.get_registry().base_model('stabilityai/stable-diffusion-3-medium-diffusers')\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
