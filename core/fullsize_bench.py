@@ -52,6 +52,10 @@ SD3_TINY = dict(SD3_MEDIUM, attention_head_dim=4, joint_attention_dim=32, captio
 FLUX_TINY = dict(FLUX_DEV, attention_head_dim=16, joint_attention_dim=32, pooled_projection_dim=16,
                  in_channels=16, axes_dims_rope=(4, 6, 6))
 
+#: First perturbed blocks of the prefix-sharing sweep: 0, N/4, N/2, 3N/4 (+ FLUX preset layers 38 and 52).
+SD3_SWEEP = (0, 6, 12, 18)
+FLUX_SWEEP = (0, 14, 28, 38, 43, 52)
+
 W = 3.0      # perturbation guidance scale (paper's searches)
 CFG = 4.5    # SD3 CFG scale; FLUX uses true CFG (true_cfg_scale) with a negative prompt
 
@@ -246,6 +250,10 @@ def _sd3(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int, 
               guided(layer, CFG, scope="pag_mask", perturbation="identity"))
     bench.add("search: 8 candidates batched (B=16), per 8", per_sample_batch)
     bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, factor=8)
+    for block in SD3_SWEEP:  # first perturbed block at 0, N/4, N/2, 3N/4 (prefix sharing)
+        hs = HeadSet.from_heads([(block, 0)], sites=sites, architecture="sd3", name=f"L{block}H0")
+        bench.add(f"sweep: first perturbed block {block}, no CFG (B=2)", guided(hs, 1.0))
+        bench.add(f"sweep: first perturbed block {block}, CFG (B=3)", guided(hs, CFG))
     log(f"sd3: {len(bench.cases)} cases, {steps} steps x {repeats} repeats")
     results = bench.run(log)
     checks = {}
@@ -353,11 +361,21 @@ def _flux(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int,
     bench.add("guided late L38 batched, true CFG (B=2 + uncond B=1)", guided(late, cfg=True))
     bench.add("search: 8 candidates batched (B=16), per 8", per_sample_batch)
     bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, factor=8)
+    for block in FLUX_SWEEP:  # 0, N/4, N/2, 3N/4 and the presets' layers 38 (golden hour) and 52
+        hs = HeadSet.from_heads([(block, 0)], sites=sites, architecture="flux", name=f"L{block}H0")
+        bench.add(f"sweep: first perturbed block {block}, no CFG (B=2)", guided(hs))
     log(f"flux: {len(bench.cases)} cases, {steps} steps x {repeats} repeats")
     results = bench.run(log)
     del pipe, transformer
     return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
             "tokens": {"image": tokens, "text": text_len}, "steps_per_call": steps, "cases": results}
+
+
+def ideal_speedup(block: int, blocks: int, cfg: bool) -> float:
+    """Stock-at-the-same-batch time over guided time when perturbed rows start at `block` of `blocks`:
+    2 / (1 + (N - L) / N) without CFG, 3 / (2 + (N - L) / N) with CFG (the issue's formulas)."""
+    rest = (blocks - block) / blocks
+    return 3 / (2 + rest) if cfg else 2 / (1 + rest)
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -378,6 +396,16 @@ def format_report(data: dict[str, Any]) -> str:
             ratio = c["median_ms"] / cases[ref]["median_ms"] if ref in cases and "search" not in name else None
             lines.append(f"| {name} | {c['median_ms']:.1f} | {c['min_ms']:.1f}-{c['max_ms']:.1f} | "
                          f"{c.get('peak_gib', float('nan')):.2f} | {'' if ratio is None else f'{ratio:.3f}'} |")
+        blocks = data[model]["config"]["num_layers"] + data[model]["config"].get("num_single_layers", 0)
+        sweep = [(n, c) for n, c in cases.items() if n.startswith("sweep:")]
+        if sweep:
+            lines += ["", "| first perturbed block | CFG | speed-up vs stock same batch | ideal | of ideal |",
+                      "|---:|---|---:|---:|---:|"]
+            for name, c in sweep:
+                block, cfg = int(name.split("block ")[1].split(",")[0]), "CFG (B=3)" in name
+                ref = cases[floor3 if cfg and floor3 else floor2]["median_ms"]
+                speedup, ideal = ref / c["median_ms"], ideal_speedup(block, blocks, cfg)
+                lines.append(f"| {block} | {'yes' if cfg else 'no'} | {speedup:.3f} | {ideal:.3f} | {speedup / ideal:.2f} |")
         for name, value in data[model].get("checks", {}).items():
             lines.append(f"- {name}: {value:.3e}")
     return "\n".join(lines)
