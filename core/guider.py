@@ -416,8 +416,11 @@ class HeadHunterGuidance(BaseGuidance):
 
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None,
                 **perturbed: torch.Tensor) -> GuiderOutput:
-        """`uncond + s (cond - uncond) + sum_k w_k (cond - perturbed_k)`; `perturbed` holds
-        `pred_cond_perturbed_<k>` for the active head sets (k = index in `headsets`)."""
+        """`uncond + s (cond - uncond) + sum_k w_k (cond - perturbed_k)` (paper Eq. 5 with CFG, diffusers' CFG
+        convention; `cond + s (cond - uncond) + ...` with `use_original_formulation`), then diffusers'
+        `rescale_noise_cfg` when `guidance_rescale > 0`. All predictions are tensors of one shape (the model's
+        output for the batch, e.g. [B, C, H, W]); `perturbed` holds `pred_cond_perturbed_<k>` for the active head
+        sets (k = index in `headsets`). Returns diffusers' `GuiderOutput(pred, pred_cond, pred_uncond)`."""
         if pred_uncond is None:
             pred = pred_cond
         else:

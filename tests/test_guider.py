@@ -593,7 +593,7 @@ def hub(monkeypatch, tmp_path):
         yield fake
 
 
-def test_hub_round_trip_pins_the_headset_commit(hub, sd3, sd3_sets, tmp_path):
+def test_hub_round_trip_pins_the_headset_commit(hub, sd3, sd3_sets, tmp_path, monkeypatch):
     a, b = sd3_sets
     a.push_to_hub("me/heads")
     first = hub.repos["me/heads"].refs["main"]
@@ -607,6 +607,12 @@ def test_hub_round_trip_pins_the_headset_commit(hub, sd3, sd3_sets, tmp_path):
     assert loaded.headsets == [a] and loaded.config.headsets == guider.config.headsets
     assert torch.equal(run_modular_sd3(sd3, loaded, cfg=True), run_modular_sd3(sd3, guider, cfg=True))
     assert HeadHunterGuidance(headsets="me/heads").headsets == [b]  # unpinned: the newest
+    from huggingface_hub import constants  # offline: guider config and pinned head set come from the cache
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    requests = len(hub.requests)
+    offline = HeadHunterGuidance.from_pretrained("me/sd3-headhunter", subfolder="guider")
+    assert offline.headsets == [a] and len(hub.requests) == requests
 
 
 def test_push_refuses_headsets_others_cannot_fetch(hub, sd3_sets, tmp_path):
