@@ -146,6 +146,23 @@ def test_sd3_modular_equals_apply_on_the_stock_pipeline(sd3, sd3_sets, s, batche
     assert_stock_processors(sd3.transformer)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_sd3_prompt_batches_and_images_per_prompt(sd3, sd3_sets, batched):
+    """Two prompts x 2 images: the per-row strengths repeat over the 4 rows of every block."""
+    a, b = sd3_sets
+    prompts = ["a photo of a red cat", "a blue dog"]
+    guider = HeadHunterGuidance(headsets=[a, b], perturbed_guidance_scale=[2.0, 1.5], guidance_scale=4.5,
+                                batched=batched)
+    got = modular(StableDiffusion3AutoBlocks(), sd3, guider)(
+        prompt=prompts, negative_prompt="", num_images_per_prompt=2, num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0), output="latents", **SD3_CALL)
+    with headhunter.apply(sd3, [a, b], scale=[2.0, 1.5]):
+        expected = sd3(prompts, guidance_scale=4.5, num_images_per_prompt=2, num_inference_steps=STEPS,
+                       output_type="latent", generator=torch.Generator().manual_seed(0), **SD3_CALL).images
+    assert got.shape == expected.shape == (4, 4, 16, 16)
+    assert (got - expected).abs().max().item() < TOL
+
+
 def test_sd35_like_model_equals_apply():
     """qk RMSNorm and the image-only attn2 site of SD3.5-medium."""
     pipe = build_sd3(qk_norm="rms_norm", dual_attention_layers=(0,))
