@@ -26,8 +26,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import HeadhunterError
 
 #: Deepest JSON nesting we parse (our documents are at most ~6 levels deep).
@@ -132,6 +130,8 @@ def _parse_constant(text: str) -> float:
 
 def json_depth(data: bytes) -> int:
     """Deepest nesting of arrays/objects in JSON bytes, not counting brackets inside strings (vectorised)."""
+    import numpy as np  # here, not at module level: listing presets and --help never need numpy
+
     stripped = np.frombuffer(_STRING.sub(b"", data), dtype=np.uint8)
     if stripped.size == 0:
         return 0

@@ -18,13 +18,15 @@ import math
 import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import _headset_io as io
+from ._files import write_atomic
 from .errors import HeadSetError
-from .headset import HeadSet
+
+if TYPE_CHECKING:  # the head-set reader (numpy, safetensors) loads only when a preset is loaded, not listed
+    from .headset import HeadSet
 
 #: Version of the index layout.
 INDEX_FORMAT = 1
@@ -67,6 +69,8 @@ def list_presets(
 
 def load_preset(name: str, root: str | Path | None = None) -> HeadSet:
     """Load the preset `name` (or `name@u`: every strength set to u); the error lists the available names."""
+    from .headset import HeadSet
+
     base, strength = _split_strength(name)
     folder = Path(root) if root else headsets_root()
     entries = {p.name: p for p in _read_index(folder)}
@@ -163,7 +167,7 @@ def _read_index(folder: Path) -> list[PresetEntry]:
 
 def _write_index(folder: Path, entries: list[PresetEntry]) -> None:
     doc = {"format": INDEX_FORMAT, "presets": [p.model_dump() for p in entries]}
-    io.write_atomic(folder / INDEX_NAME, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
+    write_atomic(folder / INDEX_NAME, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 __all__ = ["INDEX_FORMAT", "PresetEntry", "add_preset", "headsets_root", "list_presets", "load_preset", "preset_rows"]
