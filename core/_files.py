@@ -4,8 +4,8 @@ Reading: a path is opened without blocking (`O_NONBLOCK`, so a FIFO cannot hang 
 file (not a FIFO, a device such as `/dev/zero`, a directory or a socket; symlinks are followed and the
 target is what is checked) of at most `max_bytes`, and only the bytes asked for are read. JSON is
 parsed with bounded nesting depth and bounded size, refusing number literals that do not fit a float64
-(or an integer of more than `MAX_INT_DIGITS` digits), `NaN`/`Infinity`, non-UTF-8 text and unpaired
-surrogates. Every failure is raised as the caller's error class (a `HeadhunterError`) naming the file
+(or an integer of more than `MAX_INT_DIGITS` digits), `NaN`/`Infinity`, a key repeated in one object,
+non-UTF-8 text and unpaired surrogates. Every failure is raised as the caller's error class (a `HeadhunterError`) naming the file
 and what is wrong; nothing of `json`, `os` or `UnicodeDecodeError` escapes.
 
 Writing: `write_atomic` writes a temp file beside the target, fsyncs and renames it over the target, so a
@@ -107,7 +107,7 @@ def _kind(mode: int) -> str:
 
 
 class _BadNumber(ValueError):
-    pass
+    """A JSON value we refuse (a number out of range, a repeated key)."""
 
 
 def _parse_int(text: str) -> int:
@@ -122,6 +122,15 @@ def _parse_float(text: str) -> float:
     if not math.isfinite(value):
         raise _BadNumber(f"the number {text[:40]} overflows a float64")
     return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _BadNumber(f"the key {key[:60]!r} twice in one object (which one counts would be a guess)")
+        out[key] = value
+    return out
 
 
 def _parse_constant(text: str) -> float:
@@ -158,7 +167,8 @@ def parse_json(data: bytes | str, *, source: str, error: type[HeadhunterError], 
     if depth > max_depth:
         raise error(f"{source}: {what} is nested {depth} levels deep; at most {max_depth} are allowed")
     try:
-        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant,
+                           object_pairs_hook=_unique_keys)
     except _BadNumber as err:
         raise error(f"{source}: {what} holds {err}") from None
     except json.JSONDecodeError as err:

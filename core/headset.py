@@ -30,7 +30,7 @@ MERGE_RULES = ("max", "sum", "override")
 #: rounds to 0 there, like 1e-300, would vanish from the file, so it is refused).
 MIN_STRENGTH = float(np.finfo(np.float32).smallest_subnormal)
 
-_HEAD_INDEX = re.compile(r"^[0-9]{1,9}$")
+_HEAD_INDEX = re.compile(r"^(0|[1-9][0-9]{0,8})$")  # canonical: "3", not "03" (two spellings of one head)
 
 
 class Head(NamedTuple):
@@ -423,7 +423,7 @@ def _strength_value(value: Any, site: str, source: str = "") -> float:
 
 def _head_index(text: str, site: str, source: str) -> int:
     if not _HEAD_INDEX.match(text):
-        raise HeadSetError(f"{source}: head index {text[:40]!r} at {site} is not a non-negative integer like '3'")
+        raise HeadSetError(f"{source}: head index {text[:40]!r} at {site} is not a non-negative integer like '3' (no sign, spaces or leading zeros)")
     return int(text)
 
 

@@ -135,7 +135,7 @@ def test_non_utf8_and_surrogates_are_our_error(tmp_path):
         hh.load_headset(_json_rendering(tmp_path / "s.json", text.replace('"unnamed"', '"\\ud800"')))
 
 
-@pytest.mark.parametrize("index", [" 1", "1_0", "٣", "+1", "-1", "9" * 50])
+@pytest.mark.parametrize("index", [" 1", "1_0", "٣", "+1", "-1", "01", "9" * 50])
 def test_json_head_index_must_be_plain_digits(tmp_path, index):
     doc = json.loads(small().to_json())
     doc["heads"]["blocks.0.attn"] = {index: 1.0}
@@ -156,7 +156,8 @@ def test_inf_scale_in_file_metadata_is_refused(tmp_path):
 def test_parse_json_helper_contract():
     assert parse_json(b'{"a": [1, 2.5, "x"]}', source="s", error=HeadSetError) == {"a": [1, 2.5, "x"]}
     assert parse_json('"[[[["', source="s", error=HeadSetError) == "[[[["  # brackets in strings do not count
-    for bad in (b"\xff", b"[" * 65 + b"]" * 65, b"1e999", b"-Infinity", b"1" * 41, b"{", b"\xef\xbb\xbf{}"):
+    for bad in (b"\xff", b"[" * 65 + b"]" * 65, b"1e999", b"-Infinity", b"1" * 41, b"{", b"\xef\xbb\xbf{}",
+                b'{"a": 1, "a": 2}'):
         with pytest.raises(HeadSetError):
             parse_json(bad, source="s", error=HeadSetError)
 
