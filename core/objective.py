@@ -29,10 +29,25 @@ class Objective(ABC):
         """float32 tensor [B] of scores, one per image, higher is better."""
 
     def __call__(self, images: Images, prompts: Sequence[str]) -> torch.Tensor:
+        if isinstance(images, torch.Tensor) and images.ndim == 5:
+            return self._score_videos(images, prompts)
         scores = self.score(images, prompts)
         if scores.ndim != 1:
             raise ObjectiveError(f"objective {self.name!r} returned shape {list(scores.shape)}, expected [batch]")
         return scores
+
+    def _score_videos(self, videos: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Videos [B, F, C, H, W] (e.g. Wan's `output_type="pt"`): each frame is scored as an image with its
+        video's prompt, and a video's score is the mean of its frames' scores -> [B]."""
+        b, f = videos.shape[:2]
+        per_video = check_prompts(videos, prompts)
+        scores = self.score(videos.flatten(0, 1), [p for p in per_video for _ in range(f)])
+        if tuple(scores.shape) != (b * f,):
+            raise ObjectiveError(
+                f"objective {self.name!r} returned shape {list(scores.shape)} for {b} videos x {f} frames, "
+                f"expected [{b * f}]"
+            )
+        return scores.view(b, f).mean(dim=1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

@@ -128,8 +128,11 @@ def write_grid(evaluation: Evaluation, path: Path, cell: int = 64, gap: int = 3)
 
 
 def _to_pil(image: torch.Tensor) -> Any:
+    """An image [C, H, W] in [0, 1] as PIL RGB; a video [F, C, H, W] is shown by its middle frame."""
     from PIL import Image
 
+    if image.ndim == 4:
+        image = image[image.shape[0] // 2]
     array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     if array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], mode="L").convert("RGB")

@@ -336,3 +336,28 @@ def test_wan_from_prompt_strings_with_its_text_encoder_matches_reference_loop():
     stock = run(pipe, WAN_CALL, prompt="a photo of a red cat", negative_prompt="a blue dog", guidance_scale=4.0,
                 max_sequence_length=WAN_TEXT_LEN)
     assert (actual - stock).abs().max() > 1e-3
+
+
+def test_a_video_is_scored_as_the_mean_of_its_frames():
+    g = torch.Generator().manual_seed(0)
+    videos = torch.rand(2, 3, 3, 8, 8, generator=g)
+    scores = Brightness()(videos, ["a", "b"])
+    assert scores.shape == (2,) and torch.allclose(scores, videos.mean(dim=(1, 2, 3, 4)))
+    frame_scores = Brightness()(videos.flatten(0, 1), ["x"])
+    assert torch.allclose(scores, frame_scores.view(2, 3).mean(dim=1))
+
+
+def test_hunt_on_wan_scores_videos_and_writes_its_report(tmp_path):
+    """hunt on a video pipeline: each candidate's videos are scored frame by frame (mean over frames), and the
+    report shows each video's middle frame."""
+    from tiny_dit_pipes import WAN_TEXT_LEN
+
+    pipe = build_wan(text_encoder=True)
+    result = hunt(pipe, Brightness(), prompts=["a cat"], seeds=[0], steps=2, rounds=1, top_k=1, scale=2.0,
+                  candidates=["L0H0", "L1H1"], layer_baselines=False, batch_size=4, progress=False,
+                  out_dir=tmp_path, eval_seeds=[5],
+                  pipeline_kwargs=dict(max_sequence_length=WAN_TEXT_LEN, **WAN_CALL))
+    scores = result.rounds[0].scores
+    assert len(scores) == 2 and scores["L0H0"] != scores["L1H1"]
+    assert result.headset.metadata.architecture == "wan"
+    assert {"index.md", "grid.png", "headset.safetensors"} <= {p.name for p in tmp_path.iterdir()}
