@@ -22,6 +22,7 @@ score them (`components`, `combine`) live in `headhunter.composite`; they are re
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 
@@ -54,17 +55,26 @@ _VALUE_STOP = set(",;:()+*<>=\"'")
 
 def _convert(text: str) -> Any:
     if _NUMBER.fullmatch(text):
+        if re.fullmatch(r"[+-]?[0-9]{1,40}", text):
+            return int(text)
         number = float(text)
-        return int(number) if re.fullmatch(r"[+-]?[0-9]+", text) else number
+        if not math.isfinite(number):
+            raise ObjectiveError(f"parameter value {text[:40]!r} is not a finite number")
+        return number
     if text in ("true", "false"):
         return text == "true"
     return text
+
+
+#: Deepest nesting of parentheses and function calls in an objective expression.
+MAX_DEPTH = 32
 
 
 class _Parser:
     def __init__(self, text: str, make_leaf: Callable[[str, dict[str, Any], int], Objective]) -> None:
         self.text = text
         self.pos = 0
+        self.depth = 0
         self.make_leaf = make_leaf
 
     # -- helpers
@@ -92,6 +102,13 @@ class _Parser:
         match = _NAME.match(self.text, self.pos) or _NUMBER.match(self.text, self.pos)
         return repr(match.group(0) if match else self.text[self.pos])
 
+    def number(self, match: re.Match[str]) -> float:
+        """A number literal of the expression; must be finite (e.g. '1e999' overflows)."""
+        value = float(match.group(0))
+        if not math.isfinite(value):
+            raise self.error(f"number {match.group(0)[:40]!r} is not finite; numbers must be finite", match.start())
+        return value
+
     def expect(self, token: str, what: str) -> None:
         if self.peek(token) is None:
             raise self.error(f"expected {what} but found {self.found()}")
@@ -106,6 +123,16 @@ class _Parser:
         return result
 
     def sum(self) -> Objective:
+        """A sum, counting nesting: parentheses and function calls deeper than MAX_DEPTH are an error."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.error(f"nested more than {MAX_DEPTH} levels deep")
+            return self._sum()
+        finally:
+            self.depth -= 1
+
+    def _sum(self) -> Objective:
         start = self.pos
         sign = -1.0 if self.peek("-") else 1.0
         if sign < 0:
@@ -148,7 +175,7 @@ class _Parser:
         number = _NUMBER.match(self.text, self.pos)
         if number and not self.text[self.pos] in "+-":
             self.pos = number.end()
-            return float(number.group(0))
+            return self.number(number)
         if self.peek("("):
             self.pos += 1
             inner = self.sum()
@@ -193,7 +220,7 @@ class _Parser:
             if number is None:
                 raise self.error(f"expected the number scored when a condition fails but found {self.found()}")
             self.pos = number.end()
-            otherwise = float(number.group(0))
+            otherwise = self.number(number)
         self.expect(")", "')' closing gate(...)" + ("" if otherwise else " (or ';' and the score when a condition fails)"))
         return ThresholdGate(conditions, then, otherwise)
 
@@ -208,7 +235,7 @@ class _Parser:
         if number is None:
             raise self.error(f"expected a threshold number after {op!r} but found {self.found()}")
         self.pos = number.end()
-        return lhs, op, float(number.group(0))
+        return lhs, op, self.number(number)
 
     def leaf(self, name: str, at: int) -> Objective:
         params: dict[str, Any] = {}

@@ -347,3 +347,19 @@ def test_damaged_checkpoint_is_our_error_naming_the_file(tmp_path, damage, messa
     with pytest.raises(SearchError, match=message) as info:
         hunt(pipe, _brightness(), out_dir=out, report=False, candidates=["L0H0"], **TINY_HUNT)
     assert str(state) in str(info.value) and "--no-resume" in str(info.value)
+
+
+# ----- objective expressions from the command line ------------------------------------------------------------
+@pytest.mark.parametrize("expression, message", [
+    ("harmonic(" * 3000 + "brightness" + ")" * 3000, "nested more than 32 levels deep"),
+    ("(" * 3000 + "brightness" + ")" * 3000, "nested more than 32 levels deep"),
+    ("brightness*1e999", "number '1e999' is not finite"),
+    ("gate(brightness > 1e999, brightness; 0)", "not finite"),
+    ("brightness:a=1e999", "not a finite number"),
+])
+def test_objective_expressions_bound_depth_and_numbers(expression, message):
+    from headhunter import ObjectiveError
+    from headhunter.objective_expr import parse_objective
+
+    with pytest.raises(ObjectiveError, match=message):
+        parse_objective(expression)
