@@ -62,10 +62,11 @@ def build(model, prompts, seeds, heads, layers, scale, strength, steps, cfg, per
     from headhunter.atlas import atlas as run_atlas
     from headhunter.registry import get_registry
 
+    prompt_list, layer_list = read_prompts(prompts), _layers(layers)  # cheap checks before the model loads
     registered = model in get_registry().names("model")
     result = run_atlas(
-        model if registered else load_pipeline(model), read_prompts(prompts), seeds,
-        heads=[h.strip() for h in heads.split(",") if h.strip()] if heads else None, layers=_layers(layers),
+        model if registered else load_pipeline(model), prompt_list, seeds,
+        heads=[h.strip() for h in heads.split(",") if h.strip()] if heads else None, layers=layer_list,
         strength=strength, scale=scale, steps=steps, cfg=cfg, perturbation=perturbation, scope=scope,
         objectives=list(objectives) or None, batch_size=batch_size, out_dir=out_dir, resume=not no_resume,
     )

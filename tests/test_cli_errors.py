@@ -116,6 +116,8 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["atlas", "build", "--steps", "0"], 2, "out of range"),
         (["atlas", "build", "--perturbation", "nope"], 2, "unknown perturbation 'nope'"),
         (["atlas", "build", "--out", under_file], 2, "is not a folder"),
+        (["atlas", "build", "some/model", "--layers", "x"], 2, "cannot read layers 'x'"),
+        (["atlas", "build", "some/model", "--prompt", "@/dev/zero"], 2, "not a regular file"),
         (["atlas", "export", str(root / "no-atlas"), "--effect", "x", "-o", "o.json"], 1, "no atlas at"),
         (["atlas", "export", str(root / "bad-atlas"), "--effect", "x", "-o", "o.json"], 1, "nested"),
         (["atlas", "export", str(root / "edited-atlas"), "--effect", "x", "-o", "o.json"], 1, "edited-atlas/atlas.json is damaged: model is required"),
