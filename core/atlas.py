@@ -38,7 +38,7 @@ from ._version import __version__
 from .errors import PluginError, SearchError
 from .headset import HeadSet
 from .registry import get_registry
-from .schema import GenerationSettings, GuidanceSettings, PerturbationSpec, SearchProvenance, validated
+from .schema import GenerationSettings, GuidanceSettings, PerturbationSpec, SearchProvenance, Seed, validated
 from .sites import Site, format_notation, parse_notation
 
 STATE_NAME = "state.json"
@@ -75,7 +75,7 @@ class AtlasSettings(GenerationSettings):
 
     model: str = Field(description="model name or id (provenance)")
     prompts: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     heads: list[str] = Field(description="heads perturbed alone, paper notation, in order")
     layers: list[int] = Field(description="layers perturbed whole (every head), in order")
     strength: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,

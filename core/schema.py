@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from typing import TypeVar
 
@@ -21,6 +21,9 @@ from .sites import Site
 
 #: Version of the file format this library writes. Readers refuse a newer major version.
 FORMAT_VERSION = "1.0"
+
+#: A seed as torch.Generator.manual_seed takes it: [-2**63, 2**64 - 1] (outside, torch raises mid-run).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
 
 Scope = Literal["joint", "image", "pag_mask"]
 SCOPES: tuple[str, ...] = ("joint", "image", "pag_mask")

@@ -31,7 +31,7 @@ from .distributed import Context, context
 from .objective_expr import components, expression, leaves
 from .registry import get_registry
 from .schedule import REFERENCE, run_round
-from .schema import GenerationSettings, SearchProvenance
+from .schema import GenerationSettings, SearchProvenance, Seed
 from .sites import Site, format_notation, parse_notation
 from .stats import Estimate, objective_value, paired_difference
 
@@ -51,7 +51,7 @@ class SearchSettings(GenerationSettings):
     model: str = Field(description="model name or id (provenance)")
     objective: str = Field(description="objective expression")
     prompts: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     rounds: int = Field(default=1, ge=1)
     top_k: int = Field(default=1, ge=1)
     strength: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,

@@ -169,6 +169,9 @@ def fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seed
     """The evaluation seeds: given, else the model's, else 10,000.. (as many as the search's, at least 8);
     SearchError if any was used by the search."""
     fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.get("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
+    bad = next((s for s in fresh if not -(2**63) <= s <= 2**64 - 1), None)
+    if bad is not None:
+        raise SearchError(f"evaluation seed {bad} out of range; allowed: [-2**63, 2**64 - 1] (torch.Generator seeds)")
     overlap = sorted(set(fresh) & {int(s) for s in seeds})
     if overlap:
         raise SearchError(f"evaluation seeds {overlap[:5]} were used by the search; evaluation needs fresh seeds")

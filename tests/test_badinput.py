@@ -363,3 +363,13 @@ def test_objective_expressions_bound_depth_and_numbers(expression, message):
 
     with pytest.raises(ObjectiveError, match=message):
         parse_objective(expression)
+
+
+def test_seeds_outside_torch_range_fail_before_the_search(tmp_path):
+    from headhunter import SearchError
+    from headhunter.workflow import hunt
+
+    for kwargs in ({"seeds": [2**70]}, {"eval_seeds": [2**70]}):
+        with pytest.raises(SearchError, match="seed"):
+            hunt(_tiny_search_pipe(), _brightness(), out_dir=tmp_path / "d", **{**TINY_HUNT, **kwargs})
+        assert not (tmp_path / "d").exists()
