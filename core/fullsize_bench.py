@@ -151,6 +151,27 @@ class Bench:
         return results
 
 
+def _fanout() -> Any:
+    """The prefix-sharing module (`headhunter.fanout`), or None in a version without it."""
+    try:
+        import headhunter.fanout as fanout
+    except ImportError:
+        return None
+    return fanout
+
+
+def _without_fanout(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` run with prefix sharing switched off (every row computed in full): the before/after pair."""
+    def go(clock: Callable[[], StepClock] | None = None) -> Any:
+        fanout = _fanout()
+        fanout.enabled = False
+        try:
+            return fn(clock)
+        finally:
+            fanout.enabled = True
+    return go
+
+
 def _sd3(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int, steps: int, tiny: bool,
          log: Callable[[str], None]) -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3PAGPipeline
@@ -252,8 +273,11 @@ def _sd3(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int, 
     bench.add("search: 8 candidates one at a time (8 x B=2), per 8", one_at_a_time, factor=8)
     for block in SD3_SWEEP:  # first perturbed block at 0, N/4, N/2, 3N/4 (prefix sharing)
         hs = HeadSet.from_heads([(block, 0)], sites=sites, architecture="sd3", name=f"L{block}H0")
-        bench.add(f"sweep: first perturbed block {block}, no CFG (B=2)", guided(hs, 1.0))
-        bench.add(f"sweep: first perturbed block {block}, CFG (B=3)", guided(hs, CFG))
+        for label, s in (("no CFG (B=2)", 1.0), ("CFG (B=3)", CFG)):
+            bench.add(f"sweep: first perturbed block {block}, {label}", guided(hs, s))
+            if _fanout() is not None:
+                bench.add(f"sweep (full computation): first perturbed block {block}, {label}",
+                          _without_fanout(guided(hs, s)))
     log(f"sd3: {len(bench.cases)} cases, {steps} steps x {repeats} repeats")
     results = bench.run(log)
     checks = {}
@@ -364,6 +388,9 @@ def _flux(config: dict[str, Any], device: str, dtype: torch.dtype, repeats: int,
     for block in FLUX_SWEEP:  # 0, N/4, N/2, 3N/4 and the presets' layers 38 (golden hour) and 52
         hs = HeadSet.from_heads([(block, 0)], sites=sites, architecture="flux", name=f"L{block}H0")
         bench.add(f"sweep: first perturbed block {block}, no CFG (B=2)", guided(hs))
+        if _fanout() is not None:
+            bench.add(f"sweep (full computation): first perturbed block {block}, no CFG (B=2)",
+                      _without_fanout(guided(hs)))
     log(f"flux: {len(bench.cases)} cases, {steps} steps x {repeats} repeats")
     results = bench.run(log)
     del pipe, transformer
@@ -399,13 +426,16 @@ def format_report(data: dict[str, Any]) -> str:
         blocks = data[model]["config"]["num_layers"] + data[model]["config"].get("num_single_layers", 0)
         sweep = [(n, c) for n, c in cases.items() if n.startswith("sweep:")]
         if sweep:
-            lines += ["", "| first perturbed block | CFG | speed-up vs stock same batch | ideal | of ideal |",
-                      "|---:|---|---:|---:|---:|"]
+            lines += ["", "| first perturbed block | CFG | speed-up vs stock same batch | ideal | of ideal | "
+                      "rows in full (fan-out off) |", "|---:|---|---:|---:|---:|---:|"]
             for name, c in sweep:
                 block, cfg = int(name.split("block ")[1].split(",")[0]), "CFG (B=3)" in name
                 ref = cases[floor3 if cfg and floor3 else floor2]["median_ms"]
                 speedup, ideal = ref / c["median_ms"], ideal_speedup(block, blocks, cfg)
-                lines.append(f"| {block} | {'yes' if cfg else 'no'} | {speedup:.3f} | {ideal:.3f} | {speedup / ideal:.2f} |")
+                full = cases.get(name.replace("sweep:", "sweep (full computation):"))
+                off = "" if full is None else f"{ref / full['median_ms']:.3f}"
+                lines.append(f"| {block} | {'yes' if cfg else 'no'} | {speedup:.3f} | {ideal:.3f} | {speedup / ideal:.2f} | "
+                             f"{off} |")
         for name, value in data[model].get("checks", {}).items():
             lines.append(f"- {name}: {value:.3e}")
     return "\n".join(lines)

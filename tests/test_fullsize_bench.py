@@ -27,9 +27,10 @@ def test_report_shows_ratios_and_the_sweep_against_the_ideal():
             "sd3": {"config": {"num_layers": 24}, "tokens": {}, "checks": {"max |a - b|": 0.5},
                     "cases": {"stock forward B=2": case(100.0), "stock forward B=3": case(150.0),
                               "sweep: first perturbed block 12, no CFG (B=2)": case(80.0),
-                              "sweep: first perturbed block 12, CFG (B=3)": case(125.0)}},
+                              "sweep: first perturbed block 12, CFG (B=3)": case(125.0),
+                              "sweep (full computation): first perturbed block 12, CFG (B=3)": case(150.0)}},
             "flux": {"error": "RuntimeError: out of memory"}}
     text = format_report(data)
-    assert "| 12 | no | 1.250 | 1.333 | 0.94 |" in text
-    assert "| 12 | yes | 1.200 | 1.200 | 1.00 |" in text
+    assert "| 12 | no | 1.250 | 1.333 | 0.94 |  |" in text
+    assert "| 12 | yes | 1.200 | 1.200 | 1.00 | 1.000 |" in text
     assert "flux: failed: RuntimeError: out of memory" in text
