@@ -180,6 +180,34 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
     return results
 
 
+def _fanout_suite(full_size: tuple[str, ...], batch: int, rounds: int, min_time: float, device: str,
+                  dtype_name: str, threads: int | None, clock: str) -> None:
+    """Rows computed once (headhunter.fanout_bench): the CPU models of issue 14, or `--full-size` models."""
+    import torch
+
+    from headhunter import fanout_bench
+
+    clock = ("cpu" if device == "cpu" else "wall") if clock == "auto" else clock
+    if not full_size:
+        click.echo(fanout_bench.format_report(fanout_bench.run(batch=batch, rounds=rounds, min_time=min_time,
+                                                               threads=threads or 1, clock=clock)))
+        return
+    dtype = getattr(torch, DTYPES[dtype_name])
+    rows = []
+    for name in full_size:
+        spec = MODELS[name]
+        model = build(spec, device, dtype)
+        make = lambda n, spec=spec, model=model: {k: v for k, v in inputs(spec, model, n, device, dtype).items()  # noqa: E731
+                                                  if k != "return_dict"}
+        for label, headset in fanout_bench.cases(model).items():
+            for cfg in (False, True):
+                row = fanout_bench.prefix_case(model, headset, batch, cfg, make_inputs=make, rounds=rounds,
+                                               min_time=min_time, clock=clock)
+                rows.append({**row, "model": spec.label, "case": label})
+                click.echo(fanout_bench.format_row(rows[-1]))
+    click.echo(fanout_bench.format_report(rows))
+
+
 def _with_strengths(inst: Any, strengths: Any) -> Any:
     inst.set_strengths(strengths)
     return inst
@@ -275,16 +303,18 @@ def format_row(row: dict[str, Any]) -> str:
 @click.option("--suite", default="forward", show_default=True,
               help="Comma-separated: forward (perturbed vs stock forward), guided (guided step vs floor vs "
                    "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time), "
-                   "startup (CLI start-up per light command, median of 5 fresh processes).")
+                   "startup (CLI start-up per light command, median of 5 fresh processes), "
+                   "fanout (rows computed once: guided step vs stock at first perturbed block 0, N/4, N/2, 3N/4 "
+                   "and the flux-golden-hour layers, CFG off/on; --full-size for the published architectures).")
 def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int], heads: int, rounds: int,
           min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
           json_path: str | None, suite: str) -> None:
     """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search, start-up."""
     suites = [s.strip() for s in suite.split(",") if s.strip()]
-    unknown = sorted(set(suites) - {"forward", "guided", "search", "startup"})
+    unknown = sorted(set(suites) - {"forward", "guided", "search", "startup", "fanout"})
     if unknown:
-        raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search, startup",
-                                 param_hint="--suite")
+        raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search, startup, "
+                                 "fanout", param_hint="--suite")
     if "startup" in suites:
         from headhunter import startup_bench
 
@@ -303,6 +333,8 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int
         from headhunter import search_bench
 
         click.echo(search_bench.format_report(search_bench.run()))
+    if "fanout" in suites:
+        _fanout_suite(full_size, batches[0], rounds, min_time, device, dtype_name, threads, clock)
     if "forward" not in suites:
         return
 

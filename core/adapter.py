@@ -66,6 +66,12 @@ class ModelAdapter(ABC):
     name: ClassVar[str] = "adapter"
     architecture: ClassVar[str] = "unknown"
     priority: ClassVar[int] = 0
+    #: Per-row (batch-first) inputs of every declared block, by keyword: what is fanned out when rows that
+    #: were computed once split (docs/engine.md, "Rows computed once"). Used only if `blocks` declares blocks.
+    row_inputs: ClassVar[tuple[str, ...]] = ("hidden_states", "encoder_hidden_states", "temb")
+    #: What a declared block returns, in order, as names of its inputs: a block the sequential path skips
+    #: returns these inputs unchanged (diffusers' MMDiT blocks return `(encoder_hidden_states, hidden_states)`).
+    block_outputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "hidden_states")
 
     @classmethod
     @abstractmethod

@@ -123,9 +123,12 @@ class GuidanceHandle:
 
     Attributes: `pipeline`, `plan` (the compiled `headhunter.plan.Plan` it executes), `branches` (head
     set and `GuidanceSettings` of every perturbed branch: `.scale`, `.start`, `.stop`), `scope`,
-    `perturbation` (the plugin instance), `batched`, `installation` (the engine's), and `calls`: counts of
-    transformer calls (`forwards`), guided calls (`guided_steps`) and perturbed rows computed
-    (`perturbed_rows`), for checks and benchmarks.
+    `perturbation` (the plugin instance), `batched`, `installation` (the engine's), `fanout` (the block
+    hooks that compute rows equal up to a block once, `headhunter.fanout`; None when the adapter declares
+    no blocks), `fallback` (why the last guided call computed every row in full; None when it shared),
+    `shared_row_blocks` (row-blocks not computed because they were shared), and `calls`: counts of
+    transformer calls (`forwards`), guided calls (`guided_steps`) and perturbed rows (`perturbed_rows`), for
+    checks and benchmarks.
 
     Installed as torch hooks on the transformer (headhunter.hooks): every pipeline holding that transformer
     (`from_pipe` siblings too) is guided, each from its own per-call state.
@@ -141,6 +144,10 @@ class GuidanceHandle:
         self.adapter = adapter
         self.transformer = unwrap(pipe.transformer)
         self.calls = {"forwards": 0, "guided_steps": 0, "perturbed_rows": 0}
+        self.shared_row_blocks = 0
+        self.fanout: Any = None
+        self.fallback: str | None = None
+        self._recorder: Any = None
         self._inner = False
         self._call: _Call | None = None
         self._armed: _StepOnce | None = None  # the guidance term waiting for this step's scheduler.step
@@ -155,6 +162,10 @@ class GuidanceHandle:
         try:
             self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self,
                                            on_reset=self._end_of_call)
+            if plan.blocks:
+                from .fanout import FanOut
+
+                self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs)
         except BaseException:
             self.remove()
             raise
@@ -173,6 +184,9 @@ class GuidanceHandle:
         self._disarm()
         self._call = None
         self._step_marker = None
+        if self.fanout is not None:
+            fanout, self.fanout = self.fanout, None
+            fanout.remove()
         if self.installation is not None:
             installation, self.installation = self.installation, None
             installation.remove()
@@ -239,18 +253,62 @@ class GuidanceHandle:
             self._call = _Call("plain", step)
             return None
         self._call = _Call("guided", step, n, cond, active, kwargs, pipe)
+        sharing = self._sharing()
         if not self.batched:
+            if sharing:  # the stock call records the cond rows' inputs where a branch starts
+                blocks = len(self.plan.blocks)
+                starts = {self.plan.branch_start(j, rows) for j in active} & set(range(1, blocks))
+                if starts:
+                    self._recorder = self.fanout.recorder(starts, cond)
+                    self.fanout.run = self._recorder
             return None
+        groups = (-1,) * (n // rows) + active
+        strengths = self.plan.strengths(groups, rows, hidden.device, hidden.dtype)
         big = {k: _extend_rows(k, v, n, cond, len(active)) for k, v in kwargs.items()}
-        self.installation.set_strengths(
-            self.plan.strengths((-1,) * (n // rows) + active, rows, hidden.device, hidden.dtype))
+        run = self._batched_run(groups, rows, cond, n, strengths, hidden) if sharing else None
+        if run is not None:
+            total = len(groups) * rows
+            strengths = run.strengths
+            big = {k: run.rows(v) if _per_block(k, v, total) else v for k, v in big.items()}
+            self.shared_row_blocks += run.layout.size * run.layout.num_blocks - run.layout.computed_rows()
+            self.fanout.run = run
+        self.installation.set_strengths(strengths)
         return big
+
+    # --- rows computed once (headhunter.fanout) ---
+    def _sharing(self) -> bool:
+        """Whether this call may compute rows equal up to a block once (decided per call, on the host);
+        sets `fallback` to the reason when not."""
+        self.fallback = "the adapter declares no blocks" if self.fanout is None else self.fanout.usable()
+        return self.fallback is None
+
+    def _batched_run(self, groups: tuple[int, ...], rows: int, cond: slice, n: int, strengths: Any,
+                     hidden: Tensor) -> Any:
+        """The fan-out of this batch layout (built on the host once per layout), or None if nothing is shared."""
+        plan = self.plan
+
+        def layout() -> tuple[list[int], list[int], Any, dict[str, int]]:
+            firsts, sources = [-1] * n, list(range(n))
+            for j in groups[n // rows:]:
+                firsts += [plan.first_block(hs) for hs in plan.branches[j].row_headsets(rows)]
+                sources += list(range(cond.start, cond.stop))
+            return firsts, sources, strengths, plan.site_block
+
+        key = (groups, rows, cond.start, n, str(hidden.device), hidden.dtype)
+        return self.fanout.batched(key, layout)
+
+    def _stop_fanout(self) -> Any:
+        recorder, self._recorder = self._recorder, None
+        if self.fanout is not None:
+            self.fanout.stop()
+        return recorder
 
     def _after(self, module: Any, kwargs: dict[str, Any], output: Any) -> Any:
         if self._inner or self._call is None:
             return None
         call, self._call = self._call, None
         self.installation.set_strengths(None)
+        recorder = self._stop_fanout()
         if output is None:  # the forward raised; the error propagates
             self._end_of_call()
             return None
@@ -263,7 +321,7 @@ class GuidanceHandle:
             ptbs = [sample[n + k * rows: n + (k + 1) * rows] for k in range(len(active))]
             sample = sample[:n]
         else:
-            ptbs = self._sequential(module, call, sample)
+            ptbs = self._sequential(module, call, sample, recorder)
         eps_cond = sample[cond]
         ws = [self.plan.row_scale(j, rows, eps_cond) for j in active]
         self._arm(call.pipe, guidance_delta(eps_cond, ptbs, ws))
@@ -305,18 +363,34 @@ class GuidanceHandle:
         if armed is not None:
             armed.detach()
 
-    def _sequential(self, module: Any, call: _Call, sample: Tensor) -> list[Tensor]:
-        """One forward of the cond rows per active branch, after the stock call (less memory)."""
+    def _sequential(self, module: Any, call: _Call, sample: Tensor, recorder: Any = None) -> list[Tensor]:
+        """One forward of the cond rows per active branch, after the stock call (less memory). With declared
+        blocks, a branch's forward passes the blocks before its rows' earliest first perturbed block through
+        and resumes from the cond rows' inputs the stock call recorded there; a branch that perturbs nothing
+        is its cond rows."""
         assert call.kwargs is not None and call.cond is not None
         rows = call.cond.stop - call.cond.start
         only_cond = {k: _take_rows(k, v, call.n, call.cond) for k, v in call.kwargs.items()}
         only_cond["return_dict"] = False
+        blocks = len(self.plan.blocks)
         outs = []
         self._inner = True
         try:
             for j in call.active:
+                start = self.plan.branch_start(j, rows)
+                if self.fallback is None and start >= blocks:
+                    outs.append(sample[call.cond])
+                    self.shared_row_blocks += rows * blocks
+                    continue
                 self.installation.set_strengths(self.plan.strengths((j,), rows, sample.device, sample.dtype))
-                outs.append(module(**only_cond)[0])
+                if recorder is not None and start in recorder.recorded:
+                    self.fanout.run = self.fanout.resumer(start, recorder.recorded[start])
+                    self.shared_row_blocks += rows * start
+                try:
+                    outs.append(module(**only_cond)[0])
+                finally:
+                    if self.fanout is not None:
+                        self.fanout.stop()
         finally:
             self._inner = False
             self.installation.set_strengths(None)

@@ -155,6 +155,13 @@ class Plan:
         firsts = [self.site_block[site] for site, vec in dense.items() if vec.any()]
         return min(firsts) if firsts else len(self.blocks)
 
+    def branch_start(self, j: int, rows: int) -> int:
+        """The earliest first perturbed block over branch j's `rows` rows (`len(blocks)`: none perturbs)."""
+        key = ("start", j, rows)
+        if key not in self._cache:
+            self._cache[key] = min(self.first_block(hs) for hs in self.branches[j].row_headsets(rows))
+        return self._cache[key]
+
     def _dense_of(self, headset: HeadSet) -> dict[str, np.ndarray]:
         key = id(headset)
         if key not in self._dense:
