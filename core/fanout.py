@@ -44,6 +44,8 @@ from .attention import StrengthMap
 COMPOSING_HOOKS = ("group_offloading", "lazy_prefetch_group_offloading", "layer_execution_tracker",
                    "layerwise_casting", "peft_autocast_disable", "headhunter")
 HOOK_NAME = "headhunter_fanout"
+#: Set False to compute every row in full (for before/after measurements, or to rule fan-out out).
+enabled = True
 
 
 class _Indices:
@@ -137,6 +139,8 @@ class FanOut:
 
     def usable(self) -> str | None:
         """None when fan-out can run for this call; otherwise why the full computation is used."""
+        if not enabled:
+            return "headhunter.fanout.enabled is False"
         if not self.modules:
             return "removed"
         if torch.is_grad_enabled():
