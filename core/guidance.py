@@ -148,6 +148,7 @@ class GuidanceHandle:
         self.fanout: Any = None
         self.fallback: str | None = None
         self._recorder: Any = None
+        self._no_fanout: str | None = None
         self._inner = False
         self._call: _Call | None = None
         self._armed: _StepOnce | None = None  # the guidance term waiting for this step's scheduler.step
@@ -162,7 +163,8 @@ class GuidanceHandle:
         try:
             self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self,
                                            on_reset=self._end_of_call)
-            if plan.blocks:
+            self._no_fanout = _no_fanout_reason(pipe.transformer, self.transformer, plan)
+            if self._no_fanout is None:
                 from .fanout import FanOut
 
                 self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs)
@@ -279,7 +281,7 @@ class GuidanceHandle:
     def _sharing(self) -> bool:
         """Whether this call may compute rows equal up to a block once (decided per call, on the host);
         sets `fallback` to the reason when not."""
-        self.fallback = "the adapter declares no blocks" if self.fanout is None else self.fanout.usable()
+        self.fallback = (self._no_fanout or "removed") if self.fanout is None else self.fanout.usable()
         return self.fallback is None
 
     def _batched_run(self, groups: tuple[int, ...], rows: int, cond: slice, n: int, strengths: Any,
@@ -499,6 +501,17 @@ def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:
                 continue
             names.add(type(hook).__name__)
     return names
+
+
+def _no_fanout_reason(given: Any, transformer: Any, plan: Plan) -> str | None:
+    """Why no fan-out hooks go on the blocks (None: they do). A compiled transformer (in place or wrapped)
+    keeps the full computation: new hooks on its blocks at every apply() would make dynamo recompile for
+    every head set (compile guards on the block forwards)."""
+    if not plan.blocks:
+        return "the adapter declares no blocks"
+    if given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None:
+        return "the transformer is compiled (torch.compile)"
+    return None
 
 
 def _sample_of(output: Any) -> Tensor:
