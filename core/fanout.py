@@ -41,7 +41,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .attention import StrengthMap
 
 #: diffusers hook names (prefixes) that do not depend on the batch and so compose with fan-out.
-COMPOSING_HOOKS = ("group_offloading", "lazy_prefetch_group_offloading", "layer_execution_tracker",
+COMPOSING_HOOKS = ("group_offloading", "lazy_prefetch_group_offloading", "layer_execution_tracker", "lazy_leafs",
                    "layerwise_casting", "peft_autocast_disable", "headhunter")
 HOOK_NAME = "headhunter_fanout"
 #: Set False to compute every row in full (for before/after measurements, or to rule fan-out out).

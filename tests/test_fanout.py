@@ -225,3 +225,25 @@ def test_bench_case_is_callable_on_any_transformer(pipes):
         assert row["ideal"] == pytest.approx(3 / 2.5 if cfg else 2 / 1.5)
         assert row["max_diff"] <= TOL and row["shared_ms"] > 0
     assert "_diffusers_hook" not in transformer.transformer_blocks[0].__dict__  # removed again
+
+
+@pytest.mark.parametrize("feature", ["group offload", "sequential offload", "model offload"])
+def test_offloading_composes_with_shared_rows(feature):
+    """Offloading moves weights around the blocks; shared rows give the same latents as without it."""
+    family = "flux"
+    plain = FAMILIES[family]["build"]()
+    hs = headsets(plain, FAMILIES[family], per_sample=False)
+    reference, _ = generate(plain, family, hs, share=True, cfg=True)
+    pipe = FAMILIES[family]["build"]()
+    if feature == "group offload":
+        pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                              offload_type="block_level", num_blocks_per_group=1)
+    elif feature == "model offload":
+        pipe.enable_model_cpu_offload(device="cpu")
+    else:
+        from accelerate import cpu_offload
+
+        cpu_offload(pipe.transformer, execution_device=torch.device("cpu"))
+    out, handle = generate(pipe, family, hs, share=True, cfg=True)
+    assert handle.fallback is None and handle.shared_row_blocks > 0
+    assert (out - reference).abs().max().item() <= TOL * max(1.0, reference.abs().max().item())
