@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 SLOW_TESTS: tuple[str, ...] = (
     "test_adapters.py::test_bench_runs_on_tiny_settings",
     "test_atlas.py::test_cli_builds_on_a_registered_model",
+    "test_badinput_fuzz.py::",  # hypothesis fuzzing of every reader: thousands of inputs
     "test_atlas.py::test_interrupted_atlas_resumes_to_the_same_numbers",
     "test_atlas.py::test_page_is_self_contained_and_numbers_round_trip",
     "test_compat.py::test_cli_generate_flux_with_several_prompts_and_cfg",
