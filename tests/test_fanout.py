@@ -12,6 +12,7 @@ import torch
 import headhunter
 from headhunter import HeadSet, get_registry
 from headhunter.fanout import BatchedLayout
+from tiny_dit_pipes import QWEN_CALL, WAN_CALL, WAN_TEXT_LEN, build_qwenimage, build_wan, with_prompt_table
 from tiny_pipes import FLUX_CALL, SD3_CALL, build_flux, build_sd3
 
 TOL = 1e-6
@@ -27,7 +28,14 @@ FAMILIES = {
                  call=SD3_CALL, one="L5H1", rows=["L3H3", "L5H0", None]),  # L4, L5: attn2 of blocks 0, 2
     "flux": dict(build=lambda: build_flux(num_layers=2, num_single_layers=2), call=FLUX_CALL, one="L2H1",
                  rows=["L1H0", "L3H1@0.5", None]),
+    # cond and uncond are separate calls in these pipelines (CFG = Wan's guidance_scale, Qwen's true CFG)
+    "wan": dict(build=lambda: build_wan(text_encoder=True, num_layers=4),
+                call=dict(WAN_CALL, max_sequence_length=WAN_TEXT_LEN), one="L2H1", rows=["L1H0", "L3H1@0.5", None]),
+    "qwenimage": dict(build=lambda: with_prompt_table(build_qwenimage(num_layers=4)), call=QWEN_CALL, one="L2H1",
+                      rows=["L1H0", "L3H1@0.5", None]),
 }
+#: Families whose CFG is a separate, stock transformer call (not a [uncond | cond] batch).
+SEPARATE_CFG = ("flux", "wan", "qwenimage")
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +58,22 @@ def generate(pipe, family, hs, *, share, cfg, per_sample=False, batched=True, **
     n = 3 if per_sample else 1
     call = dict(FAMILIES[family]["call"], num_inference_steps=2, output_type="latent",
                 generator=torch.Generator().manual_seed(0))
-    if family == "flux":
+    if family in ("flux", "qwenimage"):
         extra = dict(true_cfg_scale=2.0, negative_prompt=["a dog"] * n) if cfg else {}
+    elif family == "wan":
+        extra = dict(guidance_scale=3.0 if cfg else 1.0, negative_prompt=["a dog"] * n)
     else:
         extra = dict(guidance_scale=3.0 if cfg else 1.0)
     with handle, torch.no_grad():
-        out = pipe(prompt=["a red cat", "a blue house", "a green tree"][:n], **call, **extra).images
-    return out, handle
+        out = pipe(prompt=["a red cat", "a blue house", "a green tree"][:n], **call, **extra)
+    return (out.frames if family == "wan" else out.images), handle
 
 
 def test_every_adapter_that_declares_blocks_is_covered(pipes):
     """A newly opting-in adapter must add a family here (so its exactness is tested)."""
     registry = get_registry()
     declaring = {registry.adapter_for(p).name for p in pipes.values() if registry.adapter_for(p).blocks(p)}
-    assert declaring == {"sd3", "flux"}
+    assert declaring == {"sd3", "flux", "wan", "qwenimage"}
     for name in registry.names("adapter"):
         cls = registry.get("adapter", name)
         if name not in declaring:
@@ -88,6 +98,14 @@ def one_call(pipe, family, hs, *, share, cfg, per_sample=False, batched=True, re
                       pooled_projections=torch.randn(rows, 16, generator=g),
                       img_ids=type(pipe)._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32),
                       txt_ids=torch.zeros(T, 3))
+    elif family == "wan":  # video latents [rows, C, frames, H, W]; CFG is a separate call
+        rows = n
+        inputs = dict(hidden_states=torch.randn(rows, 4, 3, 8, 8, generator=g), timestep=torch.full((rows,), 500.0),
+                      encoder_hidden_states=torch.randn(rows, 7, 32, generator=g))
+    elif family == "qwenimage":  # packed latents and img_shapes; CFG is a separate call
+        rows = n
+        inputs = dict(hidden_states=torch.randn(rows, 16, 16, generator=g), timestep=torch.full((rows,), 0.5),
+                      encoder_hidden_states=torch.randn(rows, 7, 32, generator=g), img_shapes=[[(1, 4, 4)]] * rows)
     else:
         pipe._guidance_scale = 3.0 if cfg else 1.0  # do_classifier_free_guidance: [uncond | cond]
         rows = 2 * n if cfg else n
@@ -97,7 +115,7 @@ def one_call(pipe, family, hs, *, share, cfg, per_sample=False, batched=True, re
         if residuals is not None:
             inputs["block_controlnet_hidden_states"] = residuals
     with handle, torch.no_grad():
-        sample = _inside_pipeline_call(pipe, inputs)
+        sample = (_inside_pipeline_cond_call if family in ("wan", "qwenimage") else _inside_pipeline_call)(pipe, inputs)
         delta = handle._armed.delta / 2.0
     return sample, delta, handle
 
@@ -107,14 +125,20 @@ def _inside_pipeline_call(self, inputs):
     return self.transformer(**inputs, return_dict=False)[0]
 
 
+def _inside_pipeline_cond_call(self, inputs):
+    """The conditional pass of a pipeline that runs cond and uncond as separate calls (Wan, Qwen-Image)."""
+    with self.transformer.cache_context("cond"):
+        return self.transformer(**inputs, return_dict=False)[0]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("name, params", PERTURBATIONS, ids=lambda v: str(v))
 @pytest.mark.parametrize("per_sample", [False, True], ids=["one", "per-sample"])
 @pytest.mark.parametrize("cfg", [False, True], ids=["nocfg", "cfg"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "sequential"])
 def test_one_forward_equals_the_full_computation(pipes, family, name, params, per_sample, cfg, batched):
-    if family == "flux" and cfg:
-        pytest.skip("FLUX's CFG is true CFG, a separate stock call: covered at the pipeline level below")
+    if family in SEPARATE_CFG and cfg:
+        pytest.skip("CFG is a separate stock call here (FLUX/Qwen true CFG, Wan): covered at the pipeline level")
     pipe = pipes[family]
     hs = headsets(pipe, FAMILIES[family], per_sample)
     kw = dict(perturbation=name, perturbation_params=params, per_sample=per_sample, cfg=cfg, batched=batched)

@@ -75,11 +75,11 @@ def build_flux2_klein(seed: int = 0, num_heads: int = 2) -> Flux2KleinPipeline:
     return _eval(pipe)
 
 
-def build_qwenimage(seed: int = 0, num_heads: int = 2) -> QwenImagePipeline:
+def build_qwenimage(seed: int = 0, num_heads: int = 2, num_layers: int = 2) -> QwenImagePipeline:
     """QwenImagePipeline: 2 joint blocks x `num_heads` x 16 dims; Qwen-Image VAE with 4 latent channels, scale 2."""
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers, attention_head_dim=16,
         num_attention_heads=num_heads, joint_attention_dim=TEXT_DIM, axes_dims_rope=(4, 6, 6),
     )
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
@@ -89,7 +89,7 @@ def build_qwenimage(seed: int = 0, num_heads: int = 2) -> QwenImagePipeline:
     return _eval(pipe)
 
 
-def build_wan(seed: int = 0, num_heads: int = 2, text_encoder: bool = False) -> WanPipeline:
+def build_wan(seed: int = 0, num_heads: int = 2, text_encoder: bool = False, num_layers: int = 2) -> WanPipeline:
     """WanPipeline (Wan 2.1 layout: one transformer): 2 blocks x `num_heads` x 12 dims; Wan VAE with 4 latent
     channels, spatial scale 2, temporal scale 2. `text_encoder=True`: a tiny UMT5 encoder (d_model 32) with the
     in-memory T5 tokenizer of tests/tiny_pipes.py, so the pipeline runs from prompt strings."""
@@ -104,7 +104,7 @@ def build_wan(seed: int = 0, num_heads: int = 2, text_encoder: bool = False) -> 
                                               num_layers=2, num_heads=4, relative_attention_num_buckets=8))
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=12, in_channels=4, out_channels=4,
-        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=num_layers, rope_max_seq_len=32,
     )
     vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
                            latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2,

@@ -132,6 +132,9 @@ class QwenImageAdapter(ModelAdapter):
 
     name = "qwenimage"
     architecture = "qwenimage"
+    #: QwenImageTransformerBlock's per-row inputs; it returns (encoder_hidden_states, hidden_states), the default
+    #: `block_outputs` (rows computed once: docs/engine.md).
+    row_inputs = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "temb", "modulate_index")
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -145,6 +148,14 @@ class QwenImageAdapter(ModelAdapter):
         if len(heads) != 1:
             raise ModelError(f"Qwen-Image blocks with different head counts {sorted(heads)}; expected one")
         return qwenimage_sites(len(blocks), heads.pop())
+
+    def blocks(self, model: Any) -> list[str]:
+        """`transformer_blocks.{i}` in order. None with `zero_cond_t` (Qwen-Image-Edit 2511): its blocks get a
+        `temb` of twice the batch, which is not per-row, so every row is computed in full there."""
+        t = self.transformer(model)
+        if getattr(t, "zero_cond_t", False):
+            return []
+        return [f"transformer_blocks.{i}" for i in range(len(t.transformer_blocks))]
 
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
         from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0

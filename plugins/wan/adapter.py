@@ -105,6 +105,10 @@ class WanAdapter(ModelAdapter):
 
     name = "wan"
     architecture = "wan"
+    #: WanTransformerBlock.forward(hidden_states, encoder_hidden_states, temb, rotary_emb) -> hidden_states;
+    #: rotary_emb is shared by every row (rows computed once: docs/engine.md).
+    row_inputs = ("hidden_states", "encoder_hidden_states", "temb")
+    block_outputs = ("hidden_states",)
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -118,6 +122,10 @@ class WanAdapter(ModelAdapter):
         if len(heads) != 1:
             raise ModelError(f"Wan blocks with different head counts {sorted(heads)}; expected one")
         return wan_sites(len(blocks), heads.pop())
+
+    def blocks(self, model: Any) -> list[str]:
+        """`blocks.{i}` in order (each holds one site, its self-attention `attn1`)."""
+        return [f"blocks.{i}" for i in range(len(self.transformer(model).blocks))]
 
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
