@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from headhunter._files import write_atomic  # the one atomic writer: temp file + fsync + rename
 from headhunter.cli.params import (
     NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, FiniteFloat, Scope, WritableDir,
 )
@@ -82,7 +83,7 @@ def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], ne
     files = write_outputs(out, images, prompts, num_images, seeds, handle)
     record = settings(model, pipe, headsets, loaded, handle, prompts, cfg, distilled_guidance, steps, seed,
                       seeds, num_images, height, width, device, dtype, compare, files, call)
-    _write_atomic(out / SIDECAR, (json.dumps(record, indent=2) + "\n").encode())
+    write_atomic(out / SIDECAR, (json.dumps(record, indent=2) + "\n").encode())
     for kind in ("guided", "unguided"):
         for name in files.get(kind, []):
             click.echo(out / name)
@@ -236,13 +237,8 @@ def _save_png(image: Any, path: Path) -> None:
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    from headhunter._files import write_atomic
-
-    write_atomic(path, data)  # temp file + fsync + rename; no temp file left behind on failure
 
 
 def settings(model: str, pipe: Any, sources: tuple[str, ...], loaded: list[Any], handle: Any,
