@@ -10,7 +10,8 @@ Errors: a user mistake never prints a traceback. A usage error (bad option, valu
 click's usage line and one `Error: ...` line and exits with 2; a failure (a HeadhunterError, a pydantic
 validation error, an OSError such as a read-only folder or a full disk) prints one `Error: ...` line and
 exits with 1; an unexpected exception (a bug) prints one `Error: internal error ...` line and exits with 1.
-`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well.
+`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well. Warnings print as one `Warning: ...` line
+(Python's own format, with the source line, under `--debug`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads made sampling up to
@@ -66,6 +68,12 @@ def _is_validation_error(err: BaseException) -> bool:
     return module is not None and isinstance(err, module.ValidationError)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings print as one `Warning: ...` line (no source line); `--debug` keeps Python's format."""
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+
+
 def _fail(err: BaseException, message: str, code: int) -> None:
     if debug_enabled():
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
@@ -105,7 +113,10 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                if not debug_enabled():
+                    warnings.showwarning = _warning_line
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Abort as err:
             _fail(err, "aborted", EXIT_INTERRUPTED)
         except KeyboardInterrupt as err:

@@ -229,3 +229,17 @@ def test_console_script_entry_point_gives_one_line_and_exit_code(tmp_path):
     run = subprocess.run([sys.executable, "-c", "from headhunter.cli import main; main()", "bench", "--batch", "0"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("Error: Invalid value for '--batch'")
+
+
+def test_warnings_print_as_one_line(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.delenv("HEADHUNTER_DEBUG", raising=False)
+    doc = json.loads(HeadSet.from_heads([(0, 1)], sites=SITES, architecture="toy").to_json())
+    doc["headhunter"].update(format_version="1.3", colour="blue")
+    path = tmp_path / "newer.json"
+    path.write_text(json.dumps(doc))
+    result = CliRunner().invoke(make_cli(), ["show", str(path)])
+    assert result.exit_code == 0
+    assert f"Warning: {path}: ignoring metadata keys unknown to headhunter" in result.output
+    assert "warnings.warn" not in result.output
