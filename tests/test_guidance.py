@@ -12,6 +12,8 @@ engine's own tests check against an explicit attention map. Everything runs on t
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -277,8 +279,12 @@ def test_step_window_is_honoured(sd3, sd3_sets, start, stop, guided):
     a, _ = sd3_sets
     counter = RowCounter(sd3.transformer.pos_embed)
     with headhunter.apply(sd3, a, scale=2.0, start=start, stop=stop) as handle:
-        actual = run_sd3(sd3, steps=10)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            actual = run_sd3(sd3, steps=10)
     counter.close()
+    # a window that guides none of the steps says so (once per apply)
+    assert len([w for w in caught if str(w.message).startswith("the step window")]) == (0 if guided else 1)
     assert counter.rows == [3 if i in guided else 2 for i in range(10)]  # no perturbed rows outside the window
     assert handle.calls["guided_steps"] == len(guided)
     assert_close(actual, sd3_reference(sd3, PROMPT, [(a, 2.0)], 3.5, steps=10, start=start, stop=stop))
