@@ -10,7 +10,6 @@ one batched forward per call.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,8 +86,17 @@ def rgb_images(images: Images) -> torch.Tensor:
 
 
 def load_preprocess(repo: str, revision: str | None = None, include: str = SMALL_FILES) -> ClipPreprocess:
+    from headhunter._files import read_json
+
     path = resolve_file(repo, PREPROCESSOR_FILE, revision, include=include)
-    return ClipPreprocess.from_config(json.loads(path.read_text()))
+    config = read_json(path, max_bytes=1 << 20, error=ObjectiveError, what="preprocessor config")
+    if not isinstance(config, Mapping):
+        raise ObjectiveError(f"preprocessor config {path} must be a JSON object")
+    try:
+        return ClipPreprocess.from_config(config)
+    except (KeyError, TypeError, ValueError, IndexError) as err:  # a config from the Hub that is not CLIP's
+        raise ObjectiveError(f"preprocessor config {path} of {repo!r} is not a CLIP preprocessor config: "
+                             f"{type(err).__name__}: {err}") from None
 
 
 # ---------------------------------------------------------------- CLIP bundles
