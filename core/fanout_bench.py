@@ -158,6 +158,7 @@ def prefix_case(model: Any, headset: Any, batch: int = 1, cfg: bool = False, *,
     def guided(share: bool) -> Callable[[], Any]:
         def go() -> Any:
             handle.fanout = fanout if share else None
+            handle._end_of_call()  # every timed call is the first of a step (as in a new pipeline call)
             if separate_cfg:
                 with transformer.cache_context("uncond"):
                     _call(holder, make_inputs(batch))

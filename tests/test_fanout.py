@@ -271,3 +271,29 @@ def test_offloading_composes_with_shared_rows(feature):
     out, handle = generate(pipe, family, hs, share=True, cfg=True)
     assert handle.fallback is None and handle.shared_row_blocks > 0
     assert (out - reference).abs().max().item() <= TOL * max(1.0, reference.abs().max().item())
+
+
+def test_bench_guides_every_timed_call(pipes):
+    """Repeated calls at one step must each be guided (a second call of a step would be left stock)."""
+    from headhunter import fanout_bench
+    from headhunter.guidance import GuidanceHandle
+
+    transformer = pipes["sd3"].transformer
+    hs = fanout_bench.cases(transformer)["L=2"]
+    make = fanout_bench.default_inputs(transformer, grid=(8, 8), text_len=7)
+    counts = []
+    original = GuidanceHandle._after
+
+    def counting(self, *args, **kwargs):
+        inner, before = self._inner, self.calls["guided_steps"]
+        out = original(self, *args, **kwargs)
+        if not inner:  # a guided call (the stock timings step the guidance aside)
+            counts.append(self.calls["guided_steps"] - before)
+        return out
+
+    GuidanceHandle._after = counting
+    try:
+        fanout_bench.prefix_case(transformer, hs, 1, False, make_inputs=make, rounds=1, min_time=0.0)
+    finally:
+        GuidanceHandle._after = original
+    assert len(counts) >= 4 and counts == [1] * len(counts)
