@@ -581,3 +581,35 @@ def test_flux_attention_backend_is_kept_by_guided_calls():
     _report("attention backend _native_math", "flux", diff, tol)
     assert diff <= tol and handle.calls["guided_steps"] == N_CALLS * STEPS
     assert backend.value == "_native_math"
+
+
+def test_from_pipe_sd3_controlnet_is_guided():
+    """A ControlNet sibling (from_pipe with a tiny SD3ControlNetModel): its per-block residuals get the
+    conditional rows' copies for the perturbed branch; equal to a fresh ControlNet pipeline guided
+    directly, every call guided."""
+    from diffusers import StableDiffusion3ControlNetPipeline
+    from diffusers.models import SD3ControlNetModel
+
+    build, settings, notation = MODELS["sd3"]
+
+    def controlnet():
+        torch.manual_seed(3)
+        return SD3ControlNetModel(
+            sample_size=16, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+            joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32, out_channels=4,
+            pos_embed_max_size=32).eval()
+
+    call = dict(settings, control_image=IMAGE)
+    fresh = StableDiffusion3ControlNetPipeline.from_pipe(build(), controlnet=controlnet())
+    hs = headset(fresh, notation)
+    stock = run(fresh, call)
+    with headhunter.apply(fresh, hs, scale=W):
+        reference = run(fresh, call)
+    pipe = build()
+    sibling = StableDiffusion3ControlNetPipeline.from_pipe(pipe, controlnet=controlnet())
+    with headhunter.apply(pipe, hs, scale=W) as handle:
+        outs = [run(sibling, call) for _ in range(N_CALLS)]
+    diff = max(maxdiff(out, reference) for out in outs)
+    _report("from_pipe ControlNet", "sd3", diff, 0.0)
+    assert diff == 0.0 and maxdiff(outs[0], stock) > 1e-3
+    assert handle.calls["guided_steps"] == N_CALLS * STEPS
