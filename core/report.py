@@ -226,7 +226,7 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
         f"w = {s.guidance.scale:g}, CFG {s.guidance.cfg if s.guidance.cfg is not None else 'off/pipeline default'}, "
         f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads, schedule `{s.schedule}`"
         + (f" (budget {s.budget:g} of the exhaustive images per round, first stage {s.first_pairs} pairs)" if s.schedule == "racing" else "")
-        + f"; {sum(r.images for r in result.rounds)} candidate images in all.",
+        + f"; {sum(r.images for r in result.rounds)} candidate images in all (rounds).",
         "",
         f"**Found head set:** {result.headset.notation()}  ([headset.safetensors](headset.safetensors), "
         f"[headset.json](headset.json))",

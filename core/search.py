@@ -75,7 +75,8 @@ class RoundResult:
     interval; dropped: candidate -> pairs it had when racing dropped it; leaders: the candidates the data
     cannot tell apart from the selection (paired interval vs the weakest selected head includes 0);
     stability: bootstrap frequency with which the selection is exactly the top k (frequency: per candidate,
-    of being in the top k); images: images generated in the round (candidate_images: the schedule's count).
+    of being in the top k); images: the round's candidate images (what the schedule spent, also when
+    resumed from a checkpoint; candidate_images: the same).
     set_score, set_vs_baseline: the new S on the round's final pairs, and its paired gain over no guidance."""
 
     index: int
@@ -447,7 +448,6 @@ class _Search:
                 self.fetch(f"round{r}:{n}", {names[c]: (self.headset(before + ([] if c == REFERENCE else [c])), k)
                                              for c, k in wanted.items()})
 
-            images_before = self.images
             outcome = run_round(pool, fetch, lambda c, n, names=names: self.scores(names[c], n), total_pairs=m,
                                 top_k=s.top_k, objective=self.objective, leaves=self.leaves, schedule=s.schedule,
                                 first_pairs=s.first_pairs, budget=s.budget, level=s.confidence)
@@ -462,7 +462,7 @@ class _Search:
             rounds.append(RoundResult(r, before, outcome.scores, outcome.selected, set_score, pairs=outcome.pairs,
                                       vs_set=outcome.vs_set, dropped=outcome.dropped, leaders=outcome.leaders,
                                       stability=outcome.stability, frequency=outcome.frequency,
-                                      images=self.images - images_before, candidate_images=outcome.images,
+                                      images=outcome.images, candidate_images=outcome.images,
                                       stages=outcome.stages, set_vs_baseline=set_vs_baseline))
         self.bar.close()
         return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, layer_scores, s, self.sites, None)
