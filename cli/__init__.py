@@ -159,7 +159,8 @@ def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
                   help=f"Show the Python traceback of a failure (also {DEBUG_ENV}=1).")
     def cli() -> None:
         """Find, store, share and apply head-level perturbation guidance (HeadHunter, SoftPAG)
-        for diffusion transformers: SD3/SD3.5, FLUX.1 and the embedded digits demo model."""
+        for diffusion transformers: SD3/SD3.5, FLUX.1, FLUX.2, Qwen-Image, Wan 2.x, the embedded
+        digits demo model, and any an adapter plugin adds."""
 
     cli.pm = pm
     pm.hook.register_commands(cli=cli)

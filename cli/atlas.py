@@ -47,7 +47,8 @@ def atlas() -> None:
 @click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s (diffusers convention); default: the pipeline's.")
 @click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
               help="Perturbation plugin (see `headhunter plugins`).")
-@click.option("--scope", default="joint", show_default=True, type=Scope())
+@click.option("--scope", default="joint", show_default=True, type=Scope(),
+              help="Rows the perturbation replaces: joint, image or pag_mask (docs/engine.md).")
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
 @click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")

@@ -295,7 +295,8 @@ def format_row(row: dict[str, Any]) -> str:
 @click.option("--min-time", default=0.05, show_default=True, type=FiniteFloat(0.0, 60.0),
               help="Seconds per timed sample (sets repetitions), in [0, 60].")
 @click.option("--device", default="cpu", show_default=True, type=Device(), help="cpu, cuda, cuda:1, mps")
-@click.option("--dtype", "dtype_name", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
+@click.option("--dtype", "dtype_name", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True,
+              help="Weights and activations dtype of the timed models.")
 @click.option("--threads", type=BoundedInt(1, 1024), default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
               help="wall time, or this process's CPU time (auto: cpu on a CPU device, wall on a GPU).")

@@ -54,7 +54,8 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
 @click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
               help="Perturbation plugin (see `headhunter plugins`).")
-@click.option("--scope", default="joint", show_default=True, type=Scope())
+@click.option("--scope", default="joint", show_default=True, type=Scope(),
+              help="Rows the perturbation replaces: joint, image or pag_mask (docs/engine.md).")
 @click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
 @click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")

@@ -9,11 +9,11 @@ import click
 
 @click.command()
 @click.option("--model", help="Only presets for this base model (Hub id) or family (sd3, flux, digits).")
-@click.option("--origin", type=click.Choice(["paper", "search", "manual"]), help="Only paper-named or searched presets.")
+@click.option("--origin", type=click.Choice(["paper", "search", "manual"]), help="Only presets of this origin: paper-named, found by a search, or made by hand.")
 @click.option("--json", "as_json", is_flag=True, help="Print the index entries as JSON.")
 def presets(model: str | None, origin: str | None, as_json: bool) -> None:
-    """List shipped presets: name, origin (paper = named in the paper, search = found by headhunter),
-    model, effect, heads and source. Load one with `load_headset("preset:NAME")` or `preset:NAME@1`
+    """List shipped presets: name, origin (paper = named in the paper, search = found by headhunter,
+    manual = made by hand), model, effect, heads and source. Load one with `load_headset("preset:NAME")` or `preset:NAME@1`
     for full strength (presets store SoftPAG u = 0.5)."""
     from headhunter.presets import list_presets
 

@@ -41,3 +41,36 @@ def test_adapter_walkthrough_excerpts_are_the_qwenimage_plugin():
     assert len(blocks) == 7
     for block in blocks:
         assert block in source, f"docs/plugins.md excerpt not in plugins/qwenimage:\n{block}"
+
+
+def test_relative_links_in_readme_and_docs_point_at_files():
+    """A newcomer follows README.md and docs/ links: every relative `](path)` must name a file that exists."""
+    root = Path(__file__).resolve().parents[1]
+    broken = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert broken == []
+
+
+def test_every_cli_option_has_help_text():
+    """`headhunter VERB --help` must explain every option (hunt/atlas --scope once had none)."""
+    import click
+
+    from headhunter.cli import make_cli
+
+    missing = []
+
+    def walk(cmd: click.Command, ctx: click.Context, path: str) -> None:
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.help:
+                missing.append(f"{path} {param.opts[0]}")
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                walk(sub, click.Context(sub, parent=ctx, info_name=name), f"{path} {name}")
+
+    cli = make_cli()
+    walk(cli, click.Context(cli, info_name="headhunter"), "headhunter")
+    assert missing == []
