@@ -87,3 +87,19 @@ def _one_torch_thread():
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_attention_backend():
+    """diffusers' `set_attention_backend` also sets a process-wide active backend that
+    `reset_attention_backend` does not undo; put it back after every test, so a test that picks a backend
+    (e.g. `_native_math`, which materialises attention maps) cannot change the tests that run after it."""
+    import sys
+
+    module = sys.modules.get("diffusers.models.attention_dispatch")
+    before = None if module is None else module._AttentionBackendRegistry._active_backend
+    yield
+    module = sys.modules.get("diffusers.models.attention_dispatch")
+    if module is not None:  # imported during the test: its start value is diffusers' default
+        default = module.AttentionBackendName(module.DIFFUSERS_ATTN_BACKEND)
+        module._AttentionBackendRegistry._active_backend = default if before is None else before
