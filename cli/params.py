@@ -23,7 +23,12 @@ MAX_SEED = 2**63 - 1
 def _interval(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
     left = "(" if low_open or low is None else "["
     right = ")" if high_open or high is None else "]"
-    return f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+    return f"{left}{'-inf' if low is None else _bound(low)}, {'inf' if high is None else _bound(high)}{right}"
+
+
+def _bound(value: float) -> str:
+    """An interval end as typed: integers exactly (2**63 - 1, not 9.22337e+18), floats short (`:g`)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 class FiniteFloat(click.FloatRange):

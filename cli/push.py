@@ -23,8 +23,13 @@ def push(source: str, repo_id: str, weight_name: str | None, private: bool | Non
     Creates the repo if needed and uploads the head-set file, its headset.json, a model card
     (library headhunter, base model, tags, heads, recommended guidance, provenance) and any --image.
     """
+    from pathlib import Path
+
     from headhunter import load_headset
 
+    if Path(repo_id).exists() and not Path(source).exists():
+        raise click.UsageError(f"REPO_ID {repo_id!r} is a local path and SOURCE {source!r} is not: the order is "
+                               f"`headhunter push SOURCE REPO_ID` (did you swap them?)")
     headset = load_headset(source)
     info = headset.push_to_hub(
         repo_id, private=private, token=token, commit_message=commit_message, revision=revision,

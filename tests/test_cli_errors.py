@@ -96,6 +96,8 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["hunt", "--prompt", "@" + str(root / "missing.txt")], 2, "does not exist"),
         (["hunt", "--prompt", "@/dev/zero"], 2, "not a regular file"),
         (["push", "no-such", "me/x"], 1, "not found"),
+        (["push", "me/x", good], 2, "did you swap them?"),
+        (["generate", "--headset", good, "--prompt", "1", "--seed", "-1"], 2, "allowed: [0, 9223372036854775807]"),
         (["push", good, "bad repo id!"], 1, "is not a valid Hub repo id"),
         (["push", good, "me/x", "--weight-name", "a.bin"], 1, "is not a .safetensors file"),
         (["push", good, "me/x", "--image", str(root / "missing.png")], 2, "does not exist"),
