@@ -92,6 +92,26 @@ class PerturbingProcessor:
         self.original = original
         self.state = state
 
+    # diffusers' `set_attention_backend` / context parallelism read and write these two attributes on a
+    # processor (`hasattr(processor, "_attention_backend")`): they reach the wrapped processor, so a backend
+    # set before or after installation is the one the model's own attention call uses. Where the original
+    # processor has no such attribute (SD3's JointAttnProcessor2_0), neither has the wrapper.
+    @property
+    def _attention_backend(self) -> Any:
+        return self.original._attention_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend: Any) -> None:
+        self.original._attention_backend = backend
+
+    @property
+    def _parallel_config(self) -> Any:
+        return self.original._parallel_config
+
+    @_parallel_config.setter
+    def _parallel_config(self, config: Any) -> None:
+        self.original._parallel_config = config
+
     def attend(
         self,
         entry: SiteStrength,

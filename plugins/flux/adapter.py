@@ -32,22 +32,6 @@ from . import flux_sites
 class FluxPerturbingProcessor(PerturbingProcessor):
     """`FluxAttnProcessor` with the perturbation added at the attention call (same signature)."""
 
-    @property
-    def _attention_backend(self):
-        return self.original._attention_backend
-
-    @_attention_backend.setter
-    def _attention_backend(self, backend):
-        self.original._attention_backend = backend
-
-    @property
-    def _parallel_config(self):
-        return self.original._parallel_config
-
-    @_parallel_config.setter
-    def _parallel_config(self, config):
-        self.original._parallel_config = config
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         entry = self.state.active.get(self.site_name)
         if entry is None:

@@ -31,24 +31,8 @@ from . import flux2_sites
 
 
 class _BackendPassThrough(PerturbingProcessor):
-    """Reads and writes of `_attention_backend` / `_parallel_config` reach the wrapped processor, so
-    `set_attention_backend` works before and after installation."""
-
-    @property
-    def _attention_backend(self):
-        return self.original._attention_backend
-
-    @_attention_backend.setter
-    def _attention_backend(self, backend):
-        self.original._attention_backend = backend
-
-    @property
-    def _parallel_config(self):
-        return self.original._parallel_config
-
-    @_parallel_config.setter
-    def _parallel_config(self, config):
-        self.original._parallel_config = config
+    """The attention call through diffusers' dispatcher with the wrapped processor's backend (the base class
+    forwards `_attention_backend` / `_parallel_config`, so `set_attention_backend` works)."""
 
     def _dispatch(self, query, key, value, attention_mask):
         from diffusers.models.attention_dispatch import dispatch_attention_fn

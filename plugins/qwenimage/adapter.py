@@ -39,22 +39,6 @@ class QwenImagePerturbingProcessor(PerturbingProcessor):
     """`QwenDoubleStreamAttnProcessor2_0` with the perturbation added at the attention call (same signature,
     so `Attention.forward` filters keyword arguments exactly as for the stock processor)."""
 
-    @property
-    def _attention_backend(self):
-        return self.original._attention_backend
-
-    @_attention_backend.setter
-    def _attention_backend(self, backend):
-        self.original._attention_backend = backend
-
-    @property
-    def _parallel_config(self):
-        return self.original._parallel_config
-
-    @_parallel_config.setter
-    def _parallel_config(self, config):
-        self.original._parallel_config = config
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
                  attention_mask=None, image_rotary_emb=None):
         entry = self.state.active.get(self.site_name)

@@ -33,22 +33,6 @@ from . import wan_sites
 class WanPerturbingProcessor(PerturbingProcessor):
     """`WanAttnProcessor` on a self-attention module, with the perturbation added at the attention call."""
 
-    @property
-    def _attention_backend(self):
-        return self.original._attention_backend
-
-    @_attention_backend.setter
-    def _attention_backend(self, backend):
-        self.original._attention_backend = backend
-
-    @property
-    def _parallel_config(self):
-        return self.original._parallel_config
-
-    @_parallel_config.setter
-    def _parallel_config(self, config):
-        self.original._parallel_config = config
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         entry = self.state.active.get(self.site_name)
         if entry is None:
