@@ -113,6 +113,17 @@ class ModelAdapter(ABC):
         adapter can reproduce exactly.
         """
 
+    def original_processor(self, site: Site, module: nn.Module, expected: type, hint: str) -> Any:
+        """`module.processor`, checked to compute exactly like `expected` (same `__call__`; a subclass that does
+        not override it passes). A perturbing processor reproduces the original's computation line for line,
+        so any other processor (fused QKV, IP adapters, KV caches) is refused: ModelError naming the site, the
+        processor found, and `hint` (what the user can do, e.g. "put it back")."""
+        original = module.processor
+        if type(original).__call__ is not expected.__call__:
+            raise ModelError(f"{site.name} runs {type(original).__name__}; the {self.name} adapter reproduces "
+                             f"{expected.__name__} only ({hint})")
+        return original
+
     def prepare(self, state: EngineState, transformer: nn.Module) -> None:
         """Called once at install time, before `make_processor`: record per-model facts on `state.cache`."""
 

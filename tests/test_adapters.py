@@ -285,3 +285,26 @@ def test_inspect_a_registered_model():
     assert "registered model" in result.output and "architecture: sd3" in result.output
     assert re.search(r"L5 +transformer_blocks\.5\.attn +8 heads +joint", result.output)
     assert "8 x 8 = 64 image tokens" in result.output
+
+
+def test_original_processor_refuses_a_processor_the_adapter_did_not_copy():
+    """Every adapter's make_processor goes through ModelAdapter.original_processor: a subclass that keeps the
+    original __call__ passes; any other processor is a ModelError naming the site, the class and the hint."""
+    from types import SimpleNamespace
+
+    from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
+
+    from headhunter.errors import ModelError
+    from headhunter.plugins.sd3.adapter import SD3Adapter
+    from headhunter.sites import Site
+
+    class Same(JointAttnProcessor2_0):
+        pass
+
+    adapter, site = SD3Adapter(), Site(name="transformer_blocks.0.attn", num_heads=4)
+    same = Same()
+    assert adapter.original_processor(site, SimpleNamespace(processor=same), JointAttnProcessor2_0, "x") is same
+    with pytest.raises(ModelError, match=r"transformer_blocks\.0\.attn runs AttnProcessor2_0; the sd3 adapter "
+                                         r"reproduces JointAttnProcessor2_0 only \(put it back\)"):
+        adapter.original_processor(site, SimpleNamespace(processor=AttnProcessor2_0()), JointAttnProcessor2_0,
+                                   "put it back")

@@ -114,12 +114,8 @@ class FluxAdapter(ModelAdapter):
                 + [f"single_transformer_blocks.{i}" for i in range(len(t.single_transformer_blocks))])
 
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> FluxPerturbingProcessor:
-        original = module.processor
-        if type(original).__call__ is not FluxAttnProcessor.__call__:
-            raise ModelError(
-                f"{site.name} runs {type(original).__name__}; the flux adapter reproduces FluxAttnProcessor only "
-                "(unload IP adapters, or put FluxAttnProcessor back)"
-            )
+        original = self.original_processor(site, module, FluxAttnProcessor,
+                                           "unload IP adapters, or put FluxAttnProcessor back")
         return FluxPerturbingProcessor(site, original, state)
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:

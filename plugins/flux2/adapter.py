@@ -163,14 +163,10 @@ class Flux2Adapter(ModelAdapter):
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
         from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 
-        original = module.processor
         expected, cls = ((Flux2AttnProcessor, Flux2PerturbingProcessor) if site.kind == "joint"
                          else (Flux2ParallelSelfAttnProcessor, Flux2SinglePerturbingProcessor))
-        if type(original).__call__ is not expected.__call__:
-            raise ModelError(
-                f"{site.name} runs {type(original).__name__}; the flux2 adapter reproduces {expected.__name__} only "
-                "(the KV-cache processors of FLUX.2 Klein KV are not supported: put the default processor back)"
-            )
+        original = self.original_processor(site, module, expected, "the KV-cache processors of FLUX.2 Klein KV are "
+                                           "not supported: put the default processor back")
         return cls(site, original, state)
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:

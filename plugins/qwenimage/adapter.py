@@ -144,12 +144,7 @@ class QwenImageAdapter(ModelAdapter):
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
         from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
-        original = module.processor
-        if type(original).__call__ is not QwenDoubleStreamAttnProcessor2_0.__call__:
-            raise ModelError(
-                f"{site.name} runs {type(original).__name__}; the qwenimage adapter reproduces "
-                "QwenDoubleStreamAttnProcessor2_0 only (put it back)"
-            )
+        original = self.original_processor(site, module, QwenDoubleStreamAttnProcessor2_0, "put it back")
         return QwenImagePerturbingProcessor(site, original, state)
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:

@@ -18,7 +18,6 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from headhunter.adapter import ModelAdapter, TokenLayout
 from headhunter.attention import EngineState, PerturbingProcessor
-from headhunter.errors import ModelError
 from headhunter.hooks import model_of
 from headhunter.sites import Site
 
@@ -102,12 +101,8 @@ class SD3Adapter(ModelAdapter):
         return [f"transformer_blocks.{i}" for i in range(len(self.transformer(model).transformer_blocks))]
 
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> SD3PerturbingProcessor:
-        original = module.processor
-        if type(original).__call__ is not JointAttnProcessor2_0.__call__:
-            raise ModelError(
-                f"{site.name} runs {type(original).__name__}; the sd3 adapter reproduces JointAttnProcessor2_0 "
-                "only (call transformer.unfuse_qkv_projections(), unload IP adapters, or put JointAttnProcessor2_0 back)"
-            )
+        original = self.original_processor(site, module, JointAttnProcessor2_0, "call transformer.unfuse_qkv_projections(), "
+                                           "unload IP adapters, or put JointAttnProcessor2_0 back")
         return SD3PerturbingProcessor(site, original, state)
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:

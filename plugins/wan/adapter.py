@@ -114,12 +114,7 @@ class WanAdapter(ModelAdapter):
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-        original = module.processor
-        if type(original).__call__ is not WanAttnProcessor.__call__:
-            raise ModelError(
-                f"{site.name} runs {type(original).__name__}; the wan adapter reproduces WanAttnProcessor only "
-                "(put it back)"
-            )
+        original = self.original_processor(site, module, WanAttnProcessor, "put it back")
         return WanPerturbingProcessor(site, original, state)
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:
