@@ -1,9 +1,9 @@
 """The `headhunter` command line: a click group built by `make_cli(pm)`; every command comes from a plugin.
 
 Built-in commands live one module per verb in this package and are added through the same
-`register_commands` hook that third-party plugins use (see headhunter.plugins.commands). One CLI, one
+`register_commands` hook that third-party plugins use (see headhunter.cli.commands). One CLI, one
 registry: every command runs with the registry built from the plugin manager `make_cli(pm)` was given as
-the process-wide one (`headhunter.registry.use_registry`), so `get_registry()` and every library call a
+the process-wide one (`headhunter.plugin_system.registry.use_registry`), so `get_registry()` and every library call a
 command makes see exactly those plugins. Building the CLI imports neither torch nor diffusers.
 
 Errors: a user mistake never prints a traceback. A usage error (bad option, value out of range) prints
@@ -95,13 +95,13 @@ class _Group(click.Group):
     def registry(self) -> Any:
         """The `Registry` of this CLI's plugin manager, built on first use (once per CLI)."""
         if self._registry is None:
-            from headhunter.registry import Registry
+            from headhunter.plugin_system.registry import Registry
 
             self._registry = Registry(self.pm)
         return self._registry
 
     def invoke(self, ctx: click.Context) -> Any:
-        from headhunter.registry import use_registry
+        from headhunter.plugin_system.registry import use_registry
 
         with use_registry(self.registry):
             return super().invoke(ctx)
@@ -149,7 +149,7 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
     """Build the CLI group with the commands of every registered plugin (default: all installed)."""
-    from headhunter.registry import get_plugin_manager
+    from headhunter.plugin_system.registry import get_plugin_manager
 
     pm = pm if pm is not None else get_plugin_manager()
 

@@ -60,8 +60,8 @@ def build(model, prompts, seeds, heads, layers, scale, strength, steps, cfg, per
           batch_size, out_dir, no_resume, push_repo, private, token) -> None:
     """Build (or resume) the atlas of MODEL: `digits` (default, embedded) or a diffusers model id / path."""
     from headhunter import load_pipeline
-    from headhunter.atlas import atlas as run_atlas
-    from headhunter.registry import get_registry
+    from headhunter.workflow.atlas import atlas as run_atlas
+    from headhunter.plugin_system.registry import get_registry
 
     prompt_list, layer_list = read_prompts(prompts), _layers(layers)  # cheap checks before the model loads
     registered = model in get_registry().names("model")
@@ -114,7 +114,7 @@ def _summary(result: Any) -> None:
 @click.option("--name", help="Head-set name (default: atlas-EFFECT-topN).")
 def export(atlas_dir, effect, top, output, strength, name) -> None:
     """Write a head set of the heads an atlas labels EFFECT, with the atlas as provenance."""
-    from headhunter.atlas import load_atlas
+    from headhunter.atlases.atlas import load_atlas
 
     loaded = load_atlas(atlas_dir)
     headset = loaded.export(effect, top, name=name, strength=strength)
@@ -136,7 +136,7 @@ def push(atlas_dir, repo, private, token) -> None:
 
 
 def _push(folder: Path, repo: str, private: bool | None, token: str | None) -> None:
-    from headhunter.hub import push_atlas
+    from headhunter.atlases.publish import push_atlas
 
     info = push_atlas(folder, repo, private=private, token=token)
     click.echo(f"pushed atlas to {repo}: {getattr(info, 'commit_url', '')}")

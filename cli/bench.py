@@ -130,7 +130,8 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
     import torch
 
     from headhunter import HeadSet
-    from headhunter.registry import get_registry
+    from headhunter.engine.attention import install
+    from headhunter.plugin_system.registry import get_registry
 
     dtype = getattr(torch, DTYPES[dtype_name])
     model = build(spec, device, dtype)
@@ -153,9 +154,9 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
 
         reps = _calibrate(run, sync, min_time, now)
         configure = {
-            "installed": lambda: adapter.install(model, "softpag", "joint"),
-            "heads": lambda: _with_strengths(adapter.install(model, "softpag", "joint"), strengths),
-            "pag_mask": lambda: _with_strengths(adapter.install(model, "softpag", "pag_mask"), strengths),
+            "installed": lambda: install(adapter, model, "softpag", "joint"),
+            "heads": lambda: _with_strengths(install(adapter, model, "softpag", "joint"), strengths),
+            "pag_mask": lambda: _with_strengths(install(adapter, model, "softpag", "pag_mask"), strengths),
         }
         stock: list[float] = []
         samples: dict[str, list[float]] = {case: [] for case in CASES[1:]}
@@ -182,10 +183,10 @@ def bench_model(spec: BenchModel, batches: list[int], heads: int, rounds: int, m
 
 def _fanout_suite(full_size: tuple[str, ...], batch: int, rounds: int, min_time: float, device: str,
                   dtype_name: str, threads: int | None, clock: str) -> None:
-    """Rows computed once (headhunter.fanout_bench): the CPU models of issue 14, or `--full-size` models."""
+    """Rows computed once (headhunter.bench.fanout): the CPU models of issue 14, or `--full-size` models."""
     import torch
 
-    from headhunter import fanout_bench
+    import headhunter.bench.fanout as fanout_bench
 
     clock = ("cpu" if device == "cpu" else "wall") if clock == "auto" else clock
     if not full_size:
@@ -220,6 +221,8 @@ def wrapper_overhead_us(model: Any, adapter: Any, calls: int = 20000) -> tuple[f
     On a busy machine whole-forward ratios are far noisier than this difference."""
     import torch
 
+    from headhunter.engine.attention import install
+
     def noop(*args: Any, **kwargs: Any) -> None:
         return None
 
@@ -230,7 +233,7 @@ def wrapper_overhead_us(model: Any, adapter: Any, calls: int = 20000) -> tuple[f
             fn()
         return (time.perf_counter() - start) / calls
 
-    with adapter.install(model, "softpag", "joint") as inst:
+    with install(adapter, model, "softpag", "joint") as inst:
         processor = model.get_submodule(inst.sites[0].name).processor
         real, processor.original = processor.original, noop
         try:
@@ -248,7 +251,7 @@ def wrapper_overhead_us(model: Any, adapter: Any, calls: int = 20000) -> tuple[f
 
 
 def batch_rows(rows: list[Any], sites: list[Any], architecture: str) -> Any:
-    from headhunter.attention import batch_strengths
+    from headhunter.plan.strengths import batch_strengths
 
     return batch_strengths(rows, sites, architecture=architecture)
 
@@ -317,7 +320,7 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int
         raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search, startup, "
                                  "fanout", param_hint="--suite")
     if "startup" in suites:
-        from headhunter import startup_bench
+        import headhunter.bench.startup as startup_bench
 
         click.echo(startup_bench.format_report(startup_bench.run()))
         if suites == ["startup"]:
@@ -327,11 +330,11 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int
     if threads:
         torch.set_num_threads(threads)
     if "guided" in suites:
-        from headhunter import guidance_bench
+        import headhunter.bench.guidance as guidance_bench
 
         click.echo(guidance_bench.format_report(guidance_bench.run_bench(threads=threads)))
     if "search" in suites:
-        from headhunter import search_bench
+        import headhunter.bench.search as search_bench
 
         click.echo(search_bench.format_report(search_bench.run()))
     if "fanout" in suites:
@@ -351,6 +354,6 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int
     for name in names:
         results += bench_model(MODELS[name], sizes, heads, rounds, min_time, device, dtype_name, click.echo, clock)
     if json_path:
-        from headhunter._files import write_atomic
+        from headhunter.format.files import write_atomic
 
         write_atomic(Path(json_path), (json.dumps(results, indent=1) + "\n").encode())

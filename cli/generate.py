@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from headhunter._files import write_atomic  # the one atomic writer: temp file + fsync + rename
+from headhunter.format.files import write_atomic  # the one atomic writer: temp file + fsync + rename
 from headhunter.cli.params import (
     NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, FiniteFloat, Scope, WritableDir,
 )
@@ -106,7 +106,7 @@ def load_pipeline(model: str, device: str, dtype: str | None) -> tuple[Any, str]
     import torch
 
     from headhunter import load_pipeline as load
-    from headhunter.registry import get_registry
+    from headhunter.plugin_system.registry import get_registry
 
     registered = model in get_registry().names("model")
     if dtype is None and not registered:

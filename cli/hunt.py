@@ -25,7 +25,7 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
     out: list[str] = []
     for value in prompts:
         if value.startswith("@"):
-            from headhunter._files import read_regular
+            from headhunter.format.files import read_regular
 
             path = Path(value[1:])
             try:
@@ -74,8 +74,8 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
     """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
     diffusers model id / local path. With no arguments this runs the demo on the embedded model.
     Under `torchrun --nproc-per-node N` the ranks share the work and rank 0 writes (docs/search.md)."""
-    from headhunter.distributed import context
-    from headhunter.workflow import hunt as run_hunt
+    from headhunter.search.distributed import context
+    from headhunter.workflow.hunt import hunt as run_hunt
 
     if (candidates_from is None) != (effect is None):
         raise click.UsageError("--candidates-from and --effect go together")
@@ -105,7 +105,7 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
         click.echo(f"round {r.index}: added {', '.join(r.added)}; stability {r.stability:.0%}; {r.images} images; "
                    + (f"not separable from {len(others)} other candidate(s)" if others else "separated"))
     if result.evaluation is not None:
-        from headhunter.report import dominance, verdict
+        from headhunter.report.report import dominance, verdict
 
         click.echo(verdict(result.evaluation, "found head set", "no guidance").replace("**", ""))
         layers = [d for d in dominance(result.evaluation) if d["setting"].startswith("layer ")]
@@ -119,7 +119,7 @@ def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, 
 
 def _load(model: str):
     from headhunter import load_pipeline
-    from headhunter.distributed import local_device
+    from headhunter.search.distributed import local_device
 
     pipe = load_pipeline(model)
     device = local_device()

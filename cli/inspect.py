@@ -31,7 +31,7 @@ def inspect(model: str, height: int | None, width: int | None, revision: str | N
     MODEL is a registered model name (e.g. `digits`), a local diffusers folder (a pipeline or a
     transformer), or a Hub repo id already in the local cache (read offline, configs only).
     """
-    from headhunter.registry import get_registry
+    from headhunter.plugin_system.registry import get_registry
 
     obj, source = resolve_model(model, revision, cache_dir)
     registry = get_registry()
@@ -65,7 +65,7 @@ def inspect(model: str, height: int | None, width: int | None, revision: str | N
 def resolve_model(model: str, revision: str | None = None, cache_dir: str | None = None) -> tuple[Any, str]:
     """The object to inspect and where it came from: a registered model (loaded), else a transformer built on
     the meta device from its config (no weights read), wrapped with the pipeline's VAE scale when known."""
-    from headhunter.registry import get_registry
+    from headhunter.plugin_system.registry import get_registry
 
     registry = get_registry()
     if model in registry.names("model"):
@@ -127,7 +127,7 @@ def _local_json(root: Path, name: str) -> dict[str, Any] | None:
 
 def _read_config(file: Path) -> dict[str, Any]:
     """A config JSON from outside: a regular file, bounded size and depth, finite numbers, an object."""
-    from headhunter._files import read_json
+    from headhunter.format.files import read_json
 
     config = read_json(file, max_bytes=MAX_CONFIG_BYTES, error=ModelError, what="config file")
     if not isinstance(config, dict):

@@ -181,7 +181,7 @@ class PluginName(click.ParamType):
         self.kind = kind
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from headhunter.registry import get_registry
+        from headhunter.plugin_system.registry import get_registry
 
         names = get_registry().names(self.kind)
         if value not in names:
@@ -208,7 +208,7 @@ class WritableDir(click.Path):
 
 
 class Scope(click.Choice):
-    """The identity scopes, `headhunter.schema.SCOPES` (joint, image, pag_mask), read when first needed: building
+    """The identity scopes, `headhunter.format.schema.SCOPES` (joint, image, pag_mask), read when first needed: building
     the CLI must not import the schema (pydantic), so `headhunter --help` stays quick."""
 
     def __init__(self) -> None:
@@ -216,7 +216,7 @@ class Scope(click.Choice):
 
     @property  # type: ignore[override]
     def choices(self) -> tuple[str, ...]:
-        from headhunter.schema import SCOPES
+        from headhunter.format.schema import SCOPES
 
         return SCOPES
 

@@ -15,7 +15,7 @@ def presets(model: str | None, origin: str | None, as_json: bool) -> None:
     """List shipped presets: name, origin (paper = named in the paper, search = found by headhunter,
     manual = made by hand), model, effect, heads and source. Load one with `load_headset("preset:NAME")` or `preset:NAME@1`
     for full strength (presets store SoftPAG u = 0.5)."""
-    from headhunter.presets import list_presets
+    from headhunter.format.presets import list_presets
 
     entries = list_presets(model=model, origin=origin)
     if as_json:

@@ -19,7 +19,8 @@ import click
 def pull(repo_id: str, weight_name: str | None, revision: str | None, cache_dir: str | None, offline: bool,
          output: str | None, as_json: bool, token: str | None) -> None:
     """Fetch the head set of the Hub repo REPO_ID into the cache, check it, and print it."""
-    from headhunter.hub import download_headset, read_downloaded
+    from headhunter.format.hub import download_headset
+    from headhunter.format.loading import read_downloaded
 
     path, filename = download_headset(
         repo_id, weight_name=weight_name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=offline

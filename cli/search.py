@@ -17,7 +17,7 @@ import click
 def search(base_model: str | None, tags: tuple[str, ...], author: str | None, query: str | None, limit: int,
            atlases: bool, details: bool, token: str | None) -> None:
     """List head sets and head atlases on the Hub (repos tagged `headhunter`), most downloaded first."""
-    from headhunter.hub import ATLAS_TAG, search_hub
+    from headhunter.format.hub import ATLAS_TAG, search_hub
 
     tags = (*tags, ATLAS_TAG) if atlases else tags
     results = search_hub(model=base_model, tags=tags, author=author, query=query, limit=limit, details=details, token=token)

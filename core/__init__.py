@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
-from .errors import (
+from headhunter._version import __version__
+from headhunter.errors import (
     HeadhunterError,
     HeadSetError,
     HubError,
@@ -23,34 +23,34 @@ from .errors import (
 # Everything else loads on first attribute access (PEP 562), so `import headhunter` costs only the version
 # and the exceptions: the CLI's --help/--version never pay for numpy, pydantic models or torch.
 _LAZY = {
-    "Head": "headhunter.headset",
-    "HeadSet": "headhunter.headset",
-    "hookimpl": "headhunter.hookspecs",
-    "get_plugin_manager": "headhunter.registry",
-    "get_registry": "headhunter.registry",
-    "FORMAT_VERSION": "headhunter.schema",
-    "GenerationSettings": "headhunter.schema",
-    "GuidanceSettings": "headhunter.schema",
-    "HeadSetMetadata": "headhunter.schema",
-    "PerturbationSpec": "headhunter.schema",
-    "SearchProvenance": "headhunter.schema",
-    "Site": "headhunter.sites",
-    "load_headset": "headhunter._loading",
-    "load_model": "headhunter._loading",
-    "Objective": "headhunter.objective",
-    "Perturbation": "headhunter.perturbation",
-    "ModelAdapter": "headhunter.adapter",
-    "apply": "headhunter.guidance",
-    "GuidanceHandle": "headhunter.guidance",
-    "HeadHunterGuidance": "headhunter.guider",
-    "hunt": "headhunter.workflow",
-    "atlas": "headhunter.atlas",
-    "Atlas": "headhunter.atlas",
-    "load_atlas": "headhunter.atlas",
-    "HuntResult": "headhunter.search",
-    "evaluate": "headhunter.evaluation",
-    "parse_objective": "headhunter.objective_expr",
-    "load_pipeline": "headhunter._loading",
+    "Head": "headhunter.format.headset",
+    "HeadSet": "headhunter.format.headset",
+    "hookimpl": "headhunter.plugin_system.hookspecs",
+    "get_plugin_manager": "headhunter.plugin_system.registry",
+    "get_registry": "headhunter.plugin_system.registry",
+    "FORMAT_VERSION": "headhunter.format.schema",
+    "GenerationSettings": "headhunter.format.schema",
+    "GuidanceSettings": "headhunter.format.schema",
+    "HeadSetMetadata": "headhunter.format.schema",
+    "PerturbationSpec": "headhunter.format.schema",
+    "SearchProvenance": "headhunter.format.schema",
+    "Site": "headhunter.format.sites",
+    "load_headset": "headhunter.format.loading",
+    "load_model": "headhunter.engine.models",
+    "Objective": "headhunter.contracts.objective",
+    "Perturbation": "headhunter.contracts.perturbation",
+    "ModelAdapter": "headhunter.contracts.adapter",
+    "apply": "headhunter.engine.guidance",
+    "GuidanceHandle": "headhunter.engine.guidance",
+    "HeadHunterGuidance": "headhunter.engine.guider",
+    "hunt": "headhunter.workflow.hunt",
+    "atlas": "headhunter.workflow.atlas",
+    "Atlas": "headhunter.atlases.atlas",
+    "load_atlas": "headhunter.atlases.atlas",
+    "HuntResult": "headhunter.search.search",
+    "evaluate": "headhunter.search.evaluation",
+    "parse_objective": "headhunter.objective.expr",
+    "load_pipeline": "headhunter.engine.models",
 }
 
 __all__ = [

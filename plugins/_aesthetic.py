@@ -14,7 +14,7 @@ import pydantic
 import torch
 
 from headhunter.errors import ObjectiveError
-from headhunter.objective import Images
+from headhunter.contracts.objective import Images
 from headhunter.plugins._clip import CLIP_L14, ClipPreprocess, load_preprocess, placed, vision_config
 from headhunter.plugins._weights import (
     SMALL_FILES,

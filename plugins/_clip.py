@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from headhunter.errors import ObjectiveError
-from headhunter.objective import Images
+from headhunter.contracts.objective import Images
 from headhunter.plugins._image_stats import to_rgb
 from headhunter.plugins._weights import SMALL_FILES, _hub_errors, cached, missing_weights, resolve_file
 
@@ -86,7 +86,7 @@ def rgb_images(images: Images) -> torch.Tensor:
 
 
 def load_preprocess(repo: str, revision: str | None = None, include: str = SMALL_FILES) -> ClipPreprocess:
-    from headhunter._files import read_json
+    from headhunter.format.files import read_json
 
     path = resolve_file(repo, PREPROCESSOR_FILE, revision, include=include)
     config = read_json(path, max_bytes=1 << 20, error=ObjectiveError, what="preprocessor config")

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from headhunter.errors import ObjectiveError
-from headhunter.objective import Images, Objective, as_tensor_images
-from headhunter.schema import plugin_params
-from headhunter.composite import format_leaf
+from headhunter.contracts.objective import Images, Objective, as_tensor_images
+from headhunter.format.schema import plugin_params
+from headhunter.objective.composite import format_leaf
 
 #: ITU-R BT.601 luma weights (PIL's "L" conversion).
 LUMA_601 = (0.299, 0.587, 0.114)

@@ -16,7 +16,7 @@ import pydantic
 import torch
 
 from headhunter.errors import ObjectiveError
-from headhunter.objective import Images, check_prompts
+from headhunter.contracts.objective import Images, check_prompts
 from headhunter.plugins._clip import CLIP_L14, load_clip, rgb_images
 from headhunter.plugins._weights import SMALL_FILES, HubObjective, _Params
 

@@ -16,10 +16,10 @@ from typing import Any, Callable, ClassVar
 import pydantic
 import torch
 
-from headhunter.composite import format_leaf
+from headhunter.objective.composite import format_leaf
 from headhunter.errors import ObjectiveError
-from headhunter.objective import Objective
-from headhunter.schema import plugin_params
+from headhunter.contracts.objective import Objective
+from headhunter.format.schema import plugin_params
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
 

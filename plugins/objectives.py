@@ -5,7 +5,7 @@ Offline image statistics (no weights) live in `_image_stats`; the CLIP-based sco
 models) and `_weights` (fetching, state dicts, the `HubObjective` base). All are imported only when an
 objective is created, so listing plugins stays quick.
 Composition (sums, harmonic means, gates) is not an objective here but the grammar of
-`headhunter.objective_expr.parse_objective` (objects: `headhunter.composite`). docs/objectives.md describes each one.
+`headhunter.objective.expr.parse_objective` (objects: `headhunter.objective.composite`). docs/objectives.md describes each one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from headhunter.hookspecs import hookimpl
+from headhunter.plugin_system.hookspecs import hookimpl
 
 #: name -> (module, class, one-line description). Descriptions give the range; higher is always better.
 BUILTIN_OBJECTIVES: dict[str, tuple[str, str, str]] = {

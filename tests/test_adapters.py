@@ -18,13 +18,14 @@ from diffusers.models.attention_processor import (
 from tiny import GRID, TEXT_LEN, flux_inputs, forward, sd3_inputs, tiny_flux, tiny_sd3, tiny_sd35
 
 from headhunter import HeadSet
-from headhunter.attention import batch_strengths
+from headhunter.plan.strengths import batch_strengths
 from headhunter.cli import make_cli
 from headhunter.cli.bench import FLUX_DEV, SD3_MEDIUM
 from headhunter.errors import HeadSetError, ModelError
-from headhunter.registry import get_registry
-from headhunter.plugins.flux import flux_sites
-from headhunter.plugins.sd3 import sd3_sites
+from headhunter.plugin_system.registry import get_registry
+from headhunter.plugins.flux.sites import flux_sites
+from headhunter.plugins.sd3.sites import sd3_sites
+from headhunter.engine.attention import install
 
 REGISTRY = get_registry()
 SD35_MEDIUM = dict(SD3_MEDIUM, pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13)))
@@ -60,7 +61,7 @@ def test_pag_mask_equals_diffusers_pag_processor(layer, name):
     inputs = sd3_inputs(model, 2)
     adapter = REGISTRY.adapter_for(model)
     sites = adapter.sites(model)
-    with adapter.install(model, name, "pag_mask") as inst, inst.strengths({sites[layer].name: torch.ones(2, 4)}):
+    with install(adapter, model, name, "pag_mask") as inst, inst.strengths({sites[layer].name: torch.ones(2, 4)}):
         ours = forward(model, inputs)
     block = model.transformer_blocks[layer].attn
     original = block.processor
@@ -76,10 +77,10 @@ def test_pag_mask_keeps_qk_norm_where_diffusers_drops_it():
     model = tiny_sd35()
     inputs = sd3_inputs(model, 1)
     site = REGISTRY.adapter_for(model).sites(model)[0].name
-    with REGISTRY.adapter_for(model).install(model, "identity", "pag_mask") as inst:
+    with install(REGISTRY.adapter_for(model), model, "identity", "pag_mask") as inst:
         with inst.strengths({site: torch.ones(1, 4)}):
             ours = forward(model, inputs)
-    with REGISTRY.adapter_for(model).install(model, "identity", "pag_mask", mode="reference") as inst:
+    with install(REGISTRY.adapter_for(model), model, "identity", "pag_mask", mode="reference") as inst:
         with inst.strengths({site: torch.ones(1, 4)}):
             reference = forward(model, inputs)
     assert (ours - reference).abs().max() <= 1e-5 * reference.abs().max()
@@ -104,7 +105,7 @@ def test_mismatched_head_sets_are_refused_before_any_forward():
     """Invariant 5: out-of-range heads, unknown sites, another architecture -> HeadSetError, no forward."""
     model = tiny_sd3()
     counter = _CountForwards(model)
-    with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
+    with install(REGISTRY.adapter_for(model), model, "softpag") as inst:
         bigger = sd3_sites(2, 8)
         with pytest.raises(HeadSetError, match="has 4 heads in this model") as err:
             inst.batch_strengths([None, HeadSet.from_heads([(0, 6)], sites=bigger, architecture="sd3")])
@@ -130,7 +131,7 @@ def test_mismatched_head_sets_are_refused_before_any_forward():
 
 def test_wrong_batch_size_is_an_error_naming_the_site():
     model = tiny_sd3()
-    with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
+    with install(REGISTRY.adapter_for(model), model, "softpag") as inst:
         with inst.strengths({"transformer_blocks.1.attn": torch.ones(3, 4)}):
             with pytest.raises(ModelError, match="transformer_blocks.1.attn.*batch 2"):
                 forward(model, sd3_inputs(model, 2))
@@ -141,15 +142,15 @@ def test_install_refuses_twice_and_unknown_processors_and_leaves_model_untouched
     inputs = sd3_inputs(model, 1)
     stock = forward(model, inputs)
     adapter = REGISTRY.adapter_for(model)
-    with adapter.install(model, "softpag"):
+    with install(adapter, model, "softpag"):
         with pytest.raises(ModelError, match="already installed"):
-            adapter.install(model, "softpag")
+            install(adapter, model, "softpag")
     model.transformer_blocks[1].attn.set_processor(FusedJointAttnProcessor2_0())
     with pytest.raises(ModelError, match="transformer_blocks.1.attn runs FusedJointAttnProcessor2_0"):
-        adapter.install(model, "softpag")
+        install(adapter, model, "softpag")
     assert type(model.transformer_blocks[0].attn.processor).__name__ == "JointAttnProcessor2_0"
     model.transformer_blocks[1].attn.set_processor(JointAttnProcessor2_0())
-    inst = adapter.install(model, "softpag")
+    inst = install(adapter, model, "softpag")
     inst.remove()
     inst.remove()  # idempotent
     with pytest.raises(ModelError, match="removed"):
@@ -161,7 +162,7 @@ def test_layouts_and_grids_are_recorded_on_non_square_inputs():
     for model, make in ((tiny_sd3(), sd3_inputs), (tiny_flux(), flux_inputs)):
         adapter = REGISTRY.adapter_for(model)
         sites = adapter.sites(model)
-        with adapter.install(model, "blur", "image") as inst, inst.strengths({sites[-1].name: torch.ones(1, 4)}):
+        with install(adapter, model, "blur", "image") as inst, inst.strengths({sites[-1].name: torch.ones(1, 4)}):
             forward(model, make(model, 1))
             assert inst.layout["grid"] == GRID
             if adapter.name == "flux":
@@ -172,7 +173,7 @@ def test_flux_single_stream_needs_the_text_length():
     model = tiny_flux()
     site = "single_transformer_blocks.0.attn"
     attn = model.get_submodule(site)
-    with REGISTRY.adapter_for(model).install(model, "softpag", "image") as inst, \
+    with install(REGISTRY.adapter_for(model), model, "softpag", "image") as inst, \
             inst.strengths({site: torch.ones(1, 4)}):
         with pytest.raises(ModelError, match="text length"):
             attn(hidden_states=torch.randn(1, 10, 64))
@@ -184,7 +185,7 @@ def test_flux_attention_backend_passes_through():
     model.set_attention_backend("_native_math")
     stock = forward(model, inputs)
     adapter = REGISTRY.adapter_for(model)
-    with adapter.install(model, "softpag") as inst:
+    with install(adapter, model, "softpag") as inst:
         processor = model.get_submodule("transformer_blocks.0.attn").processor
         assert processor._attention_backend == processor.original._attention_backend is not None
         with inst.strengths({s.name: torch.tensor([[0.0] * 4, [1.0] * 4]) for s in inst.sites}):
@@ -211,7 +212,7 @@ def test_digits_pipeline_is_plain_sd3():
 
     stock = run()
     headset = HeadSet.from_heads([(0, 1), (len(sites) - 1, 5, 0.5)], sites=sites, architecture="sd3")
-    with adapter.install(pipe, "softpag") as inst:
+    with install(adapter, pipe, "softpag") as inst:
         with inst.strengths(inst.batch_strengths([None, headset])):
             guided = run()
         assert torch.equal(run(), stock)
@@ -256,6 +257,7 @@ def test_inspect_a_cached_hub_model(tmp_path):
     assert "[text | image]" in result.output
 
 
+@pytest.mark.slow
 def test_bench_runs_on_tiny_settings(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(make_cli(), ["bench", "--model", "flux-small", "--batch", "2", "--rounds", "1",
@@ -269,9 +271,9 @@ def test_bench_runs_on_tiny_settings(tmp_path):
 def test_inspect_a_registered_model():
     """`headhunter inspect NAME` loads a model registered by a plugin (the digits demo is one); the CLI uses the
     plugin manager it was built with, not the process-wide registry."""
-    from headhunter.hookspecs import hookimpl
+    from headhunter.plugin_system.hookspecs import hookimpl
     from headhunter.plugins.digits.model import build_pipeline
-    from headhunter.registry import get_plugin_manager
+    from headhunter.plugin_system.registry import get_plugin_manager
 
     class DemoModels:
         @hookimpl
@@ -296,7 +298,7 @@ def test_original_processor_refuses_a_processor_the_adapter_did_not_copy():
 
     from headhunter.errors import ModelError
     from headhunter.plugins.sd3.adapter import SD3Adapter
-    from headhunter.sites import Site
+    from headhunter.format.sites import Site
 
     class Same(JointAttnProcessor2_0):
         pass

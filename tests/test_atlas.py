@@ -15,20 +15,20 @@ import torch
 from click.testing import CliRunner
 
 from headhunter import HeadSet, SearchError
-from headhunter._runner import GenerationSettings, Row, generate_rows
-from headhunter.atlas import (
+from headhunter.engine.runner import GenerationSettings, Row, generate_rows
+from headhunter.atlases.atlas import (
     NONE,
     Atlas,
     AtlasSettings,
     Measure,
     analyse,
-    atlas,
     load_atlas,
     paired_effect,
     restrict_candidates,
     select_heads,
 )
-from headhunter.sites import Site
+from headhunter.workflow.atlas import atlas
+from headhunter.format.sites import Site
 
 SMALL = dict(prompts=["3"], seeds=[0, 1, 2], steps=2, scale=2.0, strength=1.0, progress=False,
              measures=["brightness", "sharpness"], objectives=[])
@@ -166,7 +166,7 @@ def test_restrict_candidates_keeps_the_labelled_heads_in_pool_order():
 
 def test_hunt_candidates_from_an_atlas(tmp_path):
     from headhunter import get_registry
-    from headhunter.workflow import hunt
+    from headhunter.workflow.hunt import hunt
 
     pipe = tiny_pipe()
     sites = get_registry().adapter_for(pipe).sites(pipe)
@@ -178,8 +178,9 @@ def test_hunt_candidates_from_an_atlas(tmp_path):
 
 
 # ----- checkpoint and resume ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch):
-    from headhunter import atlas as atlas_module
+    import headhunter.atlases.atlas as atlas_module
 
     pipe = tiny_pipe()
     whole = atlas(pipe, heads=["L0H0", "L1H1"], layers=[], batch_size=2, out_dir=tmp_path / "a", render=False, **SMALL)
@@ -215,6 +216,7 @@ def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch):
 
 
 # ----- the page ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_page_is_self_contained_and_numbers_round_trip(tmp_path):
     pipe = tiny_pipe()
     result = atlas(pipe, heads=["L0", "L1H1"], layers=[0], batch_size=8, out_dir=tmp_path, **SMALL)
@@ -271,10 +273,11 @@ def test_cli_export_and_errors(tmp_path):
     assert helped.exit_code == 0 and "export" in helped.output and "build" in helped.output
 
 
+@pytest.mark.slow
 def test_cli_builds_on_a_registered_model(tmp_path):
     from headhunter import hookimpl
     from headhunter.cli import make_cli
-    from headhunter.registry import get_plugin_manager
+    from headhunter.plugin_system.registry import get_plugin_manager
 
     class Models:
         @hookimpl
@@ -295,7 +298,8 @@ def test_push_atlas_and_find_it(monkeypatch, tmp_path):
     from fakehub import FakeHub
     from test_hub import point_hub_at
 
-    from headhunter.hub import ATLAS_TAG, push_atlas, search_hub
+    from headhunter.atlases.publish import push_atlas
+    from headhunter.format.hub import ATLAS_TAG, search_hub
 
     a = synthetic()
     a.settings = a.settings.model_copy(update={"model": "someone/tiny-dit"})
@@ -319,7 +323,7 @@ def test_push_atlas_and_find_it(monkeypatch, tmp_path):
 
 
 def test_class_change_measure_compares_with_the_unguided_image():
-    from headhunter.atlas import _Measurer
+    from headhunter.atlases.atlas import _Measurer
 
     def classify(images):  # "class" = whether the image is mostly bright
         return (images.mean(dim=(1, 2, 3)) > 0.5).long()
@@ -342,7 +346,7 @@ def test_hunt_cli_needs_both_atlas_options():
 def test_model_atlas_defaults_come_from_the_search_defaults_hook(tmp_path):
     from headhunter import hookimpl
     from headhunter.errors import PluginError
-    from headhunter.registry import Registry, get_plugin_manager, use_registry
+    from headhunter.plugin_system.registry import Registry, get_plugin_manager, use_registry
 
     answers = {"atlas": {"prompts": ["7"], "seeds": [4, 5], "words": {"brightness": ("inkier", "paler")}}}
 

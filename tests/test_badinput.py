@@ -18,7 +18,7 @@ from safetensors.numpy import save as st_save
 
 import headhunter as hh
 from headhunter import HeadSet, HeadSetError, Site
-from headhunter._files import NotRegularFileError, parse_json, read_regular, write_atomic
+from headhunter.format.files import NotRegularFileError, parse_json, read_regular, write_atomic
 from headhunter.errors import HeadhunterError
 
 SITES = [Site(name=f"blocks.{i}.attn", num_heads=4 + i, kind="joint") for i in range(3)]
@@ -199,7 +199,7 @@ def test_saving_onto_a_fifo_or_folder_is_refused(tmp_path):
 
 def test_full_disk_leaves_no_temp_file_and_keeps_the_old_file(tmp_path, monkeypatch):
     path = small([(0, 0)]).save(tmp_path / "h.safetensors")
-    from headhunter import _files
+    import headhunter.format.files as _files
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -236,7 +236,7 @@ def test_read_regular_bounds_and_names_the_file(tmp_path):
 def test_guidance_settings_refuse_non_finite_and_out_of_range(field, value):
     from pydantic import ValidationError
 
-    from headhunter.schema import GuidanceSettings
+    from headhunter.format.schema import GuidanceSettings
 
     with pytest.raises(ValidationError, match=field):
         GuidanceSettings(**{field: value})
@@ -245,7 +245,7 @@ def test_guidance_settings_refuse_non_finite_and_out_of_range(field, value):
 def test_free_form_maps_refuse_non_finite_numbers():
     from pydantic import ValidationError
 
-    from headhunter.schema import PerturbationSpec, SearchProvenance
+    from headhunter.format.schema import PerturbationSpec, SearchProvenance
 
     with pytest.raises(ValidationError, match="params.sigma holds inf"):
         PerturbationSpec(params={"sigma": math.inf})
@@ -266,7 +266,7 @@ def _tiny_search_pipe():
 
 
 def _brightness():
-    from headhunter.objective import Objective, as_tensor_images
+    from headhunter.contracts.objective import Objective, as_tensor_images
 
     class Brightness(Objective):
         name = "test-brightness"
@@ -283,7 +283,7 @@ TINY_HUNT = dict(prompts=["3"], seeds=[0, 1], steps=2, scale=2.0, strength=0.5, 
 
 def test_bogus_scope_fails_before_writing_the_checkpoint(tmp_path):
     from headhunter import SearchError
-    from headhunter.workflow import hunt
+    from headhunter.workflow.hunt import hunt
 
     with pytest.raises(SearchError, match="scope"):
         hunt(_tiny_search_pipe(), _brightness(), scope="bogus", out_dir=tmp_path / "d", **TINY_HUNT)
@@ -292,7 +292,7 @@ def test_bogus_scope_fails_before_writing_the_checkpoint(tmp_path):
 
 def test_inf_scale_fails_before_the_search(tmp_path):
     from headhunter import SearchError
-    from headhunter.workflow import hunt
+    from headhunter.workflow.hunt import hunt
 
     with pytest.raises(SearchError, match="finite"):
         hunt(_tiny_search_pipe(), _brightness(), out_dir=tmp_path / "d", **{**TINY_HUNT, "scale": math.inf})
@@ -300,8 +300,9 @@ def test_inf_scale_fails_before_the_search(tmp_path):
 
 
 def test_single_fresh_seed_with_set_metrics_fails_before_the_search(tmp_path, monkeypatch):
-    from headhunter import SearchError, workflow
-    from headhunter.workflow import hunt
+    from headhunter import SearchError
+    import headhunter.workflow.hunt as workflow
+    from headhunter.workflow.hunt import hunt
 
     pipe = _tiny_search_pipe()
     monkeypatch.setattr(workflow, "model_defaults",
@@ -312,7 +313,8 @@ def test_single_fresh_seed_with_set_metrics_fails_before_the_search(tmp_path, mo
 
 
 def test_late_failure_keeps_the_head_set_and_says_where(tmp_path, monkeypatch):
-    from headhunter import SearchError, workflow
+    from headhunter import SearchError
+    import headhunter.workflow.hunt as workflow
 
     def broken(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -336,7 +338,7 @@ def test_late_failure_keeps_the_head_set_and_says_where(tmp_path, monkeypatch):
 ])
 def test_damaged_checkpoint_is_our_error_naming_the_file(tmp_path, damage, message):
     from headhunter import SearchError
-    from headhunter.workflow import hunt
+    from headhunter.workflow.hunt import hunt
 
     pipe = _tiny_search_pipe()
     out = tmp_path / "run"
@@ -359,7 +361,7 @@ def test_damaged_checkpoint_is_our_error_naming_the_file(tmp_path, damage, messa
 ])
 def test_objective_expressions_bound_depth_and_numbers(expression, message):
     from headhunter import ObjectiveError
-    from headhunter.objective_expr import parse_objective
+    from headhunter.objective.expr import parse_objective
 
     with pytest.raises(ObjectiveError, match=message):
         parse_objective(expression)
@@ -367,7 +369,7 @@ def test_objective_expressions_bound_depth_and_numbers(expression, message):
 
 def test_seeds_outside_torch_range_fail_before_the_search(tmp_path):
     from headhunter import SearchError
-    from headhunter.workflow import hunt
+    from headhunter.workflow.hunt import hunt
 
     for kwargs in ({"seeds": [2**70]}, {"eval_seeds": [2**70]}):
         with pytest.raises(SearchError, match="seed"):

@@ -23,7 +23,9 @@ from safetensors.numpy import save as st_save
 
 import headhunter as hh
 from headhunter import HeadSet, HeadSetError, SearchError, Site
-from headhunter._files import parse_json
+from headhunter.format.files import parse_json
+
+pytestmark = pytest.mark.slow  # hypothesis fuzzing of every reader: thousands of inputs
 
 SITES = [Site(name=f"blocks.{i}.attn", num_heads=4 + i, kind="joint") for i in range(3)]
 VALID = HeadSet.from_heads([(0, 1), (2, 3, 0.5)], sites=SITES, architecture="toy", name="valid",
@@ -246,7 +248,7 @@ VALID_STATE = {
 @settings(max_examples=400, deadline=5000)
 @given(data=st.one_of(byte_mutation(json.dumps(VALID_STATE).encode()), json_mutation(VALID_STATE).map(str.encode)))
 def test_checkpoint_reader_reads_or_raises_search_error(scratch, data):
-    from headhunter.search import read_checkpoint
+    from headhunter.search.search import read_checkpoint
 
     COUNTS["checkpoint"] += 1
     path = scratch / "state.json"

@@ -205,7 +205,7 @@ def test_out_in_a_read_only_folder(tmp_path, monkeypatch):
 
 def test_hunt_no_report_does_not_print_a_report_path(monkeypatch, tmp_path):
     import headhunter.cli.hunt as hunt_cli
-    import headhunter.workflow as workflow
+    import headhunter.workflow.hunt as workflow
 
     headset = HeadSet.from_heads([(0, 1)], sites=SITES, architecture="toy")
     fake = SimpleNamespace(headset=headset, baseline_score=0.5, best_layer=None, evaluation=None,

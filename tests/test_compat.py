@@ -52,6 +52,7 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ----- the four regressions of issue #12 -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_model_cpu_offload_keeps_every_call_guided():
     """(1) diffusers re-installs its offload hooks after each call; an instance `forward` wrapper was dropped."""
     build, settings, notation = MODELS["sd3"]
@@ -71,6 +72,7 @@ def test_model_cpu_offload_keeps_every_call_guided():
     assert hasattr(pipe.transformer, "_hf_hook")
 
 
+@pytest.mark.slow
 def test_flux_blur_grid_follows_every_call_size():
     """(2) the FLUX grid was cached under the img_ids tensor's address: same-token-count sizes got a stale,
     transposed grid. Every call must equal a fresh pipeline at that size."""
@@ -97,6 +99,7 @@ def test_flux_grid_is_read_from_the_ids_values_not_their_buffer():
     assert _grid_from_ids(ids, 8) == (4, 2)
 
 
+@pytest.mark.slow
 def test_cli_generate_flux_with_several_prompts_and_cfg(tmp_path):
     """(3) the CLI passed one negative-prompt string, which FluxPipeline does not repeat over prompts."""
     build, _, notation = MODELS["flux"]
@@ -117,6 +120,7 @@ def test_cli_generate_flux_with_several_prompts_and_cfg(tmp_path):
     assert shlex.split(record["command"])  # still one shell-quoted command
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_compiled_wrapper_is_looked_through(model):
     """(4) `pipe.transformer = torch.compile(pipe.transformer)`: the adapter sees `_orig_mod`."""
@@ -240,6 +244,7 @@ FEATURES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("feature", [pytest.param(f, marks=pytest.mark.slow) if "compile" in f else f
                                      for f in sorted(FEATURES)])

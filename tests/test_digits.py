@@ -48,6 +48,7 @@ def test_split_is_fixed_and_disjoint():
     assert held.min() >= -1 and held.max() <= 1
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_round_trips(tmp_path):
     torch.manual_seed(0)
     recipe = run(tmp_path, TrainConfig(**TINY), progress=False)
@@ -61,6 +62,7 @@ def test_training_reduces_loss_and_round_trips(tmp_path):
     assert load_classifier(tmp_path).logits(out.images).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_shipped_model_makes_recognisable_digits(pipe):
     prompts = balanced_prompts(50)
     images = generate(pipe, prompts, seed=0)
@@ -126,6 +128,7 @@ def test_headhunter_load_model_and_registry_objectives():
     assert objective.name == "digit-logprob"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [digit_objectives.DigitLogProb, digit_objectives.DigitConfidence,
                                  digit_objectives.DigitAccuracy])
 def test_objectives_prefer_real_digits_to_noise(cls, heldout):
@@ -146,6 +149,7 @@ def test_objective_rejects_bad_prompts(heldout):
         digit_objectives.DigitLogProb()(images[:2], ["1", "eleven"])
 
 
+@pytest.mark.slow
 def test_fd_is_zero_against_itself_and_large_against_noise(heldout):
     images, _ = heldout
     classifier = load_classifier()

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_search import tiny_digits_pipe, Brightness, SETTINGS
     from headhunter import hunt
-    from headhunter.distributed import context
+    from headhunter.search.distributed import context
     r = hunt(tiny_digits_pipe(), Brightness(), rounds=2, out_dir={out!r}, report={report}, batch_size=2,
              schedule="racing", first_pairs=2, **{{**SETTINGS, "seeds": [0, 1, 2, 3]}})
     if context().is_main:

@@ -32,13 +32,14 @@ from tiny import (
 )
 
 from headhunter import HeadSet
-from headhunter.adapter import TokenLayout
+from headhunter.contracts.adapter import TokenLayout
 from headhunter.cli import make_cli
 from headhunter.errors import ModelError
-from headhunter.plugins.flux2 import flux2_sites
-from headhunter.plugins.qwenimage import qwenimage_sites
-from headhunter.plugins.wan import wan_sites
-from headhunter.registry import get_registry
+from headhunter.plugins.flux2.sites import flux2_sites
+from headhunter.plugins.qwenimage.sites import qwenimage_sites
+from headhunter.plugins.wan.sites import wan_sites
+from headhunter.plugin_system.registry import get_registry
+from headhunter.engine.attention import install
 
 REGISTRY = get_registry()
 NEW = ("flux2", "qwenimage", "wan")
@@ -54,6 +55,7 @@ def test_tiny_sites_and_paper_order():
     assert [s.kind for s in flux2_sites(2, 2, 4)] == ["joint", "joint", "single", "single"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("cls", "config", "name", "count", "heads", "last"), [
     (Flux2Transformer2DModel, {}, "flux2", 56, 48, "single_transformer_blocks.47.attn"),
     (QwenImageTransformer2DModel, {}, "qwenimage", 60, 24, "transformer_blocks.59.attn"),
@@ -70,6 +72,7 @@ def test_full_size_configs_on_the_meta_device(cls, config, name, count, heads, l
     assert len(sites) == count and {s.num_heads for s in sites} == {heads} and sites[-1].name == last
 
 
+@pytest.mark.slow
 def test_published_tables_equal_the_live_sites():
     from headhunter.plugins import flux2, qwenimage, wan
 
@@ -89,6 +92,7 @@ def test_published_tables_equal_the_live_sites():
         headset.validate_against(adapter.sites(model), adapter.architecture)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("class_name", "config", "sites", "pattern", "layout"), [
     ("Flux2Transformer2DModel", {}, "56 (2688 heads)", r"L8 +single_transformer_blocks\.0\.attn +48 heads +single",
      "[text | image]"),
@@ -120,16 +124,17 @@ def _one_site(model, name, params, scope, site_index, inputs):
     perturbation = REGISTRY.perturbation(name, **params)
     sites = adapter.sites(model)
     batch = inputs["hidden_states"].shape[0]
-    with adapter.install(model, perturbation, scope) as inst, \
+    with install(adapter, model, perturbation, scope) as inst, \
             inst.strengths({sites[site_index].name: torch.ones(batch, sites[site_index].num_heads)}):
         out = forward(model, inputs)
         layout = inst.layout
-    with adapter.install(model, perturbation, scope, mode="reference") as inst, \
+    with install(adapter, model, perturbation, scope, mode="reference") as inst, \
             inst.strengths({sites[site_index].name: torch.ones(batch, sites[site_index].num_heads)}):
         expected = forward(model, inputs)
     return out, expected, layout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [(3, 5), (5, 3), (1, 7)])
 @pytest.mark.parametrize("family", NEW)
 def test_blur_on_odd_and_non_square_sizes_equals_the_reference(family, grid):
@@ -148,7 +153,7 @@ def test_wan_layout_comes_from_the_video_shape():
     adapter = REGISTRY.adapter_for(model)
     site = adapter.sites(model)[0].name
     for frames, grid in ((FRAMES, GRID), (2, (3, 5)), (1, (4, 6))):
-        with adapter.install(model, "blur", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
+        with install(adapter, model, "blur", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
             forward(model, wan_inputs(model, 1, frames=frames, grid=grid))
             assert inst.layout["grid"] == grid and inst._state.cache["frames"] == frames
 
@@ -156,7 +161,7 @@ def test_wan_layout_comes_from_the_video_shape():
 def test_wan_cross_attention_stays_stock():
     model = tiny_wan()
     cross = {name: p for name, p in model.attn_processors.items() if ".attn2." in name}
-    with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
+    with install(REGISTRY.adapter_for(model), model, "softpag") as inst:
         assert all(model.attn_processors[name] is p for name, p in cross.items())
         assert all(type(model.get_submodule(s.name).processor).__name__ == "WanPerturbingProcessor" for s in inst.sites)
 
@@ -172,7 +177,7 @@ def test_flux2_grid_is_read_from_each_call_not_cached_on_the_ids_tensor():
     site = adapter.sites(model)[-1].name
     ids = wide["img_ids"].clone()
     blur = REGISTRY.perturbation("blur", sigma=0.8)
-    with adapter.install(model, blur, "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
+    with install(adapter, model, blur, "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
         forward(model, {**wide, "img_ids": ids})
         assert inst.layout["grid"] == (4, 6)
         ids.copy_(tall["img_ids"])  # same tensor, same address, new grid
@@ -191,17 +196,17 @@ def test_flux2_reference_image_tokens_have_no_grid():
               "hidden_states": torch.cat([inputs["hidden_states"], inputs["hidden_states"][:, :6]], dim=1)}
     adapter = REGISTRY.adapter_for(model)
     site = adapter.sites(model)[0].name
-    with adapter.install(model, "blur", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
+    with install(adapter, model, "blur", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
         with pytest.raises(ModelError, match="needs the image grid"):
             forward(model, inputs)
-    with adapter.install(model, "softpag", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
+    with install(adapter, model, "softpag", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
         forward(model, inputs)  # targets without a grid work
 
 
 def test_flux2_single_stream_needs_the_text_length():
     model = tiny_flux2()
     site = "single_transformer_blocks.0.attn"
-    with REGISTRY.adapter_for(model).install(model, "softpag", "image") as inst, \
+    with install(REGISTRY.adapter_for(model), model, "softpag", "image") as inst, \
             inst.strengths({site: torch.ones(1, 4)}):
         with pytest.raises(ModelError, match="text length"):
             model.get_submodule(site)(hidden_states=torch.randn(1, 10, 64))
@@ -214,7 +219,7 @@ def test_qwenimage_text_mask_with_padding_is_refused_and_an_all_valid_one_is_no_
     padded[1, -2:] = 0
     site = REGISTRY.adapter_for(model).sites(model)[0].name
     u = {site: torch.tensor([[0.0] * 4, [1.0] * 4])}
-    with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
+    with install(REGISTRY.adapter_for(model), model, "softpag") as inst:
         stock = forward(model, {**inputs, "encoder_hidden_states_mask": padded})  # not perturbed: stock, mask ok
         with inst.strengths(u):
             with pytest.raises(ModelError, match="text mask that has padding"):
@@ -241,7 +246,7 @@ def test_unknown_processors_are_refused_naming_the_site(family):
     original = module.processor
     module.processor = Custom()
     with pytest.raises(ModelError, match=re.escape(f"{site.name} runs Custom")):
-        REGISTRY.adapter_for(model).install(model, "softpag")
+        install(REGISTRY.adapter_for(model), model, "softpag")
     module.processor = original
     assert not any(type(p).__name__.endswith("PerturbingProcessor") for p in model.attn_processors.values())
 
@@ -253,7 +258,7 @@ def test_attention_backend_passes_through(family):
     model.set_attention_backend("_native_math")
     try:
         stock = forward(model, inputs)
-        with REGISTRY.adapter_for(model).install(model, "softpag") as inst:
+        with install(REGISTRY.adapter_for(model), model, "softpag") as inst:
             processor = model.get_submodule(inst.sites[0].name).processor
             assert processor._attention_backend == processor.original._attention_backend is not None
             with inst.strengths({s.name: torch.tensor([[0.0] * 4, [1.0] * 4]) for s in inst.sites}):
@@ -320,7 +325,7 @@ def test_whole_layer_identity_equals_diffusers_attention_score_skip(family, site
     model = FAMILIES[family][0]()
     inputs = FAMILIES[family][1](model, 2)
     site = REGISTRY.adapter_for(model).sites(model)[site_index]
-    with REGISTRY.adapter_for(model).install(model, "identity", "joint") as inst, \
+    with install(REGISTRY.adapter_for(model), model, "identity", "joint") as inst, \
             inst.strengths({site.name: torch.ones(2, site.num_heads)}):
         ours = forward(model, inputs)
     module = model.get_submodule(site.name)
@@ -365,7 +370,7 @@ def test_flux2_reads_img_ids_once_per_forward_not_per_attention_call(num_blocks)
         forward(model, inputs)
     stock = spy.count
     for name, params, extra in (("blur", {"sigma": 1.0}, 1), ("blur", {"sigma": math.inf}, 0), ("softpag", {}, 0)):
-        with adapter.install(model, REGISTRY.perturbation(name, **params), "image") as inst, inst.strengths(everywhere):
+        with install(adapter, model, REGISTRY.perturbation(name, **params), "image") as inst, inst.strengths(everywhere):
             with _CopySpy() as spy:
                 forward(model, inputs)
         assert spy.count - stock == extra, (name, params)

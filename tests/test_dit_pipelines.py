@@ -27,10 +27,11 @@ from tiny_dit_pipes import (
 
 import headhunter
 from headhunter import HeadSet, get_registry
-from headhunter.attention import batch_strengths
-from headhunter.headset import load_headset_file
-from headhunter.objective import Objective, as_tensor_images
-from headhunter.workflow import hunt
+from headhunter.plan.strengths import batch_strengths
+from headhunter.format.headset import load_headset_file
+from headhunter.contracts.objective import Objective, as_tensor_images
+from headhunter.workflow.hunt import hunt
+from headhunter.engine.attention import install
 
 TOL = 1e-4
 STEPS = 3
@@ -86,7 +87,7 @@ def flux2_reference(pipe, pe, branches, guidance_scale=4.0, num_images=1, pertur
     mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=STEPS)
     timesteps, _ = flux2_timesteps(pipe.scheduler, STEPS, CPU, sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
     guidance = torch.full([rows], guidance_scale) if npe is None else None
-    with get_registry().adapter_for(pipe).install(pipe, perturbation, "joint") as inst:
+    with install(get_registry().adapter_for(pipe), pipe, perturbation, "joint") as inst:
         for t in timesteps:
             x = dict(hidden_states=latents, timestep=t.expand(rows) / 1000, guidance=guidance,
                      encoder_hidden_states=pe, txt_ids=text_ids, img_ids=latent_ids)
@@ -123,7 +124,7 @@ def qwen_reference(pipe, pe, branches, true_cfg=1.0, npe=None, num_images=1):
     timesteps, _ = qwen_timesteps(pipe.scheduler, STEPS, CPU, sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)
     if npe is not None:
         npe, _ = pipe.encode_prompt(None, device=CPU, num_images_per_prompt=num_images, prompt_embeds=npe)
-    with get_registry().adapter_for(pipe).install(pipe, "softpag", "joint") as inst:
+    with install(get_registry().adapter_for(pipe), pipe, "softpag", "joint") as inst:
         for t in timesteps:
             x = dict(hidden_states=latents, timestep=t.expand(rows) / 1000, img_shapes=img_shapes)
             cond = pipe.transformer(**x, encoder_hidden_states=pe, return_dict=False)[0]
@@ -149,7 +150,7 @@ def wan_reference(pipe, pe, branches, s=1.0, npe=None, num_videos=1, perturbatio
     latents = pipe.prepare_latents(rows, pipe.transformer.config.in_channels, WAN_CALL["height"], WAN_CALL["width"],
                                    WAN_CALL["num_frames"], torch.float32, CPU, gen())
     pipe.scheduler.set_timesteps(STEPS, device=CPU)
-    with get_registry().adapter_for(pipe).install(pipe, perturbation, "joint") as inst:
+    with install(get_registry().adapter_for(pipe), pipe, perturbation, "joint") as inst:
         for t in pipe.scheduler.timesteps:
             x = dict(hidden_states=latents, timestep=t.expand(rows))
             cond = pipe.transformer(**x, encoder_hidden_states=pe, return_dict=False)[0]
@@ -244,6 +245,7 @@ def test_qwenimage_true_cfg_perturbs_only_the_conditional_pass(qwen):
 
 
 # ----- Wan ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("s, num_videos", [(3.0, 1), (1.0, 1), (3.0, 2)])
 def test_wan_matches_reference_loop(wan, s, num_videos):
     """WanPipeline runs cond and uncond as separate calls under cache_context("cond"/"uncond") even though its
@@ -265,6 +267,7 @@ def test_wan_matches_reference_loop(wan, s, num_videos):
     assert (actual - stock).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_wan_block_level_stg_with_temporal_blur_matches_reference_loop(wan):
     """Block-level STG (every head of block 1, identity) and a spatio-temporal blur of single heads."""
     sites = get_registry().adapter_for(wan).sites(wan)
@@ -278,6 +281,7 @@ def test_wan_block_level_stg_with_temporal_blur_matches_reference_loop(wan):
         assert_close(actual, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["flux2", "qwen", "wan"])
 def test_remove_restores_bit_identical_outputs(request, name):
     pipe = request.getfixturevalue(name)
@@ -299,6 +303,7 @@ class Brightness(Objective):
         return as_tensor_images(images).mean(dim=(1, 2, 3))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [build_flux2, build_qwenimage])
 def test_hunt_and_the_head_set_format_work_unchanged(build, tmp_path):
     """The search, head-set files and apply need nothing model-specific beyond the adapter."""

@@ -6,7 +6,7 @@ import inspect
 import re
 from pathlib import Path
 
-from headhunter import hookspecs
+import headhunter.plugin_system.hookspecs as hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_adapter_walkthrough_excerpts_are_the_qwenimage_plugin():
     """The 'Writing an adapter for a new DiT' blocks of docs/plugins.md are verbatim excerpts of plugins/qwenimage."""
     guide = (ROOT / "docs" / "plugins.md").read_text()
     section = guide.split("## Writing an adapter for a new DiT", 1)[1].split("\n## ", 1)[0]
-    source = "".join((ROOT / "plugins" / "qwenimage" / name).read_text() for name in ("__init__.py", "adapter.py"))
+    source = "".join((ROOT / "plugins" / "qwenimage" / name).read_text() for name in ("__init__.py", "sites.py", "adapter.py"))
     blocks = _code_blocks(section, "python")
     assert len(blocks) == 7
     for block in blocks:

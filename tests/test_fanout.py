@@ -11,7 +11,7 @@ import torch
 
 import headhunter
 from headhunter import HeadSet, get_registry
-from headhunter.fanout import BatchedLayout
+from headhunter.engine.fanout import BatchedLayout
 from tiny_dit_pipes import QWEN_CALL, WAN_CALL, WAN_TEXT_LEN, build_qwenimage, build_wan, with_prompt_table
 from tiny_pipes import FLUX_CALL, SD3_CALL, build_flux, build_sd3
 
@@ -237,7 +237,7 @@ def test_a_cache_hook_on_the_blocks_falls_back_to_the_full_computation():
 
 def test_bench_case_is_callable_on_any_transformer(pipes):
     """What a GPU script reuses: one case on a transformer, timed side by side with the stock forward."""
-    from headhunter import fanout_bench
+    import headhunter.bench.fanout as fanout_bench
 
     transformer = pipes["sd3"].transformer
     sets = fanout_bench.cases(transformer)
@@ -275,8 +275,8 @@ def test_offloading_composes_with_shared_rows(feature):
 
 def test_bench_guides_every_timed_call(pipes):
     """Repeated calls at one step must each be guided (a second call of a step would be left stock)."""
-    from headhunter import fanout_bench
-    from headhunter.guidance import GuidanceHandle
+    import headhunter.bench.fanout as fanout_bench
+    from headhunter.engine.guidance import GuidanceHandle
 
     transformer = pipes["sd3"].transformer
     hs = fanout_bench.cases(transformer)["L=2"]

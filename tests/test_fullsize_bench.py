@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from headhunter.fullsize_bench import StepClock, format_report, ideal_speedup
+from headhunter.bench.fullsize import StepClock, format_report, ideal_speedup
 
 
 def test_ideal_speedup_follows_the_issue_formulas():

@@ -13,7 +13,7 @@ from PIL import Image
 import headhunter
 from headhunter import HeadSet, get_registry, hookimpl
 from headhunter.cli import make_cli
-from headhunter.registry import get_plugin_manager
+from headhunter.plugin_system.registry import get_plugin_manager
 
 from tiny_pipes import build_flux, build_sd3
 
@@ -40,6 +40,7 @@ def invoke(*args: str, pm=None):
     return result
 
 
+@pytest.mark.slow
 def test_generate_writes_pngs_sidecar_and_comparison(saved, tmp_path):
     root, pipe, hs = saved
     out = tmp_path / "out"
@@ -107,7 +108,7 @@ def test_full_disk_leaves_no_partial_file_and_one_error_line(saved, tmp_path, mo
     """ENOSPC while writing the outputs: exit 1, one `Error:` line naming the file, no temp file left."""
     import errno
 
-    from headhunter import _files
+    import headhunter.format.files as _files
 
     root, pipe, hs = saved
     real_write = _files.os.fsync

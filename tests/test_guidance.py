@@ -21,8 +21,9 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_tim
 
 import headhunter
 from headhunter import HeadSet, HeadSetError, ModelError, get_registry
-from headhunter.attention import batch_strengths
-from headhunter.guidance import (
+from headhunter.plan.strengths import batch_strengths
+from headhunter.engine.attention import install
+from headhunter.engine.guidance import (
     cfg_guidance,
     guidance_delta,
     guided_prediction,
@@ -97,7 +98,7 @@ def sd3_reference(pipe, prompt, branches, s, steps=4, seed=0, num_images=1, star
                                    SD3_CALL["width"], pe.dtype, torch.device("cpu"), gen(seed))
     pipe.scheduler.set_timesteps(steps)
     adapter = get_registry().adapter_for(pipe)
-    with adapter.install(pipe, get_registry().perturbation("softpag"), scope) as inst:
+    with install(adapter, pipe, get_registry().perturbation("softpag"), scope) as inst:
         for i, t in enumerate(pipe.scheduler.timesteps):
             x = dict(hidden_states=latents, timestep=t.expand(rows))
             cond = pipe.transformer(**x, encoder_hidden_states=pe, pooled_projections=ppe, return_dict=False)[0]
@@ -132,7 +133,7 @@ def flux_reference(pipe, prompt, branches, steps=4, seed=0, num_images=1, true_c
     do_true_cfg = true_cfg > 1 and negative is not None
     if do_true_cfg:
         npe, nppe, neg_ids = pipe.encode_prompt(negative, None, **kw)
-    with adapter.install(pipe, get_registry().perturbation("softpag"), "joint") as inst:
+    with install(adapter, pipe, get_registry().perturbation("softpag"), "joint") as inst:
         for t in timesteps:
             x = dict(hidden_states=latents, timestep=t.expand(rows) / 1000, guidance=guidance, img_ids=image_ids)
             cond = pipe.transformer(**x, encoder_hidden_states=pe, pooled_projections=ppe, txt_ids=text_ids,
@@ -202,6 +203,7 @@ def test_sd3_matches_reference_loop(sd3, sd3_sets, s, prompt, num_images):
     assert (actual - run_sd3(sd3, prompt, s, num_images=num_images)).abs().max() > 1e-3  # guidance did something
 
 
+@pytest.mark.slow
 def test_sd3_with_t5_matches_reference_loop():
     pipe = build_sd3(t5=True)
     hs = make_headset(pipe, "L0H0, L1H3", "t5")
@@ -432,7 +434,7 @@ def test_digits_pipeline_is_guided_with_no_special_case():
         pe, npe, ppe, nppe = pipe.encode_prompt("3", torch.device("cpu"), 1, True)
         latents = pipe.prepare_latents(1, 1, 16, 16, pe.dtype, torch.device("cpu"), gen())
         pipe.scheduler.set_timesteps(4)
-        with get_registry().adapter_for(pipe).install(pipe, get_registry().perturbation("softpag")) as inst:
+        with install(get_registry().adapter_for(pipe), pipe, get_registry().perturbation("softpag")) as inst:
             for t in pipe.scheduler.timesteps:
                 x = dict(hidden_states=latents, timestep=t.expand(1))
                 cond = pipe.transformer(**x, encoder_hidden_states=pe, pooled_projections=ppe, return_dict=False)[0]

@@ -20,8 +20,9 @@ from tiny_pipes import FLUX_CALL, SD3_CALL, build_flux, build_sd3
 
 import headhunter
 from headhunter import HeadSet, HeadSetError, HubError, ModelError, PluginError
-from headhunter.attention import PerturbingProcessor
-from headhunter.guider import HeadHunterGuidance
+from headhunter.engine.attention import PerturbingProcessor
+from headhunter.engine.guider import HeadHunterGuidance
+from headhunter.engine.attention import install
 
 PROMPT = "a photo of a red cat"
 STEPS = 4
@@ -301,6 +302,7 @@ def run_stock_klein(pipe, s: float) -> torch.Tensor:
                 generator=torch.Generator().manual_seed(0), output_type="latent", **FLUX2_CALL).images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["wan", "klein"])
 @pytest.mark.parametrize("s", [4.0, 1.0])
 def test_newer_families_modular_equals_apply(request, family, s):
@@ -384,9 +386,9 @@ class ReferenceGuidance(BaseGuidance):
     def prepare_models(self, denoiser):
         self._count_prepared += 1
         if self._count_prepared == self.num_conditions:  # the perturbed batch is the last
-            from headhunter.attention import batch_strengths
+            from headhunter.plan.strengths import batch_strengths
 
-            self._inst = headhunter.get_registry().adapter_for(denoiser).install(denoiser, "softpag", "joint",
+            self._inst = install(headhunter.get_registry().adapter_for(denoiser), denoiser, "softpag", "joint",
                                                                                   mode="reference")
             self._inst.set_strengths(batch_strengths([self.headset], self._inst.sites, repeat=self._rows))
 
@@ -562,7 +564,7 @@ def test_local_round_trip_references_the_file(sd3, sd3_sets, tmp_path):
 
 
 def test_a_saved_modular_pipeline_reloads_the_guider_through_diffusers(sd3, sd3_sets, tmp_path):
-    """modular_model_index.json records the guider as (headhunter.guider, HeadHunterGuidance): diffusers' own
+    """modular_model_index.json records the guider as (headhunter.engine.guider, HeadHunterGuidance): diffusers' own
     ModularPipeline.from_pretrained + load_components rebuild it from guider/guider_config.json."""
     from diffusers.modular_pipelines import ComponentSpec, ModularPipeline
 
@@ -574,7 +576,7 @@ def test_a_saved_modular_pipeline_reloads_the_guider_through_diffusers(sd3, sd3_
         tmp_path / "repo"), subfolder="guider").load())
     mp.save_pretrained(str(tmp_path / "repo"), overwrite_modular_index=True)
     index = json.loads((tmp_path / "repo" / "modular_model_index.json").read_text())
-    assert index["guider"][:2] == ["headhunter.guider", "HeadHunterGuidance"]
+    assert index["guider"][:2] == ["headhunter.engine.guider", "HeadHunterGuidance"]
     again = ModularPipeline.from_pretrained(str(tmp_path / "repo"))
     again.load_components(torch_dtype=torch.float32)
     again.set_progress_bar_config(disable=True)
@@ -610,6 +612,7 @@ def hub(monkeypatch, tmp_path):
         yield fake
 
 
+@pytest.mark.slow
 def test_hub_round_trip_pins_the_headset_commit(hub, sd3, sd3_sets, tmp_path, monkeypatch):
     a, b = sd3_sets
     a.push_to_hub("me/heads")

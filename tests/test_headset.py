@@ -13,7 +13,7 @@ from safetensors.numpy import save as st_save
 
 import headhunter as hh
 from headhunter import HeadSet, HeadSetError, Site
-from headhunter._headset_io import METADATA_KEY, read_header
+from headhunter.format.headset_io import METADATA_KEY, read_header
 
 SD3 = "stabilityai/stable-diffusion-3-medium-diffusers"
 SITES = [Site(name=f"blocks.{i}.attn", num_heads=4 + i, kind="joint") for i in range(3)]
@@ -135,6 +135,7 @@ def headsets(draw):
     return small(heads, name=name, tags=tags, description=draw(st.text(max_size=40)))
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(headsets())
 def test_save_load_and_json_round_trips_are_identities(tmp_path_factory, hs):
@@ -235,7 +236,7 @@ def test_json_rendering_errors_name_the_problem(tmp_path):
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
-    from headhunter import _files as _headset_io
+    import headhunter.format.files as _headset_io
 
     target = tmp_path / "out.safetensors"
 
@@ -249,7 +250,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_failed_save_keeps_previous_file_intact(tmp_path, monkeypatch):
-    from headhunter import _files as _headset_io
+    import headhunter.format.files as _headset_io
 
     target = tmp_path / "out.safetensors"
     first = small([(0, 0)])

@@ -18,7 +18,8 @@ from safetensors.numpy import save as st_save
 import headhunter as hh
 from headhunter import HeadSet, HeadSetError, HubError, SearchProvenance, Site, get_plugin_manager, hookimpl
 from headhunter.cli import make_cli
-from headhunter.hub import load_from_hub, remote_metadata, search_hub
+from headhunter.format.hub import remote_metadata, search_hub
+from headhunter.format.loading import load_from_hub
 
 SD3 = "stabilityai/stable-diffusion-3-medium-diffusers"
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -183,6 +184,7 @@ def test_offline_without_cache_says_so(hub, offline):
     assert hub.requests == []
 
 
+@pytest.mark.slow
 def test_unreachable_hub_falls_back_to_the_cache(hub, monkeypatch, tmp_path):
     from huggingface_hub.utils import _http
 
@@ -299,7 +301,7 @@ def hub_cli():
 
 
 def test_hub_verbs_are_builtin_commands():
-    from headhunter.plugins.commands import BUILTIN_COMMANDS
+    from headhunter.cli.commands import BUILTIN_COMMANDS
 
     assert {("push", "push"), ("pull", "pull"), ("search", "search")} <= set(BUILTIN_COMMANDS)
 
@@ -392,6 +394,7 @@ def silent_hub(monkeypatch, tmp_path):
     server.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call", [
     lambda: load_from_hub("me/dark"),
     lambda: load_from_hub("me/dark", weight_name="headset.safetensors"),
@@ -408,7 +411,7 @@ def test_a_hub_that_never_answers_fails_clearly_in_bounded_time(silent_hub, call
 
 
 def test_hub_timeout_setting_is_checked(monkeypatch):
-    from headhunter.hub import hub_timeout
+    from headhunter.format.hub import hub_timeout
 
     monkeypatch.setenv("HEADHUNTER_HUB_TIMEOUT", "inf")
     with pytest.raises(HubError, match="HEADHUNTER_HUB_TIMEOUT='inf' must be a number of seconds > 0"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from headhunter import ObjectiveError, hookimpl
-from headhunter.objective import Objective
-from headhunter.objective_expr import (
+from headhunter.contracts.objective import Objective
+from headhunter.objective.expr import (
     HarmonicMean,
     Leaf,
     ThresholdGate,
@@ -21,7 +21,7 @@ from headhunter.objective_expr import (
     leaves,
     parse_objective,
 )
-from headhunter.registry import Registry, get_plugin_manager
+from headhunter.plugin_system.registry import Registry, get_plugin_manager
 
 CALLS: dict[str, int] = {}
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from headhunter import ObjectiveError, get_registry
-from headhunter.objective_expr import parse_objective
+from headhunter.objective.expr import parse_objective
 from headhunter.plugins import _clip
 from headhunter.plugins.objectives import BUILTIN_OBJECTIVES
 

@@ -55,7 +55,7 @@ def test_installed_wheel_imports_and_runs_outside_the_checkout(wheel, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
     code = (
         "import headhunter, headhunter.plugins, headhunter.cli; "
-        "from headhunter.presets import list_presets; list_presets(); "
+        "from headhunter.format.presets import list_presets; list_presets(); "
         "print(headhunter.__file__); print(headhunter.get_registry().names('perturbation'))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -16,10 +16,11 @@ from tiny import FAMILIES, attention_lengths, forward, slice_inputs, to_dtype
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from headhunter import HeadSet
-from headhunter.attention import batch_strengths
+from headhunter.plan.strengths import batch_strengths
 from headhunter.errors import PluginError
-from headhunter.registry import get_registry
-from headhunter.schema import SCOPES
+from headhunter.plugin_system.registry import get_registry
+from headhunter.format.schema import SCOPES
+from headhunter.engine.attention import install as engine_install
 
 REGISTRY = get_registry()
 EXTRA_PARAMS = {"blur": [{"sigma": math.inf}, {"sigma": math.inf, "mean_over": "all"}, {"sigma": 0.7},
@@ -55,7 +56,7 @@ def model_and_inputs(family: str, batch: int):
 def install(model, name, params, scope, mode="fast"):
     """Install a registered perturbation by name, or a perturbation instance (`name`; params ignored)."""
     perturbation = name if not isinstance(name, str) else REGISTRY.perturbation(name, **params)
-    return REGISTRY.adapter_for(model).install(model, perturbation, scope, mode=mode)
+    return engine_install(REGISTRY.adapter_for(model), model, perturbation, scope, mode=mode)
 
 
 def per_sample_strengths(sites, batch, seed=0):
@@ -206,9 +207,9 @@ def test_unsupported_scope_and_bad_params_are_refused():
     model, _ = model_and_inputs("sd3", 1)
     adapter = REGISTRY.adapter_for(model)
     with pytest.raises(PluginError, match="does not define scope 'pag_mask'"):
-        adapter.install(model, "uniform", "pag_mask")
+        engine_install(adapter, model, "uniform", "pag_mask")
     with pytest.raises(Exception, match="unknown scope 'everything'"):
-        adapter.install(model, "softpag", "everything")
+        engine_install(adapter, model, "softpag", "everything")
     with pytest.raises(PluginError, match="sigma"):
         REGISTRY.perturbation("blur", sigma=-1)
     with pytest.raises(PluginError, match="mean_over"):

@@ -11,8 +11,8 @@ import torch
 
 import headhunter
 from headhunter import GuidanceSettings, HeadSet, HeadSetError, SearchError, get_registry
-from headhunter.attention import batch_strengths
-from headhunter.plan import compile_plan
+from headhunter.plan.strengths import batch_strengths
+from headhunter.plan.plan import compile_plan
 from tiny_pipes import build_sd3
 
 

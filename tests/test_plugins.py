@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from headhunter import ModelError, PluginError, hookimpl
 from headhunter.cli import make_cli
-from headhunter.registry import DEFAULT_PLUGINS, Registry, get_plugin_manager, get_registry
+from headhunter.plugin_system.registry import Registry, builtin_plugins, get_plugin_manager, get_registry
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 
@@ -37,8 +37,8 @@ def installed_example(tmp_path, monkeypatch):
 def test_builtins_register_through_the_hooks():
     pm = get_plugin_manager(load_entry_points=False)
     names = {name for name, _ in pm.list_name_plugin()}
-    present = [m for m in DEFAULT_PLUGINS if importlib.util.find_spec(m) is not None]
-    assert set(present) <= names
+    assert set(builtin_plugins()) <= names
+    assert len(builtin_plugins()) == 9  # every built-in, found through the entry-point group a third party uses
     registry = Registry(pm)
     assert all(e.distribution == "headhunter-guidance" for e in registry.entries())
 
@@ -193,9 +193,10 @@ def test_bad_references_are_errors_naming_the_plugin():
 
 
 def test_a_builtin_plugin_that_fails_to_import_is_an_error(monkeypatch):
-    import headhunter.registry as reg
+    import headhunter.plugin_system.registry as reg
 
-    monkeypatch.setattr(reg, "DEFAULT_PLUGINS", (*DEFAULT_PLUGINS, "headhunter.plugins.no_such_plugin"))
+    builtins = reg.builtin_plugins()
+    monkeypatch.setattr(reg, "builtin_plugins", lambda: (*builtins, "headhunter.plugins.no_such_plugin"))
     with pytest.raises(ModuleNotFoundError, match="no_such_plugin"):
         reg.get_plugin_manager(load_entry_points=False)
 

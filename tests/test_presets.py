@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 import headhunter as hh
 from headhunter import HeadSet, HeadSetError, Site, get_plugin_manager, hookimpl
-from headhunter._presets_build import FLUX1_DEV, PAPER_PRESETS, PRESET_STRENGTH, SD3_MEDIUM, build
+from headhunter.format.presets_build import FLUX1_DEV, PAPER_PRESETS, PRESET_STRENGTH, SD3_MEDIUM, build
 from headhunter.cli import make_cli
-from headhunter.presets import add_preset, headsets_root, list_presets, load_preset
+from headhunter.format.presets import add_preset, headsets_root, list_presets, load_preset
 
 ENTRIES = list_presets()
 
@@ -38,7 +38,7 @@ def test_shipped_paper_presets_are_what_the_build_table_makes(tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"format": 1, "presets": []}))
     built = build(tmp_path)
     shipped = {p.name: p for p in list_presets(origin="paper")}
-    assert [p.name for p in built] == list(shipped), "run `python -m headhunter._presets_build`"
+    assert [p.name for p in built] == list(shipped), "run `python -m headhunter.format.presets_build`"
     for entry in built:
         assert entry == shipped[entry.name]
         assert _comparable(HeadSet.from_file(tmp_path / entry.file)) == _comparable(load_preset(entry.name))

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from headhunter import GuidanceSettings, HeadSet, SearchError
-from headhunter._runner import GenerationSettings, Row, generate_rows
-from headhunter.objective import Objective, as_tensor_images
-from headhunter.workflow import hunt
+from headhunter.engine.runner import GenerationSettings, Row, generate_rows
+from headhunter.contracts.objective import Objective, as_tensor_images
+from headhunter.workflow.hunt import hunt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +85,7 @@ def test_hunt_matches_brute_force_algorithm_1():
     assert meta.search.round_scores == [[r.set_score] for r in result.rounds]
 
 
+@pytest.mark.slow
 def test_batched_equals_one_at_a_time_and_is_deterministic():
     pipe = tiny_digits_pipe()
     a = hunt(pipe, Brightness(), batch_size=64, **SETTINGS)
@@ -107,6 +108,7 @@ def test_top_k_and_candidates_restrict_the_pool():
         hunt(pipe, Brightness(), rounds=3, candidates=["L0H0", "L0H1"], **SETTINGS)
 
 
+@pytest.mark.slow
 def test_changed_settings_are_refused_naming_the_setting(tmp_path):
     pipe = tiny_digits_pipe()
     hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=16, **SETTINGS)
@@ -116,10 +118,11 @@ def test_changed_settings_are_refused_naming_the_setting(tmp_path):
     hunt(pipe, Brightness(), out_dir=tmp_path, report=False, resume=False, batch_size=16, **changed)
 
 
+@pytest.mark.slow
 def test_resume_does_not_redo_finished_batches(tmp_path, monkeypatch):
     pipe = tiny_digits_pipe()
     full = hunt(pipe, Brightness(), out_dir=tmp_path / "a", report=False, batch_size=4, **SETTINGS)
-    from headhunter import _runner
+    import headhunter.engine.runner as _runner
 
     calls = []
     original = _runner.generate_rows
@@ -133,7 +136,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, {tests!r})
     from test_search import tiny_digits_pipe, Brightness, SETTINGS
-    from headhunter.workflow import hunt
+    from headhunter.workflow.hunt import hunt
     r = hunt(tiny_digits_pipe(), Brightness(), rounds=2, out_dir={out!r}, report=False, batch_size=2, **SETTINGS)
     print("RESULT", r.headset.notation(), repr([sorted(x.scores.items()) for x in r.rounds]))
     """
@@ -167,6 +170,7 @@ def test_kill_minus_9_then_resume_gives_the_same_result(tmp_path):
     assert list(out.glob("*.tmp")) == []
 
 
+@pytest.mark.slow
 def test_report_files_are_written(tmp_path):
     pipe = tiny_digits_pipe()
     result = hunt(pipe, Brightness(), out_dir=tmp_path, eval_seeds=[100, 101], batch_size=16, **SETTINGS)
@@ -193,7 +197,7 @@ class Darkness(Objective):
 
 def test_composite_objectives_combine_per_candidate_means_as_the_paper_code():
     """harmonic(A, B) of a candidate = harmonic(mean A, mean B) over its images, not mean of per-image harmonics."""
-    from headhunter.objective_expr import HarmonicMean
+    from headhunter.objective.expr import HarmonicMean
 
     pipe = tiny_digits_pipe()
     objective = HarmonicMean([Brightness(), Darkness()])
@@ -207,13 +211,14 @@ def test_composite_objectives_combine_per_candidate_means_as_the_paper_code():
     assert result.settings.objective == "harmonic(test-brightness, test-darkness)"
 
 
+@pytest.mark.slow
 def test_search_evaluation_and_report_are_separate_steps(tmp_path):
     """The loop returns a result and writes only its checkpoint; search and report never import each other."""
     import ast
 
-    from headhunter.evaluation import evaluate_result
-    from headhunter.report import write_report
-    from headhunter.search import SearchSettings, search
+    from headhunter.search.evaluation import evaluate_result
+    from headhunter.report.report import write_report
+    from headhunter.search.search import SearchSettings, search
 
     for module, other in (("search", "report"), ("report", "search")):
         tree = ast.parse((ROOT / "core" / f"{module}.py").read_text())

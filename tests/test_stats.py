@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from headhunter.errors import SearchError
-from headhunter.objective import Objective
-from headhunter.objective_expr import HarmonicMean
-from headhunter.stats import kendall_tau, paired_difference, selection_frequency, t_quantile
+from headhunter.contracts.objective import Objective
+from headhunter.objective.expr import HarmonicMean
+from headhunter.search.stats import kendall_tau, paired_difference, selection_frequency, t_quantile
 
 
 class Leaf(Objective):
@@ -79,9 +79,9 @@ def test_kendall_tau_reference_values():
 def test_dominance_verdict_names_layers_better_on_both_axes():
     """A layer with a better objective (paired interval > 0) and a better FD beyond both intervals dominates
     beyond noise; one better on point estimates only dominates within noise; a worse one is not listed."""
-    from headhunter.evaluation import Evaluation, SettingResult, bootstrap_mean
-    from headhunter.report import _pareto_section, dominance
-    from headhunter.stats import Estimate
+    from headhunter.search.evaluation import Evaluation, SettingResult, bootstrap_mean
+    from headhunter.report.report import _pareto_section, dominance
+    from headhunter.search.stats import Estimate
 
     rng = np.random.default_rng(3)
     base = rng.normal(size=64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from headhunter.hookspecs import Register, hookimpl
+from headhunter.plugin_system.hookspecs import Register, hookimpl
 
 #: name -> (class in .objectives, description)
 OBJECTIVES: dict[str, tuple[str, str]] = {

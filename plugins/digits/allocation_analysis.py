@@ -2,7 +2,7 @@
 the collected score matrix and compare them with an exhaustive run on many more seeds.
 
 For each of the 5 disjoint pools: the schedules run on the pool's seeds (pairs in seed order, exactly as
-`headhunter.search` feeds `headhunter.schedule.run_round`); the reference is the exhaustive ranking on every
+`headhunter.search.search` feeds `headhunter.search.allocation.run_round`); the reference is the exhaustive ranking on every
 other collected seed (the other pools and the reference block: disjoint from this pool, several times as
 many seeds), which also serves as the fresh seeds that judge the selected head (paired gain over no guidance).
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from headhunter.objective import Objective
-from headhunter.schedule import REFERENCE, run_round
-from headhunter.stats import kendall_tau, paired_difference
+from headhunter.contracts.objective import Objective
+from headhunter.search.allocation import REFERENCE, run_round
+from headhunter.search.stats import kendall_tau, paired_difference
 
 POOLS = 5
 TOP = 5

@@ -5,7 +5,7 @@
 w = 2, 12 Euler steps) and no guidance on a large seed pool and stores each image's `digit-logprob`
 (resumable: `DIR/matrix.json` is rewritten atomically after every batch). Images depend only on (head set,
 prompt, seed), so every schedule that asks for a (candidate, seed) pair gets exactly the score the matrix
-holds: `analyse` replays the search's schedules (`headhunter.schedule`) against the matrix for free.
+holds: `analyse` replays the search's schedules (`headhunter.search.allocation`) against the matrix for free.
 
 Seeds: 5 disjoint search pools of `pool` seeds each (0 .. 5*pool-1) and a reference block of `reference`
 seeds (100,000 ..) that no pool touches. The reference block plays two parts: the exhaustive run "with many
@@ -39,10 +39,10 @@ def collect(out: Path, pools: int = 5, pool: int = 16, reference: int = 64, batc
     import torch
 
     from headhunter import HeadSet, get_registry
-    from headhunter._headset_io import write_atomic
-    from headhunter._loading import load_model
-    from headhunter._runner import Row, run_batches
-    from headhunter.schema import GenerationSettings, GuidanceSettings
+    from headhunter.format.headset_io import write_atomic
+    from headhunter.engine.models import load_model
+    from headhunter.engine.runner import Row, run_batches
+    from headhunter.format.schema import GenerationSettings, GuidanceSettings
 
     from . import DEMO_DEFAULTS
 

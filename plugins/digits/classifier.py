@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from headhunter.errors import ObjectiveError
-from headhunter.objective import as_tensor_images
+from headhunter.contracts.objective import as_tensor_images
 
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split, to_unit
 

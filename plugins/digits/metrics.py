@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from headhunter.stats import Estimate
+from headhunter.search.stats import Estimate
 
 from .classifier import DigitClassifier, load_classifier
 from .data import load_split, to_unit

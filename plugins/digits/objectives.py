@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from headhunter.errors import ModelError, ObjectiveError
-from headhunter.objective import Images, Objective, as_tensor_images, check_prompts
+from headhunter.contracts.objective import Images, Objective, as_tensor_images, check_prompts
 
 from .classifier import DigitClassifier, as_batch, load_classifier
 from .data import prompt_to_label

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from headhunter import load_model
-from headhunter.evaluation import Evaluation, evaluate
-from headhunter.objective_expr import parse_objective
-from headhunter.workflow import hunt
+from headhunter.search.evaluation import Evaluation, evaluate
+from headhunter.objective.expr import parse_objective
+from headhunter.workflow.hunt import hunt
 
 from . import fd_digits_metric
 
@@ -28,7 +28,7 @@ from . import fd_digits_metric
 def softpag_table(pipe: Any, result: Any, objective: Any, seeds: list[int], strengths: list[float],
                   scales: list[float]) -> Evaluation:
     """The found set and the best layer at every (u, w), plus no guidance, on the same fresh seeds."""
-    from headhunter._runner import GenerationSettings
+    from headhunter.engine.runner import GenerationSettings
 
     best_layer, _ = result.best_layer
     layer = int(best_layer[1:])

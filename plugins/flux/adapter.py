@@ -2,7 +2,7 @@
 
 Sites in paper order: the double-stream `transformer_blocks.{i}.attn` (joint), then the single-stream
 `single_transformer_blocks.{i}.attn` (single); token order [text | image] in both (named by
-`headhunter.plugins.flux.flux_sites`, which also describes the published models; this module is registered
+`headhunter.plugins.flux.sites.flux_sites`, which also describes the published models; this module is registered
 without being imported by `headhunter.plugins.flux`). Single-stream processors are not told the text length: a forward pre-hook on the transformer
 records it from `encoder_hidden_states` (a shape, never a value). The attention call goes through
 diffusers' `dispatch_attention_fn` with the original processor's backend, so `set_attention_backend`
@@ -20,13 +20,13 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
-from headhunter.adapter import ModelAdapter, TokenLayout
-from headhunter.attention import EngineState, PerturbingProcessor
+from headhunter.contracts.adapter import ModelAdapter, TokenLayout
+from headhunter.engine.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
-from headhunter.hooks import model_of
-from headhunter.sites import Site
+from headhunter.plugin_system.registry import model_of
+from headhunter.format.sites import Site
 
-from . import flux_sites
+from .sites import flux_sites
 
 
 class FluxPerturbingProcessor(PerturbingProcessor):

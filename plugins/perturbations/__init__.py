@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headhunter.hookspecs import Register, hookimpl
+from headhunter.plugin_system.hookspecs import Register, hookimpl
 
 _TARGETS = "headhunter.plugins.perturbations.targets"
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from headhunter.adapter import TokenLayout
+from headhunter.contracts.adapter import TokenLayout
 from headhunter.errors import ModelError
-from headhunter.perturbation import Perturbation
+from headhunter.contracts.perturbation import Perturbation
 
 
 class SoftPAG(Perturbation):

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from headhunter.adapter import ModelAdapter, TokenLayout
-from headhunter.attention import EngineState, PerturbingProcessor
+from headhunter.contracts.adapter import ModelAdapter, TokenLayout
+from headhunter.engine.attention import EngineState, PerturbingProcessor
 from headhunter.errors import ModelError
-from headhunter.hooks import model_of
-from headhunter.sites import Site
+from headhunter.plugin_system.registry import model_of
+from headhunter.format.sites import Site
 
-from . import qwenimage_sites
+from .sites import qwenimage_sites
 
 
 class QwenImagePerturbingProcessor(PerturbingProcessor):

@@ -1,7 +1,7 @@
 """The SD3 / SD3.5 adapter (`SD3Transformer2DModel`, `JointAttnProcessor2_0`); imports torch and diffusers.
 
 Sites in paper order: `transformer_blocks.{i}.attn` (joint, token order [image | text]) for every block,
-then SD3.5-medium's image-only `transformer_blocks.{i}.attn2` (named by `headhunter.plugins.sd3.sd3_sites`,
+then SD3.5-medium's image-only `transformer_blocks.{i}.attn2` (named by `headhunter.plugins.sd3.sites.sd3_sites`,
 the same function that describes the published models). Any pipeline whose `.transformer` is an
 SD3Transformer2DModel is handled the same way (the digits demo model too). Registered, without importing
 this module, by `headhunter.plugins.sd3`.
@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-from headhunter.adapter import ModelAdapter, TokenLayout
-from headhunter.attention import EngineState, PerturbingProcessor
-from headhunter.hooks import model_of
-from headhunter.sites import Site
+from headhunter.contracts.adapter import ModelAdapter, TokenLayout
+from headhunter.engine.attention import EngineState, PerturbingProcessor
+from headhunter.plugin_system.registry import model_of
+from headhunter.format.sites import Site
 
-from . import sd3_sites
+from .sites import sd3_sites
 
 
 class SD3PerturbingProcessor(PerturbingProcessor):

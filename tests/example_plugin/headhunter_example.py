@@ -5,7 +5,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from headhunter import Objective, Perturbation, hookimpl
-from headhunter.objective import as_tensor_images
+from headhunter.contracts.objective import as_tensor_images
 
 
 class Darkness(Objective):

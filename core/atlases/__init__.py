@@ -1,0 +1,1 @@
+"""The atlas: every head's measured effect (paired deltas with intervals), stored, exported and pushed. (Named atlases/ so that the public function headhunter.atlas is never shadowed by a subpackage.)"""

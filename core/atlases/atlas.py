@@ -1,0 +1,714 @@
+"""Atlas: every head's measured effect, to answer "which heads should I perturb on this model?".
+
+The paper's first finding (Ahn et al., arXiv 2506.10978, Sec. 4 / Fig. 1) is that single heads govern
+distinct visual concepts. `atlas(...)` measures it on any model the toolkit can run: every selected head
+is perturbed **alone** (plus every whole layer, plus no guidance) on the same prompt x seed pairs, and each
+unit's effect on every offline image statistic and every named objective is the **paired difference** against
+no guidance on the same pair. Effects get 95 % t intervals; the ones that are significant after a Bonferroni
+correction over every (unit, measure) test and not tiny are labelled in words ("darker", "sharper",
+"higher digit confidence"); heads with similar effect vectors are grouped (hierarchical clustering).
+
+Images per atlas = (heads + layers + 1) x prompts x seeds. Rows are generated in batches with per-sample
+head sets (`_runner.run_batches`, the search's engine) and the state is checkpointed atomically after every
+batch, so an interrupted atlas resumes where it stopped. `core/report/atlas_page.py` renders the page; docs/atlas.md
+is the user guide.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+import headhunter.format.headset_io as io
+from headhunter.format.files import read_json
+from headhunter.engine.runner import Row, run_batches
+from headhunter._version import __version__
+from headhunter.errors import SearchError
+from headhunter.format.headset import HeadSet
+from headhunter.plugin_system.registry import get_registry
+from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed, validated
+from headhunter.format.sites import Site, format_notation, parse_notation
+
+STATE_NAME = "state.json"
+ATLAS_NAME = "atlas.json"
+IMAGES_DIR = "images"
+NONE = "none"  # the unguided unit
+#: Offline image statistics measured by default (registered objectives of `plugins/_image_stats.py`).
+DEFAULT_MEASURES = ("brightness", "contrast", "saturation", "colorfulness", "sharpness", "warmth", "redness")
+#: measure -> (word when it goes up, word when it goes down).
+WORDS: dict[str, tuple[str, str]] = {
+    "brightness": ("brighter", "darker"),
+    "contrast": ("more contrast", "less contrast"),
+    "saturation": ("more saturated", "less saturated"),
+    "colorfulness": ("more colourful", "less colourful"),
+    "sharpness": ("sharper", "blurrier"),
+    "warmth": ("warmer", "cooler"),
+    "redness": ("redder", "less red"),
+}
+#: The paired pixel measure: mean |image - unguided image| over pixels and channels, in [0, 1].
+CHANGE = "change"
+#: Keys of the `atlas` entry a `search_defaults` hook may return (docs/plugins.md).
+ATLAS_DEFAULT_KEYS = frozenset({"prompts", "seeds", "objectives", "strength", "scale", "steps", "words", "classes",
+                                "classify"})
+#: Largest side of the thumbnails kept for the contact sheets.
+THUMB_SIDE = 128
+
+
+class AtlasSettings(GenerationSettings):
+    """Everything that determines an atlas; a checkpoint is only resumed with equal settings.
+
+    Extends `GenerationSettings` (guidance: scale w, cfg, scope; perturbation; steps; pipeline_kwargs), the
+    vocabulary the search uses too.
+    """
+
+    model: str = Field(description="model name or id (provenance)")
+    prompts: list[str] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
+    heads: list[str] = Field(description="heads perturbed alone, paper notation, in order")
+    layers: list[int] = Field(description="layers perturbed whole (every head), in order")
+    strength: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+                            description="SoftPAG strength u of each perturbed head")
+    measures: list[str] = Field(description="image statistics (registered objective names)")
+    objectives: list[str] = Field(default_factory=list, description="objective expressions also measured")
+    classes: str | None = Field(default=None, description="name of the model's classifier for 'changes the class'")
+    batch_size: int = Field(ge=1)
+    sheet_pairs: int = Field(default=8, ge=1, description="prompt-seed pairs shown in the contact sheets")
+
+
+@dataclass
+class Measure:
+    """One measured quantity. kind: `stat` (image statistic), `objective`, or `paired` (vs the unguided image).
+
+    words: (word when it goes up, word when it goes down); None where that direction gets no label.
+    A `stat`/`objective` effect needs |d| >= min_effect (d = mean difference / sd of the unguided images);
+    a `paired` effect needs |mean| >= min_abs (its unguided sd is 0 by construction).
+    """
+
+    name: str
+    kind: str
+    words: tuple[str | None, str | None]
+    generic: tuple[str | None, str | None] = (None, None)
+    min_abs: float = 0.0
+
+
+@dataclass
+class Effect:
+    """One unit's effect on one measure: paired mean difference vs no guidance over the prompt-seed pairs.
+
+    low/high: 95 % t interval of the mean; d: mean / sd of the measure on the unguided images (NaN where
+    that sd is 0); p: two-sided paired t-test; significant: p below the Bonferroni level and not tiny;
+    label: the word for it when significant and the measure has a word for that direction, else None.
+    """
+
+    unit: str
+    measure: str
+    mean: float
+    low: float
+    high: float
+    d: float
+    p: float
+    n: int
+    significant: bool
+    label: str | None
+
+
+@dataclass
+class Group:
+    """Heads with similar standardized effect vectors (average-linkage clustering)."""
+
+    name: str
+    heads: list[str]
+    labels: list[str]
+
+
+@dataclass
+class Atlas:
+    """A measured atlas: settings, sites, per-pair values, effects, labels and groups.
+
+    values[unit][pair] = {measure: value} with pair the index into prompts x seeds (prompt-major).
+    """
+
+    settings: AtlasSettings
+    sites: list[Site]
+    architecture: str
+    measures: list[Measure]
+    values: dict[str, list[dict[str, float]]]
+    effects: dict[str, dict[str, Effect]] = field(default_factory=dict)
+    groups: list[Group] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # measures constant on every image
+    alpha: float = 0.05
+    min_effect: float = 0.2
+    timing: dict[str, float] = field(default_factory=dict)
+    out_dir: Path | None = None
+    thumbs: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    # ----- reading -------------------------------------------------------------------------------------
+    @property
+    def units(self) -> list[str]:
+        """no guidance, the whole layers (`L3`), then the heads (`L3H2`), in generation order."""
+        return unit_names(self.settings)
+
+    @property
+    def pairs(self) -> list[tuple[str, int]]:
+        return [(p, s) for p in self.settings.prompts for s in self.settings.seeds]
+
+    @property
+    def images(self) -> int:
+        """Images this atlas is made of: (heads + layers + 1) x prompts x seeds."""
+        return len(self.units) * len(self.pairs)
+
+    def labels(self, unit: str) -> list[str]:
+        """The words for `unit`'s significant effects, strongest first."""
+        found = [e for e in self.effects.get(unit, {}).values() if e.label]
+        return [e.label for e in sorted(found, key=_strength, reverse=True)]  # type: ignore[misc]
+
+    def label_table(self) -> list[tuple[str, list[Effect]]]:
+        """(unit, its labelled effects strongest first) for every unit with at least one label."""
+        table = []
+        for unit in self.units[1:]:
+            found = sorted((e for e in self.effects.get(unit, {}).values() if e.label), key=_strength, reverse=True)
+            if found:
+                table.append((unit, found))
+        return table
+
+    def effect_words(self) -> dict[str, int]:
+        """Every label word in this atlas -> how many heads carry it."""
+        counts: dict[str, int] = {}
+        for unit in self.settings.heads:
+            for word in self.labels(unit):
+                counts[word] = counts.get(word, 0) + 1
+        return counts
+
+    def heads_with(self, effect: str) -> list[str]:
+        """Heads (not whole layers) labelled `effect`, strongest first.
+
+        `effect` is a label word ("darker", "higher digit confidence") or the generic word of a relabelled
+        statistic ("brighter" also finds "thicker strokes"). Raises SearchError naming the words available
+        when no measure has that word.
+        """
+        measure, direction = self._resolve_effect(effect)
+        found = []
+        for unit in self.settings.heads:
+            e = self.effects.get(unit, {}).get(measure.name)
+            if e is not None and e.label is not None and (e.mean > 0) == (direction > 0):
+                found.append(e)
+        return [e.unit for e in sorted(found, key=_strength, reverse=True)]
+
+    def _resolve_effect(self, effect: str) -> tuple[Measure, int]:
+        """(measure, +1 or -1) for a label word: an exact label or generic word, else the one label holding
+        the words of `effect` ("thicker" finds "brighter (thicker strokes)"); SearchError otherwise."""
+        wanted = " ".join(effect.strip().lower().split())
+        options = [(m, direction, word, generic) for m in self.measures
+                   for direction, word, generic in ((1, m.words[0], m.generic[0]), (-1, m.words[1], m.generic[1]))]
+        for m, direction, word, generic in options:
+            if wanted in {w.lower() for w in (word, generic) if w}:
+                return m, direction
+        pattern = re.compile(rf"\b{re.escape(wanted)}\b") if wanted else None
+        partial = [(m, d, word) for m, d, word, _ in options if word and pattern and pattern.search(word.lower())]
+        if len(partial) == 1:
+            return partial[0][0], partial[0][1]
+        words = sorted({w for m in self.measures for w in (*m.words, *m.generic) if w})
+        if partial:
+            raise SearchError(f"effect {effect!r} matches several labels: {', '.join(w for _, _, w in partial)}; "
+                              "give one of them whole")
+        raise SearchError(f"effect {effect!r} is not measured by this atlas; effects it knows: {', '.join(words)}")
+
+    def export(self, effect: str, top: int = 3, *, name: str | None = None, strength: float | None = None) -> HeadSet:
+        """A head set of the `top` heads labelled `effect` (strongest first), with the atlas as provenance.
+
+        strength defaults to the atlas's u. Raises SearchError when no head carries the effect (naming the
+        effects that do occur) or top < 1.
+        """
+        if top < 1:
+            raise SearchError(f"top must be at least 1, got {top}")
+        heads = self.heads_with(effect)
+        if not heads:
+            present = ", ".join(f"{w} ({n})" for w, n in sorted(self.effect_words().items())) or "none"
+            raise SearchError(f"no head of this atlas is labelled {effect!r}; labels present (heads): {present}")
+        chosen = heads[:top]
+        u = self.settings.strength if strength is None else strength
+        s = self.settings
+        measure, _ = self._resolve_effect(effect)
+        specs = [(layer, head, u) for layer, head, _ in map(parse_notation, chosen)]
+        summary = {h: {"mean": self.effects[h][measure.name].mean, "ci95": [self.effects[h][measure.name].low,
+                                                                            self.effects[h][measure.name].high],
+                       "d": _finite(self.effects[h][measure.name].d)} for h in chosen}
+        provenance = SearchProvenance(
+            objective=f"atlas effect '{effect}' ({measure.name})", prompts=s.prompts, seeds=s.seeds, steps=s.steps,
+            strength=s.strength, scale=s.guidance.scale, cfg=s.guidance.cfg, candidates=len(s.heads),
+            evaluation={"atlas_effects": summary, "heads_with_effect": len(heads)},
+        )
+        where = str(self.out_dir) if self.out_dir else "an atlas"
+        return HeadSet.from_heads(
+            specs, sites=self.sites, architecture=self.architecture,
+            name=name or f"atlas-{effect.replace(' ', '-')}-top{len(chosen)}", base_model=s.model, origin="atlas",
+            source=f"headhunter atlas export {where} --effect '{effect}' --top {top} (headhunter {__version__})",
+            description=f"The {len(chosen)} heads with the strongest '{effect}' effect ({measure.name}) in a head atlas",
+            perturbation=s.perturbation, guidance=s.guidance, search=provenance,
+            tags=["headhunter", "atlas", effect.replace(" ", "-")],
+        )
+
+    # ----- numbers ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-ready data (what atlas.json holds)."""
+        return {
+            "format": "headhunter-atlas", "library_version": __version__,
+            "settings": self.settings.model_dump(), "architecture": self.architecture,
+            "sites": [s.model_dump() for s in self.sites], "measures": [asdict(m) for m in self.measures],
+            "skipped_measures": self.skipped, "alpha": self.alpha, "min_effect": self.min_effect,
+            "timing": self.timing, "images": self.images,
+            "effects": {u: {m: _jsonable(asdict(e)) for m, e in per.items()} for u, per in self.effects.items()},
+            "labels": {u: self.labels(u) for u in self.units[1:] if self.labels(u)},
+            "groups": [asdict(g) for g in self.groups],
+            "values": self.values,
+        }
+
+    def effect_rows(self) -> list[dict[str, Any]]:
+        """One row per (unit, measure) for effects.csv."""
+        rows = []
+        for unit in self.units[1:]:
+            layer, head = _unit_position(unit)
+            for m in self.measures:
+                e = self.effects.get(unit, {}).get(m.name)
+                if e is not None:
+                    rows.append({"unit": unit, "layer": layer, "head": "" if head is None else head, "measure": m.name,
+                                 "mean": e.mean, "ci_low": e.low, "ci_high": e.high, "d": e.d, "p": e.p, "n": e.n,
+                                 "significant": e.significant, "label": e.label or ""})
+        return rows
+
+    def save(self, out_dir: str | Path | None = None) -> Path:
+        """Write atlas.json, effects.csv and values.csv (atomically) into out_dir; returns atlas.json's path."""
+        out = Path(out_dir or self.out_dir or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        io.write_atomic(out / ATLAS_NAME, json.dumps(self.to_dict(), indent=1, allow_nan=True).encode())
+        io.write_atomic(out / "effects.csv", _csv(self.effect_rows()))
+        value_rows = [{"unit": unit, "prompt": p, "seed": s, "measure": k, "value": v}
+                      for unit in self.units for (p, s), values in zip(self.pairs, self.values.get(unit, []))
+                      for k, v in values.items()]
+        io.write_atomic(out / "values.csv", _csv(value_rows))
+        return out / ATLAS_NAME
+
+
+def unit_names(settings: AtlasSettings) -> list[str]:
+    return [NONE, *(f"L{i}" for i in settings.layers), *settings.heads]
+
+
+def _unit_position(unit: str) -> tuple[int, int | None]:
+    if "H" in unit:
+        layer, head, _ = parse_notation(unit)
+        return layer, head
+    return int(unit[1:]), None
+
+
+def _strength(e: Effect) -> float:
+    return abs(e.d) if math.isfinite(e.d) else abs(e.mean)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    buffer = _io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+# ----- statistics --------------------------------------------------------------------------------------
+def paired_effect(deltas: Sequence[float], base_sd: float, tests: int, alpha: float, min_effect: float,
+                  min_abs: float = 0.0) -> tuple[float, float, float, float, float, bool]:
+    """(mean, low, high, d, p, significant) of paired differences.
+
+    low/high: 95 % Student-t interval of the mean; p: two-sided one-sample t-test of mean 0 (exactly 0 when
+    every difference is the same non-zero value, 1 when all are 0); significant: p < alpha / tests
+    (Bonferroni) and |d| >= min_effect (d = mean / base_sd), or |mean| >= min_abs where base_sd is 0.
+    """
+    from scipy import stats
+
+    x = np.asarray(deltas, dtype=np.float64)
+    n = x.size
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    if sd == 0.0:
+        low = high = mean
+        p = 1.0 if mean == 0.0 else 0.0
+    else:
+        se = sd / math.sqrt(n)
+        half = float(stats.t.ppf(0.975, n - 1)) * se
+        low, high = mean - half, mean + half
+        p = float(2.0 * stats.t.sf(abs(mean) / se, n - 1))
+    d = mean / base_sd if base_sd > 0 else float("nan")
+    big = abs(d) >= min_effect if base_sd > 0 else (min_abs > 0 and abs(mean) >= min_abs)
+    return mean, low, high, d, p, bool(n > 1 and p < alpha / max(tests, 1) and big)
+
+
+def analyse(atlas: Atlas) -> Atlas:
+    """Fill atlas.effects, atlas.skipped and atlas.groups from atlas.values (pure; deterministic)."""
+    base = atlas.values[NONE]
+    live = []
+    skipped = []
+    for m in atlas.measures:
+        every = [v[m.name] for unit in atlas.units for v in atlas.values[unit]]
+        if m.kind != "paired" and max(every) - min(every) == 0.0:
+            skipped.append(m.name)
+        else:
+            live.append(m)
+    tests = len(live) * (len(atlas.units) - 1)
+    effects: dict[str, dict[str, Effect]] = {}
+    for unit in atlas.units[1:]:
+        per: dict[str, Effect] = {}
+        for m in live:
+            deltas = [u[m.name] - b[m.name] for u, b in zip(atlas.values[unit], base)]
+            base_sd = float(np.std([b[m.name] for b in base], ddof=1)) if len(base) > 1 and m.kind != "paired" else 0.0
+            mean, low, high, d, p, sig = paired_effect(deltas, base_sd, tests, atlas.alpha, atlas.min_effect, m.min_abs)
+            word = (m.words[0] if mean > 0 else m.words[1]) if sig else None
+            per[m.name] = Effect(unit, m.name, mean, low, high, d, p, len(deltas), sig, word)
+        effects[unit] = per
+    atlas.effects, atlas.skipped = effects, skipped
+    atlas.groups = group_heads(atlas, [m for m in live if m.kind != "paired" or m.words != (None, None)])
+    return atlas
+
+
+def group_heads(atlas: Atlas, measures: Sequence[Measure], max_groups: int = 8) -> list[Group]:
+    """Cluster the labelled heads by their effect vectors; heads with no label form the last group.
+
+    Each head's vector holds d per statistic/objective measure (the mean scaled by the paired sd for
+    paired measures), clipped to [-5, 5]; average linkage, Euclidean, cut into
+    min(max_groups, round(sqrt(n))) clusters (scipy.cluster.hierarchy). A group is named by the labels at
+    least half its heads carry.
+    """
+    labelled = [h for h in atlas.settings.heads if atlas.labels(h)]
+    quiet = [h for h in atlas.settings.heads if not atlas.labels(h)]
+    groups: list[Group] = []
+    if labelled:
+        vectors = np.array([[_standardized(atlas.effects[h][m.name]) for m in measures] for h in labelled])
+        k = max(1, min(max_groups, len(labelled), round(math.sqrt(len(labelled)))))
+        if len(labelled) == 1 or k == 1:
+            assignment = np.ones(len(labelled), dtype=int)
+        else:
+            from scipy.cluster.hierarchy import fcluster, linkage
+
+            assignment = fcluster(linkage(np.clip(vectors, -5, 5), method="average", metric="euclidean"), t=k,
+                                  criterion="maxclust")
+        members: dict[int, list[str]] = {}
+        for head, cluster in zip(labelled, assignment):
+            members.setdefault(int(cluster), []).append(head)
+        for heads in sorted(members.values(), key=lambda hs: (-len(hs), labelled.index(hs[0]))):
+            counts: dict[str, int] = {}
+            for h in heads:
+                for word in atlas.labels(h):
+                    counts[word] = counts.get(word, 0) + 1
+            common = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if 2 * c >= len(heads)]
+            groups.append(Group(", ".join(common) if common else "mixed effects", heads, common))
+    if quiet:
+        groups.append(Group("no significant effect", quiet, []))
+    return groups
+
+
+def _standardized(e: Effect) -> float:
+    if math.isfinite(e.d):
+        return e.d
+    half = (e.high - e.low) / 2
+    return e.mean / half if half > 0 else (0.0 if e.mean == 0 else math.copysign(5.0, e.mean))
+
+
+# ----- measuring ---------------------------------------------------------------------------------------
+@dataclass
+class _Measurer:
+    """Turns a batch of images (+ the unguided images of the same pairs) into per-image measure values."""
+
+    stats: dict[str, Any]
+    objectives: dict[str, Any]
+    classify: Callable[[torch.Tensor], torch.Tensor] | None
+    class_measure: str | None
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], base: torch.Tensor | None) -> list[dict[str, float]]:
+        columns: dict[str, list[float]] = {}
+        for name, objective in {**self.stats, **self.objectives}.items():
+            values = objective(images, list(prompts)).double().cpu().tolist()
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                raise SearchError(f"measure {name!r} returned {bad[0]} on an atlas image; measures must be finite")
+            columns[name] = values
+        if base is not None:
+            columns[CHANGE] = (images - base).abs().flatten(1).mean(dim=1).double().tolist()
+            if self.classify is not None and self.class_measure is not None:
+                changed = self.classify(images) != self.classify(base)
+                columns[self.class_measure] = changed.double().tolist()
+        return [{k: v[i] for k, v in columns.items()} for i in range(len(images))]
+
+
+def _quantize(images: torch.Tensor) -> torch.Tensor:
+    """What a user sees: 8-bit images, back as floats in [0, 1] (so resumed runs measure identical pixels)."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
+def _thumb(image: torch.Tensor) -> torch.Tensor:
+    """uint8 [C, h, w] with the longer side at most THUMB_SIDE."""
+    side = max(image.shape[-2:])
+    if side > THUMB_SIDE:
+        scale = THUMB_SIDE / side
+        size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class AtlasCheckpoint:
+    """values + finished batches + timing in out_dir/state.json; kept images in out_dir/images/*.safetensors."""
+
+    def __init__(self, out_dir: Path | None, settings: AtlasSettings, data: dict[str, Any]) -> None:
+        self.out_dir, self.settings, self.data = out_dir, settings, data
+
+    @classmethod
+    def open(cls, out_dir: Path | None, settings: AtlasSettings, resume: bool) -> AtlasCheckpoint:
+        fresh = {"settings": settings.model_dump(), "library_version": __version__, "values": {}, "done": [],
+                 "timing": {"images": 0, "seconds": 0.0, "cpu_seconds": 0.0}}
+        if out_dir is None:
+            return cls(None, settings, fresh)
+        path = out_dir / STATE_NAME
+        if path.exists() and resume:
+            data = _read_state(path)
+            saved, wanted = data.get("settings", {}), settings.model_dump()
+            for key in sorted(set(saved) | set(wanted)):
+                if saved.get(key) != wanted.get(key):
+                    shown = json.dumps(saved.get(key))[:80], json.dumps(wanted.get(key))[:80]
+                    raise SearchError(f"{out_dir} holds an atlas with {key}={shown[0]}, but this one has {key}={shown[1]}; "
+                                      "use another out dir, or resume=False (--no-resume) to start over")
+            return cls(out_dir, settings, data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in (out_dir / IMAGES_DIR).glob("*.safetensors") if (out_dir / IMAGES_DIR).is_dir() else ():
+            old.unlink()
+        state = cls(out_dir, settings, fresh)
+        state.save()
+        return state
+
+    def save(self) -> None:
+        if self.out_dir is not None:
+            io.write_atomic(self.out_dir / STATE_NAME, json.dumps(self.data).encode())
+
+    def done(self, start: int) -> bool:
+        return start in self.data["done"]
+
+    def keep_images(self, start: int, tensors: dict[str, torch.Tensor]) -> None:
+        if self.out_dir is not None and tensors:
+            from safetensors.torch import save
+
+            io.write_atomic(self.out_dir / IMAGES_DIR / f"{start:08d}.safetensors",
+                            save({k: v.contiguous() for k, v in tensors.items()}))
+
+    def kept_images(self) -> dict[str, torch.Tensor]:
+        if self.out_dir is None or not (self.out_dir / IMAGES_DIR).is_dir():
+            return {}
+        from safetensors.torch import load_file
+
+        kept: dict[str, torch.Tensor] = {}
+        for path in sorted((self.out_dir / IMAGES_DIR).glob("*.safetensors")):
+            if int(path.stem) in self.data["done"]:
+                kept.update(load_file(path))
+        return kept
+
+    def record(self, start: int, values: dict[str, dict[int, dict[str, float]]], images: int, seconds: float,
+               cpu_seconds: float) -> None:
+        for unit, per_pair in values.items():
+            self.data["values"].setdefault(unit, {}).update({str(k): v for k, v in per_pair.items()})
+        self.data["done"].append(start)
+        self.data["timing"]["images"] += images
+        self.data["timing"]["seconds"] += seconds
+        self.data["timing"]["cpu_seconds"] = self.data["timing"].get("cpu_seconds", 0.0) + cpu_seconds
+        self.save()
+
+
+def select_heads(sites: Sequence[Site], heads: Sequence[str | int] | None) -> list[str]:
+    """Heads in paper notation; a layer (`3`, `L3`) or a site name expands to all its heads. SearchError if unknown."""
+    if heads is None:
+        return [format_notation(i, h) for i, s in enumerate(sites) for h in range(s.num_heads)]
+    names = [s.name for s in sites]
+    out: list[str] = []
+    for item in heads:
+        text = str(item).strip()
+        if text.isdigit() or text in names or re.fullmatch(r"L\d+", text):
+            layer = names.index(text) if text in names else int(text.lstrip("L"))
+            if not 0 <= layer < len(sites):
+                raise SearchError(f"layer {layer} out of range; this model has layers 0..{len(sites) - 1}")
+            out += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+        else:
+            layer, head, _ = parse_notation(text)
+            if layer >= len(sites) or head >= sites[layer].num_heads:
+                raise SearchError(f"head {item} does not exist in this model ({len(sites)} layers of "
+                                  f"{sites[min(layer, len(sites) - 1)].num_heads} heads)")
+            out.append(format_notation(layer, head))
+    return list(dict.fromkeys(out))
+
+
+def build_measures(settings: AtlasSettings, words: dict[str, Any], classify: Any) -> tuple[_Measurer, list[Measure]]:
+    from headhunter.objective.expr import parse_objective
+
+    registry = get_registry()
+    stats, objectives, measures = {}, {}, []
+    for name in settings.measures:
+        stats[name] = registry.objective(name)
+        generic = WORDS.get(name, (f"higher {name}", f"lower {name}"))
+        own = tuple(words.get(name, generic))
+        measures.append(Measure(name, "stat", own, generic if own != generic else (None, None)))  # type: ignore[arg-type]
+    for text in settings.objectives:
+        objective = parse_objective(text)
+        label = str(objective).replace("-", " ")
+        objectives[str(objective)] = objective
+        measures.append(Measure(str(objective), "objective", (f"higher {label}", f"lower {label}")))
+    measures.append(Measure(CHANGE, "paired", (None, None)))
+    if settings.classes is not None:
+        measures.append(Measure(f"{settings.classes} changed", "paired", (f"changes the {settings.classes}", None),
+                                min_abs=0.2))
+    measurer = _Measurer(stats, objectives, classify, f"{settings.classes} changed" if settings.classes else None)
+    return measurer, measures
+
+
+def measure_units(pipe: Any, sites: list[Site], architecture: str, settings: AtlasSettings, measurer: _Measurer,
+         state: AtlasCheckpoint, progress: bool) -> Atlas:
+    from tqdm.auto import tqdm
+
+    units = unit_names(settings)
+    u = settings.strength
+    headsets: dict[str, HeadSet | None] = {NONE: None}
+    for i in settings.layers:
+        headsets[f"L{i}"] = HeadSet.from_heads([(i, h, u) for h in range(sites[i].num_heads)], sites=sites,
+                                               architecture=architecture, name=f"L{i}")
+    for h in settings.heads:
+        layer, head, _ = parse_notation(h)
+        headsets[h] = HeadSet.from_heads([(layer, head, u)], sites=sites, architecture=architecture, name=h)
+    pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
+    m = len(pairs)
+    rows = [Row(headsets[k], p, s) for k in units for p, s in pairs]
+    gen = GenerationSettings(guidance=settings.guidance, perturbation=settings.perturbation, steps=settings.steps,
+                             pipeline_kwargs=settings.pipeline_kwargs)
+    kept = state.kept_images()
+    base: dict[int, torch.Tensor] = {int(k.split("|")[1]): v.float() / 255 for k, v in kept.items() if k.startswith("base|")}
+    thumbs = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in kept.items() if not k.startswith("base|")}
+    bar = tqdm(total=len(rows), desc="atlas", unit="img", disable=not progress)
+    bar.update(sum(len(v) for v in state.data["values"].values()))
+    clock = {"t": time.perf_counter(), "cpu": time.process_time()}
+
+    def on_batch(start: int, images: torch.Tensor) -> None:
+        seconds, cpu = time.perf_counter() - clock["t"], time.process_time() - clock["cpu"]
+        images = _quantize(images)
+        batch = rows[start : start + len(images)]
+        keep: dict[str, torch.Tensor] = {}
+        for offset in range(len(images)):
+            unit, pair = units[(start + offset) // m], (start + offset) % m
+            if unit == NONE:
+                base[pair] = images[offset]
+                keep[f"base|{pair}"] = (images[offset] * 255).round().to(torch.uint8)
+            if pair < settings.sheet_pairs:
+                thumbs[(unit, pair)] = _thumb(images[offset])
+                keep[f"{unit}|{pair}"] = thumbs[(unit, pair)]
+        reference = torch.stack([base[(start + o) % m] for o in range(len(images))])
+        values = measurer(images, [r.prompt for r in batch], reference)
+        per_unit: dict[str, dict[int, dict[str, float]]] = {}
+        for offset, v in enumerate(values):
+            per_unit.setdefault(units[(start + offset) // m], {})[(start + offset) % m] = v
+        state.keep_images(start, keep)
+        state.record(start, per_unit, len(images), seconds, cpu)
+        bar.update(len(images))
+        clock["t"], clock["cpu"] = time.perf_counter(), time.process_time()
+
+    def skip(start: int) -> bool:
+        done = state.done(start)
+        if not done:
+            clock["t"], clock["cpu"] = time.perf_counter(), time.process_time()
+        return done
+
+    run_batches(pipe, rows, gen, settings.batch_size, on_batch, skip=skip)
+    bar.close()
+    values = {unit: [state.data["values"][unit][str(i)] for i in range(m)] for unit in units}
+    return Atlas(settings, list(sites), architecture, [], values, timing=dict(state.data["timing"]), thumbs=thumbs)
+
+
+def restrict_candidates(pool: Sequence[str], atlas_or_dir: Any, effect: str | None, sites: Sequence[Site]) -> list[str]:
+    """The heads of `pool` (paper notation) that the atlas labels `effect`, in pool order (the search's filter).
+
+    Raises SearchError when either argument is missing, the atlas was made for other sites, or no candidate
+    is left (naming the labels the atlas does have).
+    """
+    if atlas_or_dir is None or not effect:
+        raise SearchError("candidates_from and effect go together: give the atlas (or its folder) and an effect word")
+    source = atlas_or_dir if isinstance(atlas_or_dir, Atlas) else load_atlas(atlas_or_dir)
+    if [(s.name, s.num_heads) for s in source.sites] != [(s.name, s.num_heads) for s in sites]:
+        raise SearchError(f"the atlas was made for {source.settings.model} ({len(source.sites)} sites), "
+                          f"whose sites differ from this model's ({len(sites)} sites)")
+    allowed = set(source.heads_with(effect))
+    kept = [head for head in pool if head in allowed]
+    if not kept:
+        present = ", ".join(f"{w} ({n})" for w, n in sorted(source.effect_words().items())) or "none"
+        raise SearchError(f"no candidate head is labelled {effect!r} by the atlas; labels present (heads): {present}")
+    return kept
+
+
+def load_atlas(path: str | Path) -> Atlas:
+    """Read an atlas folder (or its atlas.json) written by `atlas(..., out_dir=...)`.
+
+    Raises SearchError when there is no atlas.json there or it is not an atlas.
+    """
+    p = Path(path)
+    file = p / ATLAS_NAME if p.is_dir() else p
+    if not file.is_file():
+        raise SearchError(f"no atlas at {path}: {file} does not exist (make one with `headhunter atlas --out {path}`)")
+    data = read_json(file, max_bytes=MAX_ATLAS_BYTES, error=SearchError, what="atlas file")
+    if not isinstance(data, dict) or data.get("format") != "headhunter-atlas":
+        raise SearchError(f"{file} is not a headhunter atlas (no 'format': 'headhunter-atlas')")
+    try:
+        result = Atlas(
+            validated(AtlasSettings, SearchError, **data["settings"]), [Site(**s) for s in data["sites"]],
+            data["architecture"],
+            [Measure(**{**m, "words": tuple(m["words"]), "generic": tuple(m["generic"])}) for m in data["measures"]],
+            {u: list(v) for u, v in data["values"].items()}, alpha=data["alpha"], min_effect=data["min_effect"],
+            timing=data.get("timing", {}), out_dir=file.parent,
+        )
+        analyse(result)
+    except SearchError as err:
+        raise SearchError(f"atlas file {file} is damaged: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # an edited or damaged file
+        raise SearchError(f"atlas file {file} is damaged: {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+    state = AtlasCheckpoint(file.parent, result.settings, {"done": _done_batches(file.parent)})
+    result.thumbs = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in state.kept_images().items()
+                     if not k.startswith("base|")}
+    return result
+
+
+def _done_batches(folder: Path) -> list[int]:
+    try:
+        done = _read_state(folder / STATE_NAME).get("done", [])
+    except SearchError:
+        return []
+    return [d for d in done if isinstance(d, int)] if isinstance(done, list) else []
+
+
+#: Largest atlas.json / atlas state.json read.
+MAX_ATLAS_BYTES = 512 * 1024 * 1024
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """An atlas checkpoint, read as a file from outside (regular, bounded, finite JSON) and checked to be an
+    object; SearchError naming the file otherwise."""
+    data = read_json(path, max_bytes=MAX_ATLAS_BYTES, error=SearchError, what="atlas checkpoint")
+    if not isinstance(data, dict):
+        raise SearchError(f"atlas checkpoint {path} is damaged: not a JSON object; use resume=False (--no-resume)")
+    return data

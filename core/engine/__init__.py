@@ -1,0 +1,1 @@
+"""The engine: executes plans. Attention processors mix the target in, hooks drive a pipeline's calls, rows equal up to a block are computed once; apply(), the modular-diffusers guider and the batched runner the search uses."""

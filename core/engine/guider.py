@@ -1,0 +1,463 @@
+"""diffusers' guider API for head sets: `HeadHunterGuidance`, a `BaseGuidance` for modular pipelines.
+
+diffusers' modular pipelines take their guidance from a guider object (`diffusers.guiders`). Every step
+their denoise loop does (diffusers 0.42.1, e.g. `StableDiffusion3LoopDenoiser`):
+
+    guider.set_state(step=i, num_inference_steps=N, timestep=t)
+    batches = guider.prepare_inputs({"hidden_states": x, "encoder_hidden_states": (cond, uncond), ...})
+    for batch in batches:                          # one transformer forward per batch
+        guider.prepare_models(transformer); batch.noise_pred = transformer(**batch); guider.cleanup_models(transformer)
+    pred = guider(batches).pred                    # -> forward(pred_cond=..., pred_uncond=..., ...)
+
+`HeadHunterGuidance` asks for one batch per prediction (cond, uncond when CFG is on, one perturbed
+conditional batch per active head set), or with `batched=True` for a single batch holding all of them
+(the loop then runs one forward). For a batch with perturbed rows, `prepare_models` installs headhunter's
+perturbing processors through the model adapter (`adapter.install`) with the rows' per-head strengths,
+and `cleanup_models` removes them again; batches without perturbed rows run the stock transformer. The
+combination is `uncond + s (cond - uncond) + sum_k w_k (cond - perturbed_k)` (guidance.guided_prediction).
+
+Its config (`guider_config.json`) references head sets (file path, `preset:NAME`, or a Hub repo pinned to
+the commit it was loaded from), never embeds them. Only this module imports diffusers' guider classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
+
+from headhunter.format.loading import PRESET_PREFIX, _looks_like_repo_id
+from headhunter.plan.strengths import check_scope
+from headhunter.errors import HeadSetError, HubError, ModelError
+from headhunter.engine.guidance import guidance_delta
+from headhunter.format.headset import HeadSet, load_headset_file
+from headhunter.plan.plan import Branch, Plan, _common, _resolve_perturbation, compile_plan, in_window, resolve_branches
+from headhunter.plugin_system.registry import get_registry
+from headhunter.format.schema import SCOPES
+from headhunter.engine.attention import install
+
+if TYPE_CHECKING:
+    from diffusers.modular_pipelines.modular_pipeline import BlockState
+
+#: Prediction names handed to `forward`: the conditional, unconditional and k-th perturbed prediction.
+COND, UNCOND, PERTURBED = "pred_cond", "pred_uncond", "pred_cond_perturbed_{}"
+#: The identifier of the single batch that `batched=True` builds.
+BATCHED = "pred_batched"
+_REFERENCE_KEYS = frozenset({"source", "revision", "weight_name"})
+
+
+# ----- head-set references ---------------------------------------------------------------------------------
+def resolve_reference(item: Any) -> tuple[HeadSet, dict[str, Any]]:
+    """Load one head set and return it with the reference a guider config stores for it.
+
+    `item`: a HeadSet (kept in memory: such a guider cannot be saved), a string (existing file or folder,
+    `preset:NAME`, or a Hub repo id `user/repo`, as `headhunter.load_headset`), or a dict
+    `{"source": ..., "revision": ..., "weight_name": ...}` (revision/weight_name for Hub repos only).
+    A Hub head set is recorded with `revision` = the commit it was read from (the snapshot folder of the
+    cache), so a saved config keeps pointing at the same file after the repo changes. Raises HeadSetError
+    naming the bad reference.
+    """
+    if isinstance(item, HeadSet):
+        return item, {"source": None, "revision": None, "weight_name": None, "name": item.name}
+    if isinstance(item, (str, Path)):
+        ref: dict[str, Any] = {"source": str(item)}
+    elif isinstance(item, Mapping):
+        ref = dict(item)
+        extra = set(ref) - _REFERENCE_KEYS - {"name"}
+        if extra:
+            raise HeadSetError(f"head-set reference {item!r} has unknown keys {sorted(extra)}; allowed: "
+                               f"{', '.join(sorted(_REFERENCE_KEYS))}")
+    else:
+        raise HeadSetError(f"head set {item!r} must be a HeadSet, a path, 'preset:NAME', a Hub repo id or a "
+                           "reference dict {'source', 'revision', 'weight_name'}")
+    source, revision, weight_name = ref.get("source"), ref.get("revision"), ref.get("weight_name")
+    if not isinstance(source, str) or not source:
+        raise HeadSetError(f"head-set reference {item!r} has no source; a guider built from in-memory head sets "
+                           "cannot be saved or reloaded: save the head set to a file or the Hub and pass that")
+    hub = not Path(source).exists() and not source.startswith(PRESET_PREFIX) and _looks_like_repo_id(source)
+    if not hub and (revision is not None or weight_name is not None):
+        raise HeadSetError(f"head set {source!r}: revision= and weight_name= are for Hub repo ids only")
+    if Path(source).exists():
+        return load_headset_file(source), {"source": source, "revision": None, "weight_name": None}
+    if source.startswith(PRESET_PREFIX):
+        from headhunter.format.presets import load_preset
+
+        return load_preset(source[len(PRESET_PREFIX):]), {"source": source, "revision": None, "weight_name": None}
+    if hub:
+        from headhunter.format.hub import download_headset
+
+        path, filename = download_headset(source, weight_name=weight_name, revision=revision)
+        try:
+            headset = HeadSet.from_file(path)
+        except HeadSetError as err:
+            raise HeadSetError(f"{filename!r} in Hub repository {source!r} is not a head set: {err}") from None
+        return headset, {"source": source, "revision": _snapshot_commit(path, revision), "weight_name": filename}
+    raise HeadSetError(f"head set {source!r} not found: not an existing file or folder, not 'preset:NAME', "
+                       "not a Hub repo id 'user/repo'")
+
+
+def _snapshot_commit(path: Path, revision: str | None) -> str | None:
+    """The commit hash of a file in the Hub cache (`.../snapshots/<commit>/<file>`)."""
+    parts = Path(path).parts
+    if "snapshots" in parts[:-1]:
+        return parts[parts.index("snapshots") + 1]
+    return revision
+
+
+def _per_branch(value: Any, name: str, n: int) -> list[Any]:
+    if value is None or isinstance(value, (int, float)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise HeadSetError(f"{name}= has {len(values)} values for {n} head sets; pass one number or one per head set")
+    return values
+
+
+# ----- the guider ------------------------------------------------------------------------------------------
+class HeadHunterGuidance(BaseGuidance):
+    """Head-level perturbation guidance (HeadHunter / SoftPAG, Ahn et al. 2025) as a diffusers guider.
+
+    `pred = uncond + s (cond - uncond) + sum_k w_k (cond - perturbed_k)`, the perturbed passes using the
+    conditional inputs with head set k's heads perturbed (paper Eq. 5 with CFG, as `headhunter.apply`).
+    Without CFG (`guidance_scale=1`, diffusers' rule) it is `cond + sum_k w_k (cond - perturbed_k)`.
+
+    Args:
+        headsets: one head set or a list (a HeadSet, a path, `preset:NAME`, a Hub repo id, or a dict
+            `{"source", "revision", "weight_name"}`); each is its own perturbed branch.
+        perturbed_guidance_scale, perturbed_guidance_start, perturbed_guidance_stop: w_k and the step window
+            `[start, stop)` of each branch; one number for all or one per head set; None takes each head set's
+            recommendation (`metadata.guidance`). Step i of N is guided iff `start <= i / N < stop`.
+        scope (`joint` | `image` | `pag_mask`), perturbation (a registered name), perturbation_params:
+            None takes the head sets' metadata, which must then agree.
+        guidance_scale: CFG scale s (diffusers convention); None takes the head sets' recommended `cfg` when they
+            give one, else 1.0 (CFG off). `guidance_rescale`, `use_original_formulation`: as diffusers' CFG guider.
+        batched: False (diffusers' contract) asks the loop for one forward per prediction; True for one forward
+            of all rows `[cond | uncond | perturbed_0 | ...]` (every guider input must then be per-sample).
+        start, stop: the CFG window, same rule as the branches; enabled: as every diffusers guider.
+
+    Raises HeadSetError (bad reference or setting, head sets that disagree or do not fit the model) and
+    ModelError (a transformer no adapter recognises, a batch layout that does not split). The resolved values
+    are what `config` holds, so a saved `guider_config.json` states exactly what runs.
+    """
+
+    _input_predictions = [COND, UNCOND, PERTURBED.format(0)]
+
+    @register_to_config
+    def __init__(
+        self,
+        headsets: Any = (),
+        perturbed_guidance_scale: float | Sequence[float] | None = None,
+        perturbed_guidance_start: float | Sequence[float] | None = None,
+        perturbed_guidance_stop: float | Sequence[float] | None = None,
+        scope: str | None = None,
+        perturbation: str | None = None,
+        perturbation_params: Mapping[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+        use_original_formulation: bool = False,
+        batched: bool = False,
+        start: float = 0.0,
+        stop: float = 1.0,
+        enabled: bool = True,
+    ):
+        super().__init__(start, stop, enabled)
+        items = [headsets] if isinstance(headsets, (HeadSet, str, Path, Mapping)) else list(headsets)
+        if not items:
+            raise HeadSetError("HeadHunterGuidance needs at least one head set (headsets=...)")
+        loaded = [resolve_reference(item) for item in items]
+        heads = [hs for hs, _ in loaded]
+        for hs in heads:
+            if len(hs) == 0:
+                raise HeadSetError(f"head set {hs.name!r} selects no heads; nothing to guide with")
+        names = [hs.name for hs in heads]
+        architectures = {hs.metadata.architecture for hs in heads}
+        if len(architectures) > 1:
+            raise HeadSetError(f"head sets {names} were made for different architectures {sorted(architectures)}")
+        if scope is None:
+            scope = _common([hs.metadata.guidance.scope for hs in heads], "scope", names)
+        if scope not in SCOPES:
+            raise HeadSetError(f"scope={scope!r} is not allowed; allowed: {', '.join(SCOPES)}")
+        if perturbation is not None and not isinstance(perturbation, str):
+            raise HeadSetError(f"perturbation={perturbation!r} must be a registered name (a guider config stores "
+                               "names, not objects)")
+        pert = _resolve_perturbation(perturbation, perturbation_params, heads, names, get_registry())
+        check_scope(pert, scope)
+        scales = _per_branch(perturbed_guidance_scale, "perturbed_guidance_scale", len(heads))
+        starts = _per_branch(perturbed_guidance_start, "perturbed_guidance_start", len(heads))
+        stops = _per_branch(perturbed_guidance_stop, "perturbed_guidance_stop", len(heads))
+        branches = resolve_branches(heads, scales, starts, stops, scope=scope)
+        if guidance_scale is None:
+            cfgs = [hs.metadata.guidance.cfg for hs in heads]
+            guidance_scale = _common(cfgs, "cfg (pass guidance_scale=)", names) if all(c is not None for c in cfgs) \
+                else 1.0
+        for value, name in ((guidance_scale, "guidance_scale"), (guidance_rescale, "guidance_rescale")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise HeadSetError(f"{name}={value!r} must be a finite number >= 0")
+        if not isinstance(batched, bool):
+            raise HeadSetError(f"batched={batched!r} must be True or False")
+
+        self.guidance_scale = float(guidance_scale)
+        self.guidance_rescale = float(guidance_rescale)
+        self.use_original_formulation = bool(use_original_formulation)
+        self.batched = batched
+        self.scope = scope
+        self.perturbation = pert
+        self.branches: list[Branch] = branches
+        self._references = [ref for _, ref in loaded]
+        self._conditions: list[tuple[str, int, int | None]] = []  # (prediction name, tuple index, branch)
+        self._plans: dict[tuple, Plan] = {}
+        self._installation: Any = None
+        self._hook: Any = None
+        self._after: Any = None
+        self._batched_rows: int | None = None
+        self.register_to_config(
+            headsets=[{k: v for k, v in ref.items() if k != "name"} for ref in self._references],
+            perturbed_guidance_scale=[b.scale for b in branches],
+            perturbed_guidance_start=[b.start for b in branches],
+            perturbed_guidance_stop=[b.stop for b in branches],
+            scope=scope, perturbation=pert.name, perturbation_params=pert.params.model_dump(),
+            guidance_scale=self.guidance_scale,
+        )
+        # the resolved values are the config now, not defaults to be re-derived by from_config
+        resolved = {"headsets", "perturbed_guidance_scale", "perturbed_guidance_start", "perturbed_guidance_stop",
+                    "scope", "perturbation", "perturbation_params", "guidance_scale"}
+        defaults = self.config.get("_use_default_values")
+        if defaults is not None:
+            self.register_to_config(_use_default_values=[k for k in defaults if k not in resolved])
+
+    def new(self, **kwargs: Any) -> HeadHunterGuidance:
+        """A copy with some settings changed (diffusers' `new`); head sets given as objects are passed on."""
+        config = dict(self.config)
+        if "headsets" not in kwargs:
+            config["headsets"] = [b.headset if ref["source"] is None else {k: v for k, v in ref.items() if k != "name"}
+                                  for b, ref in zip(self.branches, self._references)]
+        return self.__class__.from_config(config, **kwargs)
+
+    # ----- what runs at this step -----------------------------------------------------------------------
+    @property
+    def headsets(self) -> list[HeadSet]:
+        """The loaded head sets, one per branch."""
+        return [b.headset for b in self.branches]
+
+    def _in_window(self, start: float, stop: float) -> bool:
+        if self._num_inference_steps is None or self._step is None:
+            return True
+        return in_window(self._step, self._num_inference_steps, start, stop)
+
+    def _is_cfg_enabled(self) -> bool:
+        if not self._enabled:
+            return False
+        off = math.isclose(self.guidance_scale, 0.0 if self.use_original_formulation else 1.0)
+        return not off and self._in_window(self._start, self._stop)
+
+    def _active_branches(self) -> list[int]:
+        """The branches guiding this step (w != 0, inside their window): only these get a perturbed pass."""
+        if not self._enabled:
+            return []
+        return [k for k, b in enumerate(self.branches) if b.guides and self._in_window(b.start, b.stop)]
+
+    @property
+    def num_conditions(self) -> int:
+        """Predictions this step needs: cond, uncond (CFG on), one perturbed per active head set."""
+        return 1 + int(self._is_cfg_enabled()) + len(self._active_branches())
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether the batch being prepared holds conditional rows (every batch but the unconditional one)."""
+        index = self._count_prepared - 1
+        if not self._conditions or not 0 <= index < len(self._conditions) or self.batched:
+            return True
+        return self._conditions[index][1] == 0
+
+    # ----- the guider contract ------------------------------------------------------------------------------
+    def _plan_conditions(self) -> list[tuple[str, int, int | None]]:
+        conditions: list[tuple[str, int, int | None]] = [(COND, 0, None)]
+        if self._is_cfg_enabled():
+            conditions.append((UNCOND, 1, None))
+        conditions += [(PERTURBED.format(k), 0, k) for k in self._active_branches()]
+        self._conditions = conditions
+        return conditions
+
+    def prepare_inputs(self, data: dict[str, Any]) -> list[BlockState]:
+        """One batch per prediction (tuple values are `(cond, uncond)`; the perturbed batches take the
+        conditional entry), or with `batched=True` one batch with all of them concatenated along dim 0."""
+        batches = [self._prepare_batch(data, index, name) for name, index, _ in self._plan_conditions()]
+        return self._merged(batches)
+
+    def prepare_inputs_from_block_state(self, data: BlockState, input_fields: dict[str, Any]) -> list[BlockState]:
+        """As `prepare_inputs`, reading `input_fields` (name -> attribute or (cond, uncond) attributes) of `data`."""
+        batches = [self._prepare_batch_from_block_state(input_fields, data, index, name)
+                   for name, index, _ in self._plan_conditions()]
+        return self._merged(batches)
+
+    def _merged(self, batches: list[BlockState]) -> list[BlockState]:
+        if not self.batched or len(batches) == 1:
+            return batches
+        from diffusers.modular_pipelines.modular_pipeline import BlockState
+
+        fields: dict[str, Any] = {}
+        for key, value in batches[0].as_dict().items():
+            if key == self._identifier_key:
+                continue
+            values = [getattr(b, key) for b in batches]
+            if all(v is None for v in values):
+                fields[key] = None  # an optional input left out (e.g. no text mask)
+                continue
+            if not all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in values):
+                raise ModelError(f"batched=True needs every guider input to be a per-sample tensor; {key!r} is "
+                                 f"{type(value).__name__}; use batched=False")
+            fields[key] = torch.cat(values)
+        sizes = {v.shape[0] for v in fields.values() if v is not None}
+        if len(sizes) != 1:
+            raise ModelError(f"batched=True needs every guider input to have the same batch size; got {sorted(sizes)}")
+        self._batched_rows = sizes.pop()
+        fields[self._identifier_key] = BATCHED
+        return [BlockState(**fields)]
+
+    def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        """Before a batch's forward: for a batch with perturbed rows, install the perturbing processors on
+        `denoiser` (the transformer) through its adapter, with per-row strengths set from the forward's batch
+        size when it is called. Batches without perturbed rows leave the model stock."""
+        self._count_prepared += 1
+        self._remove()  # a previous forward that raised before cleanup_models left ours installed
+        blocks = self._blocks(self._count_prepared - 1)
+        if not any(k is not None for k in blocks):
+            return
+        adapter = get_registry().adapter_for(denoiser)
+        plan = self._plan(denoiser, adapter)
+        transformer = adapter.transformer(denoiser)
+        self._installation = install(adapter, denoiser, plan.perturbation, plan.scope)
+        self._hook = transformer.register_forward_pre_hook(self._set_rows(plan, blocks), with_kwargs=True,
+                                                           prepend=True)
+        self._after = transformer.register_forward_hook(self._after_forward, with_kwargs=True, always_call=True)
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        """After a batch's forward: remove what `prepare_models` installed (the original processors come back,
+        so outputs are bit-identical to stock)."""
+        self._remove()
+
+    def _plan(self, denoiser: torch.nn.Module, adapter: Any) -> Plan:
+        """The head sets and settings compiled for this model (`headhunter.plan.plan`), once per model structure
+        (architecture and site shapes, not object identity); compiling checks the head sets fit (HeadSetError)."""
+        sites = adapter.sites(denoiser)
+        key = (adapter.architecture, tuple((s.name, s.num_heads) for s in sites))
+        if key not in self._plans:
+            self._plans[key] = compile_plan(denoiser, self.headsets, settings=[b.guidance for b in self.branches],
+                                            scope=self.scope, perturbation=self.perturbation, adapter=adapter)
+        return self._plans[key]
+
+    def _blocks(self, batch: int) -> tuple[int | None, ...]:
+        """The branch of each row block of batch `batch` (None: unperturbed)."""
+        if not self._conditions:
+            return (None,)
+        if self.batched:
+            return tuple(k for _, _, k in self._conditions)
+        if batch >= len(self._conditions):
+            raise ModelError(f"prepare_models was called {batch + 1} times this step but prepare_inputs made "
+                             f"{len(self._conditions)} batches")
+        return (self._conditions[batch][2],)
+
+    def _set_rows(self, plan: Plan, blocks: tuple[int | None, ...]) -> Any:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if not isinstance(hidden, torch.Tensor):
+                raise ModelError("HeadHunterGuidance: the transformer was called without a hidden_states tensor")
+            n = hidden.shape[0]
+            if self.batched and len(blocks) > 1 and n != self._batched_rows:
+                raise ModelError(
+                    f"batched=True: the guider prepared {self._batched_rows} rows but the transformer got hidden_states "
+                    f"with {n}; this denoise loop passes hidden_states around the guider (diffusers' Wan and FLUX.2 "
+                    "loops do), so its predictions cannot share one forward: use batched=False")
+            if n % len(blocks):
+                raise ModelError(f"a batch of {n} rows does not split into {len(blocks)} equal blocks "
+                                 "(cond, uncond, perturbed ...); give every guider input the same batch size")
+            groups = tuple(-1 if k is None else k for k in blocks)
+            strengths = plan.strengths(groups, n // len(blocks), hidden.device, hidden.dtype)  # built once per layout
+            strengths.prepared.clear()  # one installation per forward: nothing to reuse, nothing to keep alive
+            self._installation.set_strengths(strengths)
+
+        return hook
+
+    def _after_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        """Runs after the forward even when it raised (torch passes output=None then): a forward that failed
+        leaves the model stock at once, not at the next prepare_models."""
+        if output is None:
+            self._remove(keep_after=True)  # torch is iterating the forward hooks now; this one goes later
+
+    def _remove(self, keep_after: bool = False) -> None:
+        if self._after is not None and not keep_after:
+            self._after.remove()
+            self._after = None
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._installation is not None:
+            installation, self._installation = self._installation, None
+            installation.remove()
+
+    # ----- combining the predictions ------------------------------------------------------------------------
+    def __call__(self, data: list[BlockState]) -> GuiderOutput:
+        """The guided prediction from the batches `prepare_inputs` made, each with its `noise_pred` set."""
+        if not all(hasattr(d, "noise_pred") for d in data):
+            raise ValueError("Expected all data to have `noise_pred` attribute.")
+        names = [name for name, _, _ in self._conditions]
+        if len(data) == 1 and getattr(data[0], self._identifier_key) == BATCHED:
+            pred = data[0].noise_pred
+            if pred.shape[0] % len(names):
+                raise ModelError(f"batched prediction of {pred.shape[0]} rows does not split into {len(names)}")
+            return self.forward(**dict(zip(names, pred.chunk(len(names)))))
+        if len(data) != len(names):
+            raise ValueError(f"Expected {len(names)} data items, but got {len(data)}. Please check the input data.")
+        return self.forward(**{getattr(d, self._identifier_key): d.noise_pred for d in data})
+
+    def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None,
+                **perturbed: torch.Tensor) -> GuiderOutput:
+        """`uncond + s (cond - uncond) + sum_k w_k (cond - perturbed_k)` (paper Eq. 5 with CFG, diffusers' CFG
+        convention; `cond + s (cond - uncond) + ...` with `use_original_formulation`), then diffusers'
+        `rescale_noise_cfg` when `guidance_rescale > 0`. All predictions are tensors of one shape (the model's
+        output for the batch, e.g. [B, C, H, W]); `perturbed` holds `pred_cond_perturbed_<k>` for the active head
+        sets (k = index in `headsets`). Returns diffusers' `GuiderOutput(pred, pred_cond, pred_uncond)`."""
+        if pred_uncond is None:
+            pred = pred_cond
+        else:
+            shift = pred_cond - pred_uncond
+            pred = (pred_cond if self.use_original_formulation else pred_uncond) + self.guidance_scale * shift
+        if perturbed:
+            keys = sorted(perturbed, key=lambda name: int(name.rsplit("_", 1)[1]))
+            ws = [self.branches[int(name.rsplit("_", 1)[1])].scale for name in keys]
+            pred = pred + guidance_delta(pred_cond, [perturbed[name] for name in keys], ws)
+        if self.guidance_rescale > 0.0:
+            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+    # ----- saving and sharing -------------------------------------------------------------------------------
+    def _check_saveable(self, shared: bool) -> None:
+        for ref in self._references:
+            if ref["source"] is None:
+                raise HeadSetError(f"head set {ref['name']!r} was given as an object; a guider config references "
+                                   "head sets: save it (HeadSet.save) or push it (HeadSet.push_to_hub) and pass the "
+                                   "path or repo id instead")
+            if shared and not (ref["source"].startswith(PRESET_PREFIX) or ref["revision"] is not None):
+                raise HubError(f"head set {ref['source']!r} is a local file; a guider pushed to the Hub must reference "
+                               "head sets others can fetch: push it with HeadSet.push_to_hub and pass the repo id")
+
+    def save_pretrained(self, save_directory: str | Path, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write `guider_config.json` (head sets referenced: path, `preset:NAME`, or Hub repo + commit).
+
+        Raises HeadSetError for a head set given as an in-memory object (it has no reference)."""
+        self._check_saveable(shared=push_to_hub)
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
+        """diffusers' `push_to_hub` (e.g. `subfolder="guider"`), refusing head sets others cannot fetch (HubError
+        for a local file, HeadSetError for an in-memory one)."""
+        self._check_saveable(shared=True)
+        return super().push_to_hub(repo_id, *args, **kwargs)
+
+
+__all__ = ["HeadHunterGuidance", "resolve_reference"]

@@ -1,0 +1,72 @@
+"""Sites: the attention modules of a model that heads live in, in the paper's layer order.
+
+A site is one attention module (`transformer_blocks.7.attn`) with its number of heads and its kind.
+A model's sites are ordered; the paper's layer index `L` is the position in that order, so `L12H3`
+means head 3 of the 13th site (0-based). Adapters list the sites of a live model and describe the published
+models they know (`KnownModel`, registered with the `register_base_models` hook), so head sets can be
+written without loading any weights; core keeps only the notion of a site and the paper notation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from headhunter.errors import HeadSetError
+
+SiteKind = Literal["joint", "single", "image"]
+#: Most heads a site may have (published models have at most 48; bounds memory for files from outside).
+MAX_HEADS = 4096
+
+_NOTATION = re.compile(r"^\s*L(\d+)H(\d+)(?:@([0-9.eE+-]+))?\s*$")
+
+
+class Site(BaseModel):
+    """One attention module: its dotted name in the model, its head count and its kind.
+
+    kind: `joint` (text and image tokens, two streams: SD3 blocks, FLUX double-stream),
+    `single` (text and image tokens in one stream: FLUX single-stream), `image` (image tokens only:
+    SD3.5-medium's `attn2`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="dotted module name, e.g. transformer_blocks.7.attn")
+    num_heads: int = Field(ge=1, le=MAX_HEADS, description="number of attention heads at this site")
+    kind: SiteKind = Field(default="joint", description="joint | single | image")
+
+
+def parse_notation(text: str) -> tuple[int, int, float | None]:
+    """Parse paper notation `L12H3` or `L12H3@0.5` into (layer, head, strength or None)."""
+    match = _NOTATION.match(text)
+    if match is None:
+        raise HeadSetError(
+            f"cannot parse head {text!r}: expected paper notation like 'L12H3' or 'L12H3@0.5' "
+            "(layer and head 0-based, optional strength in [0, 1])"
+        )
+    layer, head, strength = match.groups()
+    try:
+        value = None if strength is None else float(strength)
+    except ValueError:
+        raise HeadSetError(f"cannot parse strength {strength!r} in head {text!r}") from None
+    return int(layer), int(head), value
+
+
+def format_notation(layer: int, head: int, strength: float | None = None) -> str:
+    """Render a head in paper notation; the strength is shown only when it is not 1."""
+    if strength is None or strength == 1.0:
+        return f"L{layer}H{head}"
+    return f"L{layer}H{head}@{strength:g}"
+
+
+class KnownModel(NamedTuple):
+    """A published model described without loading it: its architecture family and its sites in paper order.
+
+    Adapter plugins register these with the `register_base_models` hook (built-ins: the SD3/SD3.5 and FLUX.1
+    checkpoints), keyed by Hub id; `HeadSet.from_heads(..., base_model=...)` reads them.
+    """
+
+    architecture: str
+    sites: tuple[Site, ...]

@@ -1,0 +1,1 @@
+"""Objectives: the composition grammar and composite objectives built on the objective contract."""

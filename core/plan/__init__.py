@@ -1,0 +1,1 @@
+"""The plan: head sets + settings + a model's sites compiled once into per-site, per-row strengths, branches and windows."""

@@ -1,0 +1,362 @@
+"""Search reports people look at: per-round head heatmaps, score curve, image grids, tables, an index.
+
+The report reads a search result (`headhunter.search.search.HuntResult`, used by attribute only: this module does
+not import the search) and an optional fresh-seed `Evaluation`. Everything is written atomically into the search's output folder; `index.md` links it all and states
+plainly whether the found head set beat the unguided model and the best whole layer on fresh seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headhunter.format.headset_io import write_atomic
+from headhunter.search.evaluation import Evaluation
+
+
+def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = None) -> Path:
+    """Write all report files into out_dir; returns the path of index.md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heatmaps = [plot_heatmap(result, r.index, out_dir / f"heatmap_round{r.index}.png") for r in result.rounds]
+    curve = plot_curve(result, out_dir / "curve.png", evaluation)
+    write_scores(result, out_dir)
+    grid = None
+    pareto = None
+    if evaluation is not None:
+        grid = write_grid(evaluation, out_dir / "grid.png")
+        _write_json(out_dir / "evaluation.json", evaluation_dict(evaluation))
+        if yardstick(evaluation) is not None:
+            pareto = plot_pareto(evaluation, out_dir / "pareto.png")
+    index = out_dir / "index.md"
+    write_atomic(index, render_index(result, evaluation, heatmaps, curve, grid, pareto).encode())
+    return index
+
+
+# ----- figures ----------------------------------------------------------------------------------------
+def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def heat_matrix(result: Any, round_index: int) -> np.ndarray:
+    """Scores of round r as a layers x heads matrix (NaN where a head was not a candidate)."""
+    width = max(s.num_heads for s in result.sites)
+    matrix = np.full((len(result.sites), width), np.nan)
+    for row in result.score_table():
+        if row["round"] == round_index:
+            matrix[row["layer"], row["head_index"]] = row["score"]
+    return matrix
+
+
+def plot_heatmap(result: Any, round_index: int, path: Path) -> Path:
+    """Paper Fig. 2/22 style: every head's score in this round, selected heads boxed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = heat_matrix(result, round_index)
+    rnd = result.rounds[round_index]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.42 * matrix.shape[1] + 2), max(3.0, 0.32 * matrix.shape[0] + 1.5)))
+    image = ax.imshow(matrix, cmap="RdYlGn", aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=f"mean {result.settings.objective}")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_yticks(range(matrix.shape[0]))
+    for head in rnd.added:
+        layer, index = _layer_head(head)
+        ax.add_patch(plt.Rectangle((index - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    chosen = ", ".join(rnd.selected_before) or "none"
+    ax.set_title(f"round {round_index}: score of S ∪ {{head}} (S = {chosen}); baseline {result.baseline_score:.3g}", fontsize=9)
+    return _save_figure(fig, path)
+
+
+def plot_curve(result: Any, path: Path, evaluation: Evaluation | None = None) -> Path:
+    """Objective vs number of selected heads, with the baseline and the best whole layer as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [0] + [len(r.selected_before) + len(r.added) for r in result.rounds]
+    values = [result.baseline_score] + [r.set_score for r in result.rounds]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(counts, values, marker="o", label="found head set (search seeds)")
+    ax.axhline(result.baseline_score, color="gray", linestyle="--", label="no guidance")
+    best = result.best_layer
+    if best is not None:
+        ax.axhline(best[1], color="tab:red", linestyle=":", label=f"best layer {best[0]} (all heads)")
+    ax.set_xlabel("number of heads")
+    ax.set_xticks(counts)
+    ax.set_ylabel(result.settings.objective)
+    ax.set_title("HeadHunter: score vs number of selected heads", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def write_grid(evaluation: Evaluation, path: Path, cell: int = 64, gap: int = 3) -> Path:
+    """PNG grid: one row per setting, one column per fresh sample (same seeds down each column)."""
+    from PIL import Image, ImageDraw
+
+    names = list(evaluation.settings)
+    images = [evaluation.settings[n].images for n in names]
+    cols = min(len(i) for i in images)
+    label_w = 150
+    pitch = cell + gap
+    grid = Image.new("RGB", (label_w + cols * pitch, len(names) * pitch), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, (name, batch) in enumerate(zip(names, images)):
+        draw.text((4, row * pitch + cell // 2 - 6), name[:24], fill="black")
+        for col in range(cols):
+            grid.paste(_to_pil(batch[col]).resize((cell, cell), Image.NEAREST), (label_w + col * pitch, row * pitch))
+    buffer = _io.BytesIO()
+    grid.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _to_pil(image: torch.Tensor) -> Any:
+    """An image [C, H, W] in [0, 1] as PIL RGB; a video [F, C, H, W] is shown by its middle frame."""
+    from PIL import Image
+
+    if image.ndim == 4:
+        image = image[image.shape[0] // 2]
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], mode="L").convert("RGB")
+    return Image.fromarray(array, mode="RGB")
+
+
+# ----- tables -------------------------------------------------------------------------------------------
+def write_scores(result: Any, out_dir: Path) -> None:
+    """scores.csv (one row per round and candidate) and scores.json (everything, machine-readable)."""
+    rows = result.score_table()
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["round", "head", "layer", "head_index", "score", "added"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out_dir / "scores.csv", buffer.getvalue().encode())
+    _write_json(out_dir / "scores.json", {
+        "settings": result.settings.model_dump(),
+        "baseline": result.baseline_score,
+        "layers": result.layer_scores,
+        "rounds": [{"index": r.index, "selected_before": r.selected_before, "added": r.added,
+                    "set_score": r.set_score, "scores": r.scores, "pairs": r.pairs,
+                    "vs_set": {c: vars(e) for c, e in r.vs_set.items()}, "dropped": r.dropped,
+                    "leaders": r.leaders, "stability": r.stability, "frequency": r.frequency,
+                    "images": r.images, "stages": r.stages,
+                    "set_vs_baseline": vars(r.set_vs_baseline) if r.set_vs_baseline else None}
+                   for r in result.rounds],
+        "headset": result.headset.notation(),
+    })
+
+
+def evaluation_dict(evaluation: Evaluation) -> dict[str, Any]:
+    return {
+        "objective": evaluation.objective, "prompts": evaluation.prompts, "seeds": evaluation.seeds,
+        "settings": {
+            name: {"objective": vars(r.objective), "metrics": {m: vars(e) for m, e in r.metrics.items()}}
+            for name, r in evaluation.settings.items()
+        },
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, default=float) + "\n").encode())
+
+
+def _layer_head(head: str) -> tuple[int, int]:
+    from headhunter.format.sites import parse_notation
+
+    layer, index, _ = parse_notation(head)
+    return layer, index
+
+
+# ----- index --------------------------------------------------------------------------------------------
+def verdict(evaluation: Evaluation, found: str, rival: str) -> str:
+    """One plain sentence: did `found` beat `rival` on fresh seeds (paired 95 % bootstrap interval)?"""
+    diff = evaluation.difference(found, rival)
+    if diff.low > 0:
+        outcome = "beats"
+    elif diff.high < 0:
+        outcome = "is worse than"
+    else:
+        outcome = "is not distinguishable from"
+    return f"**{found} {outcome} {rival}** on fresh seeds: difference {diff.mean:+.4g} (95 % CI [{diff.low:+.4g}, {diff.high:+.4g}], n = {diff.n})."
+
+
+def _round_stats(r: Any, top_k: int) -> str:
+    """The round's evidence in words: gain over no guidance, stability, indistinguishable leaders, cost."""
+    parts = []
+    if r.set_vs_baseline is not None:
+        d = r.set_vs_baseline
+        parts.append(f"gain over no guidance {d.mean:+.4g} (95 % CI [{d.low:+.4g}, {d.high:+.4g}], n = {d.n})")
+    if r.stability == r.stability:
+        parts.append(f"bootstrap stability of the choice {r.stability:.0%}")
+    others = [c for c in r.leaders if c not in r.added]
+    if others:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        parts.append(f"**not separable from {shown}** (paired 95 % intervals include 0)")
+    else:
+        parts.append("separated from every other candidate")
+    parts.append(f"{r.images} images" + (f", {len(r.dropped)} candidates dropped early (stages {r.stages} pairs)" if r.dropped else ""))
+    return "; " + "; ".join(parts)
+
+
+def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path], curve: Path, grid: Path | None,
+                 pareto: Path | None = None) -> str:
+    s = result.settings
+    lines = [
+        f"# HeadHunter report: {result.headset.name}",
+        "",
+        f"Model `{s.model}`, objective `{s.objective}`, {len(s.prompts)} prompts x {len(s.seeds)} seeds, "
+        f"{s.steps} steps, perturbation `{s.perturbation.name}` (u = {s.strength:g}), scope `{s.guidance.scope}`, "
+        f"w = {s.guidance.scale:g}, CFG {s.guidance.cfg if s.guidance.cfg is not None else 'off/pipeline default'}, "
+        f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads, schedule `{s.schedule}`"
+        + (f" (budget {s.budget:g} of the exhaustive images per round, first stage {s.first_pairs} pairs)" if s.schedule == "racing" else "")
+        + f"; {sum(r.images for r in result.rounds)} candidate images in all (rounds).",
+        "",
+        f"**Found head set:** {result.headset.notation()}  ([headset.safetensors](headset.safetensors), "
+        f"[headset.json](headset.json))",
+        "",
+        "## On the search seeds",
+        "",
+        f"- no guidance: {result.baseline_score:.4g}",
+    ]
+    best = result.best_layer
+    if best is not None:
+        lines.append(f"- best whole layer: {best[0]} at {best[1]:.4g}")
+    for r in result.rounds:
+        lines.append(f"- round {r.index}: added {', '.join(r.added)} -> {r.set_score:.4g}" + _round_stats(r, s.top_k))
+    lines += ["", f"![score curve]({curve.name})", ""]
+    lines += [f"![round {i} heatmap]({p.name})" for i, p in enumerate(heatmaps)]
+    if evaluation is not None:
+        lines += _evaluation_section(evaluation, grid)
+        lines += _pareto_section(evaluation, pareto)
+    lines += ["", "Files: [scores.csv](scores.csv), [scores.json](scores.json)"
+              + (", [evaluation.json](evaluation.json)" if evaluation else "") + ".", ""]
+    return "\n".join(lines)
+
+
+def _evaluation_section(evaluation: Evaluation, grid: Path | None) -> list[str]:
+    names = list(evaluation.settings)
+    metric_names = sorted({m for r in evaluation.settings.values() for m in r.metrics})
+    header = "| setting | " + " | ".join([evaluation.objective, *metric_names]) + " |"
+    lines = ["", f"## On fresh seeds ({len(evaluation.prompts)} prompts x {len(evaluation.seeds)} seeds, never seen by the search)", "",
+             "Means with 95 % bootstrap intervals over samples.", "", header, "|" + "---|" * (1 + 1 + len(metric_names))]
+    for name in names:
+        r = evaluation.settings[name]
+        cells = [str(r.objective)] + [str(r.metrics[m]) if m in r.metrics else "-" for m in metric_names]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if "found head set" in evaluation.settings:
+        for rival in [n for n in names if n.startswith(("no guidance", "best layer"))]:
+            lines.append("- " + verdict(evaluation, "found head set", rival))
+    if grid is not None:
+        lines += ["", f"![samples: same seeds down each column]({grid.name})"]
+    return lines
+
+
+# ----- Pareto view: objective vs an independent yardstick on fresh seeds ---------------------------------
+def yardstick(evaluation: Evaluation) -> tuple[str, bool] | None:
+    """The independent metric to plot against the objective: (name, lower_is_better). The first set-level
+    or per-image metric the evaluation has; "lower is better" is read from its name (e.g. FD)."""
+    names = [m for r in evaluation.settings.values() for m in r.metrics]
+    if not names:
+        return None
+    fd_like = [m for m in names if "lower is better" in m]
+    name = fd_like[0] if fd_like else names[0]
+    return name, "lower is better" in name
+
+
+def _better(a: float, b: float, lower: bool) -> bool:
+    return a < b if lower else a > b
+
+
+def dominance(evaluation: Evaluation, found: str = "found head set") -> list[dict[str, Any]]:
+    """Every other setting that beats `found` on both axes: objective (paired difference over the same
+    fresh samples, 95 % interval) and yardstick (point estimates and intervals). `beyond_noise` when the
+    objective interval excludes 0 and the yardstick intervals do not overlap."""
+    stick = yardstick(evaluation)
+    if stick is None or found not in evaluation.settings:
+        return []
+    name, lower = stick
+    f = evaluation.settings[found].metrics[name]
+    out = []
+    for other, r in evaluation.settings.items():
+        if other == found or other.startswith("best layer") or name not in r.metrics:
+            continue
+        diff = evaluation.difference(other, found)
+        m = r.metrics[name]
+        if diff.mean > 0 and _better(m.mean, f.mean, lower):
+            separated = (m.high < f.low) if lower else (m.low > f.high)
+            out.append({"setting": other, "objective_diff": diff, "yardstick": m, "found_yardstick": f,
+                        "beyond_noise": bool(diff.low > 0 and separated)})
+    return out
+
+
+def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
+    """Objective (x, higher is better) vs the yardstick (y) on fresh seeds, 95 % intervals as error bars,
+    for no guidance, every whole layer, each round's set and the found set; the Pareto front is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name, lower = yardstick(evaluation)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    points = []
+    for setting, r in evaluation.settings.items():
+        if name not in r.metrics or setting.startswith("best layer"):
+            continue
+        o, m = r.objective, r.metrics[name]
+        color = "tab:blue" if setting == "found head set" else "tab:green" if setting.startswith("round") else \
+            "gray" if setting == "no guidance" else "tab:red"
+        ax.errorbar(o.mean, m.mean, xerr=[[o.mean - o.low], [o.high - o.mean]], yerr=[[m.mean - m.low], [m.high - m.mean]],
+                    fmt="o", color=color, capsize=2, markersize=5)
+        ax.annotate(setting.replace("layer ", ""), (o.mean, m.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        points.append((o.mean, m.mean if not lower else -m.mean))
+    front = sorted(p for p in points if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in points))
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [p[1] if not lower else -p[1] for p in front], "k--", linewidth=0.8, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"{evaluation.objective} (higher is better)")
+    ax.set_ylabel(name)
+    ax.set_title("fresh seeds: objective vs independent yardstick (blue: found set, green: earlier rounds, red: layers)", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def _pareto_section(evaluation: Evaluation, pareto: Path | None) -> list[str]:
+    stick = yardstick(evaluation)
+    if stick is None or "found head set" not in evaluation.settings:
+        return []
+    name, lower = stick
+    lines = ["", f"## Does any whole layer dominate the found set? (objective vs {name}, fresh seeds)", ""]
+    rivals = dominance(evaluation)
+    layers = [d for d in rivals if d["setting"].startswith("layer ")]
+    if not layers:
+        lines.append(f"**No whole layer dominates the found head set**: none is better on both {evaluation.objective} and {name}.")
+    for d in layers:
+        diff, m, f = d["objective_diff"], d["yardstick"], d["found_yardstick"]
+        how = "beyond noise" if d["beyond_noise"] else "on point estimates only (within noise)"
+        lines.append(f"- **{d['setting']} dominates the found set {how}**: objective {diff.mean:+.4g} (95 % CI "
+                     f"[{diff.low:+.4g}, {diff.high:+.4g}]), {name} {m.mean:.4g} [{m.low:.4g}, {m.high:.4g}] vs "
+                     f"{f.mean:.4g} [{f.low:.4g}, {f.high:.4g}].")
+    for d in rivals:
+        if not d["setting"].startswith("layer "):
+            lines.append(f"- {d['setting']} is also better on both axes ({'beyond noise' if d['beyond_noise'] else 'within noise'}).")
+    if pareto is not None:
+        lines += ["", f"![objective vs {name}]({pareto.name})"]
+    return lines

@@ -1,0 +1,484 @@
+"""HeadHunter (paper Algorithm 1): greedy, objective-driven selection of attention heads to perturb.
+
+S = {}; for R rounds: for every head h not in S, generate the M prompt-seed images guided with S ∪ {h},
+score them with the objective and average; add the top k heads to S. Many candidates ride in one
+forward (per-sample head sets), and the state is checkpointed atomically after every batch so an
+interrupted search resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm.auto import tqdm
+
+import headhunter.format.headset_io as io
+import headhunter.engine.runner as _runner
+from headhunter.format.files import read_json
+from headhunter.engine.runner import Row
+from headhunter._version import __version__
+from headhunter.errors import SearchError
+from headhunter.format.headset import HeadSet
+from headhunter.search.distributed import Context, context
+from headhunter.objective.expr import components, expression, leaves
+from headhunter.plugin_system.registry import get_registry
+from headhunter.search.allocation import REFERENCE, run_round
+from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
+from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.search.stats import Estimate, objective_value, paired_difference
+
+STATE_NAME = "state.json"
+#: Largest checkpoint read (a paper-scale search, 1,368 candidates x 3 rounds x 100 images, is ~30 MB).
+MAX_STATE_BYTES = 512 * 1024 * 1024
+BASELINE = "baseline"
+
+
+class SearchSettings(GenerationSettings):
+    """Everything that determines a search's result; a checkpoint is only resumed with equal settings.
+
+    Extends `GenerationSettings` (guidance: scale w, cfg, scope; perturbation; steps; pipeline_kwargs),
+    so the same validated object carries the knobs to the engine and into the found head set's provenance.
+    """
+
+    model: str = Field(description="model name or id (provenance)")
+    objective: str = Field(description="objective expression")
+    prompts: list[str] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
+    rounds: int = Field(default=1, ge=1)
+    top_k: int = Field(default=1, ge=1)
+    strength: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+                            description="SoftPAG strength u of every selected head")
+    candidates: list[str] = Field(description="candidate heads in paper notation, in pool order")
+    layer_baselines: bool = Field(default=True, description="also score every whole layer (layer-level PAG)")
+    schedule: Literal["exhaustive", "racing"] = Field(
+        default="exhaustive", description="exhaustive: every candidate on every pair (Algorithm 1); racing: adaptive")
+    first_pairs: int = Field(default=8, ge=2, description="racing: pairs every candidate gets first")
+    budget: float = Field(default=1.0, gt=0.0, le=1.0, description="racing: most images per round, as a fraction of the exhaustive round's")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="level of the paired intervals (racing drops, leaders)")
+    batch_size: int = Field(ge=1, description="images per pipeline call")
+
+
+@dataclass
+class RoundResult:
+    """One greedy round: every candidate's score (with S) and the heads added, with the statistics.
+
+    scores: objective of S ∪ {c} on the candidate's pairs (pairs[c]: all M for the exhaustive schedule,
+    fewer for a candidate racing dropped); vs_set: paired difference (S ∪ {c}) − S on those pairs with its
+    interval; dropped: candidate -> pairs it had when racing dropped it; leaders: the candidates the data
+    cannot tell apart from the selection (paired interval vs the weakest selected head includes 0);
+    stability: bootstrap frequency with which the selection is exactly the top k (frequency: per candidate,
+    of being in the top k); images: the round's candidate images (what the schedule spent, also when
+    resumed from a checkpoint; candidate_images: the same).
+    set_score, set_vs_baseline: the new S on the round's final pairs, and its paired gain over no guidance."""
+
+    index: int
+    selected_before: list[str]
+    scores: dict[str, float]
+    added: list[str]
+    set_score: float
+    pairs: dict[str, int] = field(default_factory=dict)
+    vs_set: dict[str, Estimate] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    leaders: list[str] = field(default_factory=list)
+    stability: float = float("nan")
+    frequency: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    candidate_images: int = 0
+    stages: list[int] = field(default_factory=list)
+    set_vs_baseline: Estimate | None = None
+
+
+@dataclass
+class HuntResult:
+    """What `hunt` returns: the found head set, per-round tables, baseline and layer-level scores."""
+
+    headset: HeadSet
+    rounds: list[RoundResult]
+    baseline_score: float
+    layer_scores: dict[str, float]
+    settings: SearchSettings
+    sites: list[Site]
+    out_dir: Path | None
+    evaluation: Any = None  #: the fresh-seed Evaluation, when `headhunter.hunt` made one
+
+    def score_table(self) -> list[dict[str, Any]]:
+        """One row per (round, candidate head): layer, head, score, whether it was added."""
+        rows = []
+        for r in self.rounds:
+            for head, score in r.scores.items():
+                layer, index, _ = parse_notation(head)
+                rows.append({"round": r.index, "head": head, "layer": layer, "head_index": index,
+                             "score": score, "added": head in r.added})
+        return rows
+
+    @property
+    def best_layer(self) -> tuple[str, float] | None:
+        """The best whole layer on the search seeds: (`L3`, score)."""
+        if not self.layer_scores:
+            return None
+        return max(self.layer_scores.items(), key=lambda kv: kv[1])
+
+    def generation(self) -> GenerationSettings:
+        """How the search made its images (scale, steps, perturbation, scope, ...): reuse it to compare."""
+        return generation_settings(self.settings)
+
+    def layer_headset(self, layer: int) -> HeadSet:
+        """Every head of one layer at the search's strength u (layer-level PAG/SoftPAG)."""
+        return HeadSet.from_heads([(layer, h, self.settings.strength) for h in range(self.sites[layer].num_heads)],
+                                  sites=self.sites, architecture=self.headset.metadata.architecture, name=f"L{layer}")
+
+    def round_headset(self, index: int) -> HeadSet:
+        """The set S after round `index` (round 0: the first heads added), at the search's strength u."""
+        heads = self.rounds[index].selected_before + self.rounds[index].added
+        return HeadSet.from_heads([(*parse_notation(h)[:2], self.settings.strength) for h in heads], sites=self.sites,
+                                  architecture=self.headset.metadata.architecture, name=f"round {index}")
+
+    def comparison_headsets(self) -> dict[str, HeadSet | None]:
+        """What a fair comparison of this result needs, by display name: no guidance, the best whole layer
+        (chosen on the search seeds, as the head set was), the found set, each earlier round's set, and
+        every whole layer. None means unguided."""
+        out: dict[str, HeadSet | None] = {"no guidance": None}
+        best = self.best_layer
+        if best is not None:
+            out[f"best layer ({best[0]})"] = self.layer_headset(int(best[0][1:]))
+        out["found head set"] = self.headset
+        for r in self.rounds[:-1]:
+            out[f"round {r.index} set"] = self.round_headset(r.index)
+        out.update({f"layer {name}": self.layer_headset(int(name[1:])) for name in self.layer_scores})
+        return out
+
+
+def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str | Path | None = None,
+           resume: bool = True, progress: bool = True, name: str | None = None) -> HuntResult:
+    """The search loop alone (paper Algorithm 1): rounds over the candidates in `settings`, scored with
+    `objective` on settings.prompts x settings.seeds; returns the result, writes nothing but the checkpoint.
+
+    With `out_dir`, per-image scores are checkpointed to out_dir/state.json after every batch and a
+    search with equal settings resumes from it (`resume=False` starts over). Evaluation on fresh seeds
+    and the report are separate steps (`headhunter.search.evaluation.evaluate_result`, `headhunter.report.report`);
+    `headhunter.hunt` composes all three. Raises SearchError on bad settings or a foreign checkpoint.
+    """
+    adapter = get_registry().adapter_for(pipe)
+    sites = adapter.sites(pipe)
+    pool_size = len(settings.candidates)
+    if settings.rounds * settings.top_k > pool_size:
+        raise SearchError(f"rounds x top_k = {settings.rounds * settings.top_k} heads asked for, but the pool has only {pool_size} candidates")
+    ctx = context()
+    state = _State.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
+    loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
+    result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
+    result.out_dir = Path(out_dir) if out_dir else None
+    return result
+
+
+def generation_settings(settings: SearchSettings) -> GenerationSettings:
+    """The generation settings every image of this search is made with."""
+    return GenerationSettings(guidance=settings.guidance, perturbation=settings.perturbation,
+                              steps=settings.steps, pipeline_kwargs=settings.pipeline_kwargs)
+
+
+# ----- resolution of arguments ----------------------------------------------------------------------
+def resolve_model(model: Any) -> tuple[Any, str]:
+    """(pipeline, name): a registered model name is loaded; a pipeline is used as it is."""
+    if isinstance(model, str):
+        from headhunter.engine.models import load_model
+
+        return load_model(model), model
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", {}), "_name_or_path", None)
+    return model, str(name or type(model).__name__)
+
+
+def resolve_objective(objective: Any) -> tuple[Any, str]:
+    """(Objective, canonical expression) from an Objective or an expression string; SearchError if None."""
+    if objective is None:
+        raise SearchError("no objective given and the model has no default objective; pass objective='NAME'")
+    if isinstance(objective, str):
+        from headhunter.objective.expr import parse_objective
+
+        built = parse_objective(objective)
+        return built, str(built)
+    return objective, expression(objective)
+
+
+def candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) -> list[str]:
+    """Candidate heads in paper notation; layer indices and site names expand to all their heads."""
+    all_heads = [format_notation(i, h) for i, s in enumerate(sites) for h in range(s.num_heads)]
+    if candidates is None:
+        return all_heads
+    names = [s.name for s in sites]
+    pool: list[str] = []
+    for item in candidates:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            layer = int(item)
+            if not 0 <= layer < len(sites):
+                raise SearchError(f"candidate layer {layer} out of range; layers are 0..{len(sites) - 1}")
+            pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+        elif item in names:
+            layer = names.index(item)
+            pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+        else:
+            layer, head, _ = parse_notation(item)
+            if layer >= len(sites) or head >= sites[layer].num_heads:
+                raise SearchError(f"candidate {item} does not exist in this model ({len(sites)} layers)")
+            pool.append(format_notation(layer, head))
+    return list(dict.fromkeys(pool))
+
+
+# ----- checkpointed state ---------------------------------------------------------------------------------
+class _State:
+    """Per-unit per-pair scores, written atomically to out_dir/state.json after every batch."""
+
+    def __init__(self, path: Path | None, settings: SearchSettings, data: dict[str, Any]) -> None:
+        self.path, self.settings, self.data = path, settings, data
+
+    @classmethod
+    def open(cls, out_dir: Path | None, settings: SearchSettings, resume: bool, ctx: Context | None = None) -> _State:
+        """Rank 0 reads (or starts) the checkpoint and hands its content to every rank; only rank 0 keeps a
+        path, so only rank 0 ever writes. SearchError if the checkpoint was made with other settings."""
+        ctx = ctx or Context()
+        fresh = {"settings": settings.model_dump(), "library_version": __version__, "units": {}, "done_batches": {}}
+        if out_dir is None:
+            return cls(None, settings, fresh)
+        path = out_dir / STATE_NAME
+        data: Any = None
+        if ctx.is_main:
+            try:
+                if (path.exists() or path.is_symlink()) and resume:
+                    data = read_checkpoint(path)
+                    _require_same_settings(data["settings"], settings.model_dump(mode="json"), out_dir)
+                else:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    data = fresh
+                    io.write_atomic(path, json.dumps(data).encode())
+            except SearchError as exc:
+                data = exc
+        data = ctx.broadcast(data)
+        if isinstance(data, SearchError):
+            raise data
+        return cls(path if ctx.is_main else None, settings, data)
+
+    def save(self) -> None:
+        if self.path is not None:
+            io.write_atomic(self.path, json.dumps(self.data).encode())
+
+    def batch_done(self, phase: str, start: int) -> bool:
+        return start in self.data["done_batches"].get(phase, [])
+
+    def record(self, phase: str, start: int, scores: dict[str, dict[int, Any]], save: bool = True) -> None:
+        for unit, per_pair in scores.items():
+            self.data["units"].setdefault(unit, {}).update({str(k): v for k, v in per_pair.items()})
+        self.data["done_batches"].setdefault(phase, []).append(start)
+        if save:
+            self.save()
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {"guidance.scale": 3.0, ...}, so a mismatch names the one field that differs."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key in ("guidance", "perturbation"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class _Checkpoint(BaseModel):
+    """The shape of state.json: settings, version, per-unit per-pair per-leaf scores, finished batches."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    settings: dict[str, Any]
+    library_version: str
+    units: dict[str, dict[str, dict[str, float]]]
+    done_batches: dict[str, list[int]]
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and check a search checkpoint (state.json) before trusting it: a regular file of bounded size,
+    bounded-depth finite JSON, then its shape (pair indices are non-negative integers, batch starts too).
+    Raises SearchError naming the file and the first problem, with the way out (--no-resume)."""
+    fix = "delete it, or pass resume=False (--no-resume) to start over"
+    try:
+        raw = read_json(path, max_bytes=MAX_STATE_BYTES, error=SearchError, what="search checkpoint")
+    except SearchError as err:
+        raise SearchError(f"{err}; {fix}") from None
+    try:
+        data = _Checkpoint.model_validate(raw).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise SearchError(f"search checkpoint {path} is damaged: {where}: {first['msg']}; {fix}") from None
+    for unit, per_pair in data["units"].items():
+        bad = next((k for k in per_pair if not (k.isascii() and k.isdigit() and len(k) <= 9)), None)
+        if bad is not None:
+            raise SearchError(f"search checkpoint {path} is damaged: unit {unit!r} has pair index {bad!r}; {fix}")
+    for phase, starts in data["done_batches"].items():
+        if any(start < 0 for start in starts):
+            raise SearchError(f"search checkpoint {path} is damaged: phase {phase!r} has a negative batch start; {fix}")
+    return data
+
+
+def _require_same_settings(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
+    saved, wanted = _flat(saved), _flat(wanted)
+    for key in sorted(set(saved) | set(wanted)):
+        if saved.get(key) != wanted.get(key):
+            shown = lambda v: (json.dumps(v)[:80] + ("..." if len(json.dumps(v)) > 80 else ""))  # noqa: E731
+            raise SearchError(
+                f"{out_dir} holds a search with {key}={shown(saved.get(key))}, but this one has "
+                f"{key}={shown(wanted.get(key))}; use another out_dir, or resume=False (--no-resume) to start over"
+            )
+
+
+# ----- the search ----------------------------------------------------------------------------------------
+def set_key(heads: Sequence[str]) -> str:
+    """The checkpoint key of a head set's images: its heads sorted, or `baseline` for the empty set.
+    Keys name content, so S ∪ {h} of one round and S of the next share their images."""
+    return "+".join(sorted(heads, key=lambda h: parse_notation(h)[:2])) if heads else BASELINE
+
+
+class _Search:
+    def __init__(self, pipe, sites, architecture, settings, objective, state, progress, ctx) -> None:
+        self.pipe, self.sites, self.architecture = pipe, sites, architecture
+        self.settings, self.objective, self.state, self.ctx = settings, objective, state, ctx
+        self.pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
+        self.gen = generation_settings(settings)
+        self.leaves = list(leaves(objective))
+        self.covered: set[tuple[str, int]] = set()
+        self.images = 0
+        total_units = 1 + (len(sites) if settings.layer_baselines else 0)
+        share = settings.budget if settings.schedule == "racing" else 1.0  # racing: the bar shows its cap
+        total_units += share * sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
+        total_units += settings.rounds if settings.top_k > 1 else 0
+        self.bar = tqdm(total=int(total_units * len(self.pairs)), desc="headhunter", unit="img",
+                        disable=not (progress and ctx.is_main))
+
+    def headset(self, heads: Sequence[str], name: str = "candidate") -> HeadSet:
+        u = self.settings.strength
+        specs = [(layer, head, u) for layer, head, _ in map(parse_notation, heads)]
+        return HeadSet.from_heads(specs, sites=self.sites, architecture=self.architecture, name=name)
+
+    def layer_headset(self, layer: int) -> HeadSet:
+        u = self.settings.strength
+        return HeadSet.from_heads([(layer, h, u) for h in range(self.sites[layer].num_heads)], sites=self.sites,
+                                  architecture=self.architecture, name=f"L{layer}")
+
+    def fetch(self, phase: str, units: dict[str, tuple[HeadSet | None, int]]) -> None:
+        """Make sure each unit has scores on its first n pairs: generate what no earlier phase covered.
+
+        The rows of a phase depend only on earlier phases (replayed identically on resume), so they are cut
+        into the same fixed slices every time; finished slices are skipped, the others are dealt out to
+        the ranks round-robin, and every rank records every slice's scores (rank 0 writes the checkpoint)."""
+        rows, keys = [], []
+        for unit, (headset, n) in units.items():
+            for index in range(n):
+                if (unit, index) not in self.covered:
+                    prompt, seed = self.pairs[index]
+                    rows.append(Row(headset, prompt, seed))
+                    keys.append((unit, index))
+        self.covered.update(keys)
+        size = self.settings.batch_size
+        pending = [start for start in range(0, len(rows), size) if not self.state.batch_done(phase, start)]
+        world, rank = self.ctx.world, self.ctx.rank
+        for group in range(0, len(pending), world):
+            starts = pending[group : group + world]
+            mine = starts[rank] if rank < len(starts) else None
+            result = None
+            if mine is not None:
+                images = _runner.generate_rows(self.pipe, rows[mine : mine + size], self.gen)
+                result = (mine, self.score_images(images, rows[mine : mine + size], keys[mine : mine + size]))
+            for item in self.ctx.all_gather(result):
+                if item is not None:
+                    start, per_unit = item
+                    self.state.record(phase, start, per_unit, save=False)
+                    self.images += sum(len(v) for v in per_unit.values())
+                    self.bar.update(sum(len(v) for v in per_unit.values()))
+            if self.ctx.is_main:
+                self.state.save()
+
+    def score_images(self, images: torch.Tensor, rows: list[Row], keys: list[tuple[str, int]]) -> dict[str, dict[int, dict[str, float]]]:
+        leaf_scores = components(self.objective, images, [r.prompt for r in rows])
+        per_unit: dict[str, dict[int, dict[str, float]]] = {}
+        for leaf, values in leaf_scores.items():
+            for (unit, index), value in zip(keys, values.double().cpu().tolist()):
+                if not math.isfinite(value):
+                    raise SearchError(f"objective {leaf!r} returned {value} for {unit} on pair {index}")
+                per_unit.setdefault(unit, {}).setdefault(index, {})[leaf] = value
+        return per_unit
+
+    def scores(self, unit: str, n: int) -> np.ndarray:
+        """Leaf scores of a unit on its first n pairs, [n, leaves]."""
+        per_pair = self.state.data["units"].get(unit, {})
+        try:
+            return np.array([[per_pair[str(i)][leaf] for leaf in self.leaves] for i in range(n)], dtype=np.float64)
+        except KeyError as exc:
+            raise SearchError(f"internal: unit {unit} lacks the score {exc} (the checkpoint is incomplete)") from None
+
+    def value(self, unit: str, n: int | None = None) -> float:
+        """The objective of a unit on its first n pairs (default all): each leaf averaged, then combined."""
+        return float(objective_value(self.objective, self.scores(unit, n or len(self.pairs)).mean(0), self.leaves))
+
+    def run(self, name: str) -> HuntResult:
+        s = self.settings
+        m = len(self.pairs)
+        units: dict[str, tuple[HeadSet | None, int]] = {BASELINE: (None, m)}
+        if s.layer_baselines:
+            units.update({f"L{i}": (self.layer_headset(i), m) for i in range(len(self.sites))})
+        self.fetch("reference", units)
+        baseline = self.value(BASELINE)
+        layer_scores = {k: self.value(k) for k in units if k != BASELINE}
+        selected: list[str] = []
+        rounds: list[RoundResult] = []
+        for r in range(s.rounds):
+            pool = [c for c in s.candidates if c not in selected]
+            before = list(selected)
+            names = {c: set_key(before + [c]) for c in pool}
+            names[REFERENCE] = set_key(before)
+
+            def fetch(wanted: dict[str, int], r=r, names=names, before=before) -> None:
+                n = max(wanted.values())
+                self.fetch(f"round{r}:{n}", {names[c]: (self.headset(before + ([] if c == REFERENCE else [c])), k)
+                                             for c, k in wanted.items()})
+
+            outcome = run_round(pool, fetch, lambda c, n, names=names: self.scores(names[c], n), total_pairs=m,
+                                top_k=s.top_k, objective=self.objective, leaves=self.leaves, schedule=s.schedule,
+                                first_pairs=s.first_pairs, budget=s.budget, level=s.confidence)
+            selected += outcome.selected
+            n_final = outcome.stages[-1]
+            key = set_key(selected)
+            if s.top_k > 1:
+                self.fetch(f"set{r}", {key: (self.headset(selected), n_final)})
+            set_score = self.value(key, n_final)
+            set_vs_baseline = paired_difference(self.scores(key, n_final), self.scores(BASELINE, n_final),
+                                                self.objective, self.leaves, s.confidence)
+            rounds.append(RoundResult(r, before, outcome.scores, outcome.selected, set_score, pairs=outcome.pairs,
+                                      vs_set=outcome.vs_set, dropped=outcome.dropped, leaders=outcome.leaders,
+                                      stability=outcome.stability, frequency=outcome.frequency,
+                                      images=outcome.images, candidate_images=outcome.images,
+                                      stages=outcome.stages, set_vs_baseline=set_vs_baseline))
+        self.bar.close()
+        return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, layer_scores, s, self.sites, None)
+
+    def found(self, selected: list[str], rounds: list[RoundResult], baseline: float, name: str) -> HeadSet:
+        s = self.settings
+        provenance = SearchProvenance(
+            objective=s.objective, prompts=s.prompts, seeds=s.seeds, steps=s.steps, rounds=s.rounds, top_k=s.top_k,
+            strength=s.strength, scale=s.guidance.scale, cfg=s.guidance.cfg, candidates=len(s.candidates),
+            round_scores=[[r.scores[h] for h in r.added] for r in rounds], baseline_score=baseline,
+        )
+        heads = self.headset(selected)
+        return heads.with_metadata(
+            name=name, base_model=s.model, origin="search", source=f"headhunter.hunt {__version__}",
+            description=f"HeadHunter: {len(selected)} heads maximising {s.objective}",
+            perturbation=s.perturbation,
+            guidance=s.guidance,
+            search=provenance, tags=["headhunter", "search"],
+        )

@@ -1,0 +1,114 @@
+"""`headhunter.atlas`: measure every head's effect (the atlas stage), then render its page (the report stage).
+
+The measuring lives in `headhunter.atlases.atlas`, the page in `headhunter.report.atlas_page`; this workflow
+is the one place that composes them, so neither stage imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from headhunter.atlases.atlas import (
+    ATLAS_DEFAULT_KEYS, DEFAULT_MEASURES, Atlas, AtlasCheckpoint, AtlasSettings, analyse, build_measures,
+    measure_units, select_heads,
+)
+from headhunter.engine.runner import auto_batch_size
+from headhunter.errors import PluginError, SearchError
+from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
+from headhunter.plugin_system.registry import get_registry
+from headhunter.report.atlas_page import write_page
+from headhunter.search.search import resolve_model
+
+
+def atlas(
+    model: Any = "digits",
+    prompts: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    *,
+    heads: Sequence[str | int] | None = None,
+    layers: Sequence[int] | None = None,
+    strength: float | None = None,
+    scale: float | None = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    perturbation: str = "softpag",
+    perturbation_params: dict[str, Any] | None = None,
+    scope: str = "joint",
+    objectives: Sequence[str] | None = None,
+    measures: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    render: bool = True,
+    sheet_pairs: int = 8,
+    alpha: float = 0.05,
+    min_effect: float = 0.2,
+    pipeline_kwargs: dict[str, Any] | None = None,
+) -> Atlas:
+    """Measure every selected head's effect alone (plus every whole layer) against no guidance.
+
+    model: a pipeline or a registered model name. prompts x seeds: the pairs every unit is generated on
+    (defaults: the model's `headhunter_defaults["atlas"]`, else its search prompts and seeds). heads:
+    paper notation (`L3H2`), layer indices or site names (default: every head); layers: whole-layer
+    units (default: every layer; [] for none). strength u, scale w, steps: the model's defaults, else 1,
+    3, 12. measures: registered image-statistic objectives (default DEFAULT_MEASURES); objectives:
+    expressions also measured (default: the model's atlas objectives). With `out_dir` the state is
+    checkpointed after every batch (resumed when the settings are equal, else SearchError naming the
+    difference), and with `render` the page, PNGs, CSV and JSON are written there.
+    Returns the Atlas. Raises SearchError for unknown heads/layers, empty prompts, bad thresholds.
+    """
+    if not 0 < alpha < 1:
+        raise SearchError(f"alpha must be in (0, 1), got {alpha}")
+    validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
+    validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
+    pipe, model_name = resolve_model(model)
+    defaults = get_registry().search_defaults(pipe)
+    own = defaults.get("atlas", {})
+    unknown = sorted(set(own) - ATLAS_DEFAULT_KEYS)
+    if unknown:
+        raise PluginError(f"the model's search defaults give unknown atlas defaults {unknown}; "
+                          f"allowed: {', '.join(sorted(ATLAS_DEFAULT_KEYS))}")
+    if ("classes" in own) != ("classify" in own):
+        raise PluginError("the model's atlas defaults must give 'classes' (a name) and 'classify' (a function) together")
+    prompts = list(prompts if prompts is not None else own.get("prompts", defaults.get("prompts", [])))
+    if not prompts:
+        raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
+    seeds = [int(s) for s in (seeds if seeds is not None else own.get("seeds", defaults.get("seeds", range(8))))]
+    strength, scale, steps = (value if value is not None else own.get(key, defaults.get(key, fallback))
+                              for key, value, fallback in (("strength", strength, 1.0), ("scale", scale, 3.0),
+                                                           ("steps", steps, 12)))
+    adapter = get_registry().adapter_for(pipe)
+    sites = adapter.sites(pipe)
+    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # validate early
+    head_list = select_heads(sites, heads)
+    layer_list = list(range(len(sites))) if layers is None else [int(i) for i in layers]
+    for i in layer_list:
+        if not 0 <= i < len(sites):
+            raise SearchError(f"layer {i} out of range; this model has layers 0..{len(sites) - 1}")
+    if not head_list and not layer_list:
+        raise SearchError("nothing to measure: no heads and no layers selected")
+    measure_names = list(measures if measures is not None else DEFAULT_MEASURES)
+    objective_texts = list(objectives if objectives is not None else own.get("objectives", []))
+    classify = own.get("classify")
+    class_name = own.get("classes") if classify is not None else None
+    settings = validated(
+        AtlasSettings, SearchError,
+        model=model_name, prompts=prompts, seeds=seeds, heads=head_list, layers=layer_list, strength=strength,
+        guidance=dict(scale=scale, cfg=cfg, scope=scope), perturbation=dict(name=perturbation, params=perturbation_params or {}),
+        steps=steps, measures=measure_names, objectives=objective_texts, classes=class_name,
+        batch_size=batch_size or auto_batch_size(pipe), sheet_pairs=sheet_pairs, pipeline_kwargs=pipeline_kwargs or {},
+    )
+    measurer, measure_list = build_measures(settings, own.get("words", {}), classify)
+    out = Path(out_dir) if out_dir else None
+    state = AtlasCheckpoint.open(out, settings, resume)
+    result = measure_units(pipe, sites, adapter.architecture, settings, measurer, state, progress)
+    result.measures, result.alpha, result.min_effect, result.out_dir = measure_list, alpha, min_effect, out
+    analyse(result)
+    if out is not None:
+        result.save(out)
+        if render:
+            write_page(result, out)
+    return result

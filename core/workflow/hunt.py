@@ -1,0 +1,178 @@
+"""The hunt workflow: search, then fresh-seed evaluation, then the report (`headhunter.hunt`).
+
+Three separate steps, composed here and in the CLI: `headhunter.search.search.search` returns a `HuntResult`
+(writing only its checkpoint); `headhunter.search.evaluation.evaluate_result` compares it with no guidance and
+every whole layer on fresh seeds; `headhunter.report.report.write_report` renders both. The search and the report
+never import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import headhunter.format.headset_io as io
+from headhunter.engine.runner import auto_batch_size
+from headhunter.search.distributed import DistributedError, context
+from headhunter.errors import SearchError
+from headhunter.search.evaluation import evaluate_result, evaluation_summary
+from headhunter.plugin_system.registry import get_registry
+from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
+from headhunter.search.search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
+
+
+RECIPES = ("greedy", "quality")
+
+
+def model_defaults(pipe: Any) -> dict[str, Any]:
+    """The model's search defaults (objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, ...),
+    from the plugins' `search_defaults` hook (empty when no plugin knows the model)."""
+    return get_registry().search_defaults(pipe)
+
+
+def hunt(
+    model: Any = "digits",
+    objective: Any = None,
+    prompts: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    *,
+    rounds: int | None = None,
+    top_k: int | None = None,
+    strength: float | None = None,
+    scale: float | None = None,
+    steps: int | None = None,
+    cfg: float | None = None,
+    perturbation: str = "softpag",
+    perturbation_params: dict[str, Any] | None = None,
+    scope: str = "joint",
+    candidates: Sequence[str | int] | None = None,
+    batch_size: int | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    layer_baselines: bool = True,
+    pipeline_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    name: str | None = None,
+    eval_seeds: Sequence[int] | None = None,
+    report: bool = True,
+    candidates_from: Any = None,
+    effect: str | None = None,
+    schedule: str | None = None,
+    budget: float | None = None,
+    first_pairs: int | None = None,
+    confidence: float = 0.95,
+    recipe: str = "greedy",
+) -> HuntResult:
+    """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
+
+    model: a pipeline or a registered model name; objective: an Objective or an expression string
+    (defaults come from the model's search defaults where it has them); prompts x seeds are the M
+    scoring pairs; rounds, top_k, strength (u), scale (w), steps left as None take the model's defaults,
+    else 1, 1, 1.0, 3.0, 12; candidates: heads in paper notation (`L3H2`), layer indices or site names
+    (default: every head). With `out_dir`, state is checkpointed after every batch and the search resumes
+    from it, and (with `report`) the found set is compared with no guidance and every whole layer on
+    `eval_seeds` (fresh seeds, never the search's) and a report is written there (index.md, PNGs,
+    CSV/JSON), then the head set (headset.safetensors, headset.json). candidates_from + effect: keep only
+    the candidates a head atlas (an Atlas or its folder, docs/atlas.md) labels `effect`, in pool order.
+    Raises SearchError on bad settings (and when the atlas leaves no candidate).
+
+    schedule: "exhaustive" (every candidate on every pair: Algorithm 1) or "racing" (adaptive: drop what is
+    confidently behind, add pairs to the rest; default: the model's, else exhaustive); budget: racing's
+    most images per round as a fraction of the exhaustive round's; first_pairs: racing's first stage;
+    confidence: level of every paired interval. recipe: "greedy" (R rounds of top_k, the default) or
+    "quality" (the paper's general-quality recipe, App. D.1: one round, the top k heads (default 4) combined
+    at u = 0.25, unless rounds, top_k or strength are given). Under torchrun every rank runs this same
+    call: batches are shared out, rank 0 alone writes files (docs/search.md).
+    """
+    if recipe not in RECIPES:
+        raise SearchError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    # Settings that do not depend on the model are checked before it loads (and before anything is written).
+    validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
+    validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
+    pipe, model_name = resolve_model(model)
+    defaults = model_defaults(pipe)
+    objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.get("objective"))
+    prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
+    seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
+    if recipe == "quality":
+        rounds, top_k, strength = rounds or 1, top_k or 4, strength or 0.25
+    schedule = schedule or defaults.get("schedule", "exhaustive")
+    rounds, top_k, strength, scale, steps = (
+        value if value is not None else defaults.get(key, fallback)
+        for key, value, fallback in (("rounds", rounds, 1), ("top_k", top_k, 1), ("strength", strength, 1.0),
+                                     ("scale", scale, 3.0), ("steps", steps, 12))
+    )
+    if not prompts:
+        raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
+    sites = get_registry().adapter_for(pipe).sites(pipe)
+    pool = candidate_pool(sites, candidates)
+    if candidates_from is not None or effect is not None:
+        from headhunter.atlases.atlas import restrict_candidates
+
+        pool = restrict_candidates(pool, candidates_from, effect, sites)
+    get_registry().perturbation(perturbation, **(perturbation_params or {}))  # the plugin checks its params
+    settings = validated(
+        SearchSettings, SearchError,
+        model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
+        strength=strength, steps=steps, guidance=dict(scale=scale, cfg=cfg, scope=scope),
+        perturbation=dict(name=perturbation, params=perturbation_params or {}), candidates=pool,
+        layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
+        pipeline_kwargs=pipeline_kwargs or {}, schedule=schedule, budget=budget or defaults.get("budget", 1.0),
+        first_pairs=first_pairs or defaults.get("first_pairs", 8), confidence=confidence,
+    )
+    fresh = fresh_seeds(eval_seeds, defaults, seeds) if out_dir and report else None
+    if fresh is not None and defaults.get("set_metrics") and len(prompts) * len(fresh) < 2:
+        raise SearchError(
+            f"the evaluation's set metrics ({', '.join(defaults['set_metrics'])}) need at least 2 images per setting, "
+            f"but {len(prompts)} prompt(s) x {len(fresh)} evaluation seed(s) give {len(prompts) * len(fresh)}; "
+            "give more evaluation seeds (e.g. '100-131'), or skip the evaluation (report=False, --no-report)"
+        )
+    ctx = context()
+    result = search(pipe, settings, objective_obj, out_dir=out_dir, resume=resume, progress=progress, name=name)
+    if not out_dir:
+        return result
+    out = Path(out_dir)
+    if ctx.is_main:
+        save_headset(result, out)  # what took time is on disk first
+    if report:
+        try:
+            # every rank evaluates (the evaluation is sharded); rank 0 alone writes
+            evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
+                                         set_metrics=defaults.get("set_metrics", {}), progress=progress and ctx.is_main)
+            result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
+                update={"evaluation": evaluation_summary(evaluation)}))
+            result.evaluation = evaluation
+            if ctx.is_main:
+                save_headset(result, out)
+                from headhunter.report.report import write_report
+
+                write_report(result, out, evaluation)
+        except DistributedError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever failed, say where the found head set is
+            raise SearchError(
+                f"the search finished and its head set {result.headset.notation()} is saved in "
+                f"{out / io.WEIGHTS_NAME}, but the evaluation or report then failed: {type(err).__name__}: "
+                f"{' '.join(str(err).split())[:300]}"
+            ) from err
+    return result
+
+
+def save_headset(result: HuntResult, out: Path) -> None:
+    """Write the found head set (safetensors, then its JSON rendering) into `out`, atomically."""
+    result.headset.save(out / io.WEIGHTS_NAME)
+    result.headset.save(out / io.JSON_NAME)
+
+
+def fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seeds: Sequence[int]) -> list[int]:
+    """The evaluation seeds: given, else the model's, else 10,000.. (as many as the search's, at least 8);
+    SearchError if any was used by the search."""
+    fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.get("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
+    bad = next((s for s in fresh if not -(2**63) <= s <= 2**64 - 1), None)
+    if bad is not None:
+        raise SearchError(f"evaluation seed {bad} out of range; allowed: [-2**63, 2**64 - 1] (torch.Generator seeds)")
+    overlap = sorted(set(fresh) & {int(s) for s in seeds})
+    if overlap:
+        raise SearchError(f"evaluation seeds {overlap[:5]} were used by the search; evaluation needs fresh seeds")
+    return fresh
