@@ -63,3 +63,28 @@ def test_installed_wheel_imports_and_runs_outside_the_checkout(wheel, tmp_path):
     assert result.stdout.splitlines()[0].startswith(str(site))
     cli = subprocess.run([sys.executable, "-m", "headhunter.cli", "--version"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert cli.returncode == 0 and "headhunter" in cli.stdout
+
+
+@pytest.mark.slow
+def test_every_subpackage_imports_from_the_installed_wheel(wheel, tmp_path):
+    """pyproject.toml lists the packages by hand: every folder of the layout must be in the wheel and import
+    from it (not from the checkout), and the built-in plugins must be found through its entry points."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    packages = sorted(
+        ".".join([LAYOUT[folder].replace("/", "."), *init.parent.relative_to(ROOT / folder).parts])
+        for folder in LAYOUT for init in (ROOT / folder).rglob("__init__.py") if "__pycache__" not in init.parts
+    )
+    code = (
+        "import importlib, sys\n"
+        f"names = {packages!r}\n"
+        "for name in names:\n"
+        "    module = importlib.import_module(name)\n"
+        f"    assert module.__file__.startswith({str(site)!r}), (name, module.__file__)\n"
+        "from headhunter.plugin_system.registry import builtin_plugins\n"
+        "print(len(names), len(builtin_plugins()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(packages)), "9"]

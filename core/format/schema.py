@@ -195,6 +195,8 @@ def describe_validation(exc: ValidationError, model: type[BaseModel]) -> str:
             parts.append(msg)
             continue
         allowed = _allowed(model, loc)
+        if err["type"] == "extra_forbidden" and len(loc) == 1:
+            msg, allowed = "not a setting", ", ".join(model.model_fields)
         if err["type"] == "literal_error":
             msg = "not one of the choices"
         parts.append(f"{name}={err.get('input')!r}: {msg}" + (f"; allowed: {allowed}" if allowed else ""))

@@ -16,10 +16,38 @@ from headhunter.atlases.atlas import (
 )
 from headhunter.engine.runner import auto_batch_size
 from headhunter.errors import PluginError, SearchError
+from pydantic import BaseModel, ConfigDict
+
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.plugin_system.registry import get_registry
 from headhunter.report.atlas_page import write_page
 from headhunter.search.search import resolve_model
+
+
+class AtlasOptions(BaseModel):
+    """The settings of `atlas` beyond model, prompts and seeds, in one validated object. None takes the
+    model's atlas defaults (the plugins' `search_defaults` hook, key "atlas"), else: strength u 1, scale w 3,
+    steps 12, every head, every layer. Ranges are checked where used (GuidanceSettings, PerturbationSpec,
+    AtlasSettings), so this object checks names and types only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heads: list[str | int] | None = None
+    layers: list[int] | None = None
+    strength: float | None = None
+    scale: float | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    perturbation: str = "softpag"
+    perturbation_params: dict[str, Any] | None = None
+    scope: str = "joint"
+    objectives: list[str] | None = None
+    measures: list[str] | None = None
+    batch_size: int | None = None
+    sheet_pairs: int = 8
+    alpha: float = 0.05
+    min_effect: float = 0.2
+    pipeline_kwargs: dict[str, Any] | None = None
 
 
 def atlas(
@@ -27,26 +55,12 @@ def atlas(
     prompts: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     *,
-    heads: Sequence[str | int] | None = None,
-    layers: Sequence[int] | None = None,
-    strength: float | None = None,
-    scale: float | None = None,
-    steps: int | None = None,
-    cfg: float | None = None,
-    perturbation: str = "softpag",
-    perturbation_params: dict[str, Any] | None = None,
-    scope: str = "joint",
-    objectives: Sequence[str] | None = None,
-    measures: Sequence[str] | None = None,
-    batch_size: int | None = None,
     out_dir: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
     render: bool = True,
-    sheet_pairs: int = 8,
-    alpha: float = 0.05,
-    min_effect: float = 0.2,
-    pipeline_kwargs: dict[str, Any] | None = None,
+    options: AtlasOptions | None = None,
+    **overrides: Any,
 ) -> Atlas:
     """Measure every selected head's effect alone (plus every whole layer) against no guidance.
 
@@ -58,8 +72,15 @@ def atlas(
     expressions also measured (default: the model's atlas objectives). With `out_dir` the state is
     checkpointed after every batch (resumed when the settings are equal, else SearchError naming the
     difference), and with `render` the page, PNGs, CSV and JSON are written there.
+    The other settings are `AtlasOptions` fields, as `options=` or keywords (`atlas("digits", heads=["L0H1"])`).
     Returns the Atlas. Raises SearchError for unknown heads/layers, empty prompts, bad thresholds.
     """
+    base = options.model_dump(exclude_unset=True) if options is not None else {}
+    o = validated(AtlasOptions, SearchError, **{**base, **overrides})
+    heads, layers, strength, scale, steps, cfg = o.heads, o.layers, o.strength, o.scale, o.steps, o.cfg
+    perturbation, perturbation_params, scope = o.perturbation, o.perturbation_params, o.scope
+    objectives, measures, batch_size, sheet_pairs = o.objectives, o.measures, o.batch_size, o.sheet_pairs
+    alpha, min_effect, pipeline_kwargs = o.alpha, o.min_effect, o.pipeline_kwargs
     if not 0 < alpha < 1:
         raise SearchError(f"alpha must be in (0, 1), got {alpha}")
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))

@@ -19,6 +19,7 @@ from headhunter.errors import SearchError
 from headhunter.search.evaluation import evaluate_result, evaluation_summary
 from headhunter.plugin_system.registry import get_registry
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from headhunter.search.search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
 
 
@@ -31,38 +32,63 @@ def model_defaults(pipe: Any) -> dict[str, Any]:
     return get_registry().search_defaults(pipe)
 
 
+class HuntOptions(BaseModel):
+    """The settings of `hunt` beyond model, objective, prompts and seeds, in one validated object.
+
+    Every field left as None takes the model's search default (the plugins' `search_defaults` hook), else
+    the fallback in brackets: rounds [1], top_k [1], strength u [1.0], scale w [3.0], steps [12],
+    allocation ("exhaustive"), budget [1.0], first_pairs [8]. Ranges are checked where the value is used:
+    by `GuidanceSettings` (scale, cfg, scope), `PerturbationSpec` and `SearchSettings` (one definition
+    each), so this object only checks names and types. `allocation` is how a round spends its images
+    (`racing` | `exhaustive`, headhunter.search.allocation); the old name `schedule` is accepted."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+
+    rounds: int | None = None
+    top_k: int | None = None
+    strength: float | None = None
+    scale: float | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    perturbation: str = "softpag"
+    perturbation_params: dict[str, Any] | None = None
+    scope: str = "joint"
+    candidates: list[str | int] | None = None
+    batch_size: int | None = None
+    layer_baselines: bool = True
+    pipeline_kwargs: dict[str, Any] | None = None
+    name: str | None = None
+    eval_seeds: list[int] | None = None
+    candidates_from: Any = None
+    effect: str | None = None
+    allocation: str | None = Field(default=None, validation_alias=AliasChoices("allocation", "schedule"))
+    budget: float | None = None
+    first_pairs: int | None = None
+    confidence: float = 0.95
+    recipe: str = "greedy"
+
+
+def hunt_options(options: HuntOptions | None = None, **overrides: Any) -> HuntOptions:
+    """`options` with `overrides` applied (keyword names as `HuntOptions` fields; `schedule=` is `allocation=`).
+    SearchError naming an unknown or mistyped setting."""
+    base = options.model_dump(exclude_unset=True) if options is not None else {}
+    if "schedule" in overrides:
+        overrides["allocation"] = overrides.pop("schedule")
+    return validated(HuntOptions, SearchError, **{**base, **overrides})
+
+
 def hunt(
     model: Any = "digits",
     objective: Any = None,
     prompts: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     *,
-    rounds: int | None = None,
-    top_k: int | None = None,
-    strength: float | None = None,
-    scale: float | None = None,
-    steps: int | None = None,
-    cfg: float | None = None,
-    perturbation: str = "softpag",
-    perturbation_params: dict[str, Any] | None = None,
-    scope: str = "joint",
-    candidates: Sequence[str | int] | None = None,
-    batch_size: int | None = None,
     out_dir: str | Path | None = None,
     resume: bool = True,
-    layer_baselines: bool = True,
-    pipeline_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
-    name: str | None = None,
-    eval_seeds: Sequence[int] | None = None,
     report: bool = True,
-    candidates_from: Any = None,
-    effect: str | None = None,
-    schedule: str | None = None,
-    budget: float | None = None,
-    first_pairs: int | None = None,
-    confidence: float = 0.95,
-    recipe: str = "greedy",
+    options: HuntOptions | None = None,
+    **overrides: Any,
 ) -> HuntResult:
     """Run HeadHunter: greedy rounds over candidate heads, each scored together with the heads already chosen.
 
@@ -75,9 +101,10 @@ def hunt(
     `eval_seeds` (fresh seeds, never the search's) and a report is written there (index.md, PNGs,
     CSV/JSON), then the head set (headset.safetensors, headset.json). candidates_from + effect: keep only
     the candidates a head atlas (an Atlas or its folder, docs/atlas.md) labels `effect`, in pool order.
-    Raises SearchError on bad settings (and when the atlas leaves no candidate).
+    Raises SearchError on bad settings (and when the atlas leaves no candidate). The other settings are
+    `HuntOptions` fields, given as `options=` or as keywords (`hunt("digits", rounds=2, top_k=1)`).
 
-    schedule: "exhaustive" (every candidate on every pair: Algorithm 1) or "racing" (adaptive: drop what is
+    allocation (old name: schedule): "exhaustive" (every candidate on every pair: Algorithm 1) or "racing" (adaptive: drop what is
     confidently behind, add pairs to the rest; default: the model's, else exhaustive); budget: racing's
     most images per round as a fraction of the exhaustive round's; first_pairs: racing's first stage;
     confidence: level of every paired interval. recipe: "greedy" (R rounds of top_k, the default) or
@@ -85,6 +112,12 @@ def hunt(
     at u = 0.25, unless rounds, top_k or strength are given). Under torchrun every rank runs this same
     call: batches are shared out, rank 0 alone writes files (docs/search.md).
     """
+    o = hunt_options(options, **overrides)
+    rounds, top_k, strength, scale, steps, cfg = o.rounds, o.top_k, o.strength, o.scale, o.steps, o.cfg
+    perturbation, perturbation_params, scope, candidates = o.perturbation, o.perturbation_params, o.scope, o.candidates
+    batch_size, layer_baselines, pipeline_kwargs, name = o.batch_size, o.layer_baselines, o.pipeline_kwargs, o.name
+    eval_seeds, candidates_from, effect, schedule = o.eval_seeds, o.candidates_from, o.effect, o.allocation
+    budget, first_pairs, confidence, recipe = o.budget, o.first_pairs, o.confidence, o.recipe
     if recipe not in RECIPES:
         raise SearchError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     # Settings that do not depend on the model are checked before it loads (and before anything is written).
