@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from headhunter.cli.hunt import read_prompts
-from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, PluginName, Scope, Seeds, WritableDir
+from headhunter.cli import options
+from headhunter.cli.params import POSITIVE_INT, STRENGTH, WritableDir
 
 DEFAULT_OUT = "runs/atlas"
 
@@ -37,27 +38,17 @@ def atlas() -> None:
 
 @atlas.command()
 @click.argument("model", default="digits")
-@click.option("--prompt", "prompts", multiple=True, help="A prompt, or @FILE with one per line. Repeatable.")
-@click.option("--seeds", type=Seeds(), help="Seeds: '0-31', '3,5,8'. Default: the model's atlas seeds.")
+@options.pairs
 @click.option("--heads", help="Heads perturbed alone: layers '3,5' and/or heads 'L3H2,L5H0'. Default: every head.")
 @click.option("--layers", help="Whole layers measured: '0,3' or 'none'. Default: every layer.")
-@click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w (default: the model's, else 3).")
-@click.option("--strength", type=STRENGTH, help="SoftPAG strength u (default: the model's, else 1).")
-@click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
-@click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s (diffusers convention); default: the pipeline's.")
-@click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
-              help="Perturbation plugin (see `headhunter plugins`).")
-@click.option("--scope", default="joint", show_default=True, type=Scope(),
-              help="Rows the perturbation replaces: joint, image or pag_mask (docs/engine.md).")
+@options.generation
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
-@click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")
-@click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
+@options.resume
 @click.option("--push", "push_repo", metavar="REPO", help="Also publish the atlas to this Hub repo.")
 @click.option("--private", is_flag=True, default=None, help="With --push: create the repo private.")
 @click.option("--token", help="With --push: Hub token.")
-def build(model, prompts, seeds, heads, layers, scale, strength, steps, cfg, perturbation, scope, objectives,
-          batch_size, out_dir, no_resume, push_repo, private, token) -> None:
+def build(model, prompts, seeds, heads, layers, objectives, out_dir, no_resume, push_repo, private, token, **values) -> None:
     """Build (or resume) the atlas of MODEL: `digits` (default, embedded) or a diffusers model id / path."""
     from headhunter import load_pipeline
     from headhunter.workflow.atlas import atlas as run_atlas
@@ -66,10 +57,9 @@ def build(model, prompts, seeds, heads, layers, scale, strength, steps, cfg, per
     prompt_list, layer_list = read_prompts(prompts), _layers(layers)  # cheap checks before the model loads
     registered = model in get_registry().names("model")
     result = run_atlas(
-        model if registered else load_pipeline(model), prompt_list, seeds,
+        model if registered else load_pipeline(model), prompt_list, seeds, out_dir=out_dir, resume=not no_resume,
         heads=[h.strip() for h in heads.split(",") if h.strip()] if heads else None, layers=layer_list,
-        strength=strength, scale=scale, steps=steps, cfg=cfg, perturbation=perturbation, scope=scope,
-        objectives=list(objectives) or None, batch_size=batch_size, out_dir=out_dir, resume=not no_resume,
+        objectives=list(objectives) or None, **options.collect(values, options.GENERATION_KEYS),
     )
     _summary(result)
     click.echo(f"page: {Path(out_dir) / 'index.html'}")

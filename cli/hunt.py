@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from headhunter.errors import HeadhunterError
-from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, PluginName, Scope, Seeds, WritableDir
+from headhunter.cli import options
+from headhunter.cli.params import POSITIVE_INT, Seeds, WritableDir
 
 
 #: Largest prompt file read (@FILE).
@@ -44,50 +45,38 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.command()
 @click.argument("model", default="digits")
 @click.option("--objective", help="Objective name or expression (default: the model's, digit-logprob for digits).")
-@click.option("--prompt", "prompts", multiple=True, help="A scoring prompt, or @FILE with one per line. Repeatable.")
-@click.option("--seeds", type=Seeds(), help="Scoring seeds: '0-99', '3,5,8'. Default: the model's.")
+@options.pairs
 @click.option("--rounds", type=POSITIVE_INT, help="Greedy rounds R (default: the model's, else 1).")
 @click.option("--top-k", type=POSITIVE_INT, help="Heads added per round (default: the model's, else 1).")
-@click.option("--strength", type=STRENGTH, help="SoftPAG strength u of each head, in (0, 1] (default: the model's, else 1).")
-@click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w >= 0 (default: the model's, else 3).")
-@click.option("--cfg", type=NON_NEGATIVE, help="CFG scale s >= 0 (diffusers convention); default: the pipeline's.")
-@click.option("--steps", type=STEPS, help="Sampling steps (default: the model's, else 12).")
-@click.option("--perturbation", default="softpag", show_default=True, type=PluginName("perturbation"),
-              help="Perturbation plugin (see `headhunter plugins`).")
-@click.option("--scope", default="joint", show_default=True, type=Scope(),
-              help="Rows the perturbation replaces: joint, image or pag_mask (docs/engine.md).")
+@options.generation
 @click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
 @click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")
-@click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory).")
-@click.option("--schedule", type=click.Choice(["exhaustive", "racing"]), help="exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest (default: the model's, else exhaustive).")
+@click.option("--allocation", "--schedule", "allocation", type=click.Choice(["exhaustive", "racing"]), help="How a round spends its images. exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest (default: the model's, else exhaustive). --schedule is the old name.")
 @click.option("--budget", type=click.FloatRange(0, 1, min_open=True), help="racing: most images per round, as a fraction of the exhaustive round's.")
 @click.option("--first-pairs", type=click.IntRange(min=2), help="racing: prompt-seed pairs every candidate gets first (default 8).")
 @click.option("--recipe", type=click.Choice(["greedy", "quality"]), default="greedy", show_default=True, help="quality: the paper's general-quality recipe (one round, top 4 heads at u = 0.25).")
 @click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
 @click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")
-@click.option("--no-resume", is_flag=True, help="Start over even if OUT holds a checkpoint.")
+@options.resume
 @click.option("--no-report", is_flag=True, help="Skip the fresh-seed evaluation and report.")
-def hunt(model, objective, prompts, seeds, rounds, top_k, strength, scale, cfg, steps, perturbation, scope,
-         candidates, candidates_from, effect, batch_size, schedule, budget, first_pairs, recipe, eval_seeds, out_dir,
-         no_resume, no_report) -> None:
+def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **values) -> None:
     """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
     diffusers model id / local path. With no arguments this runs the demo on the embedded model.
     Under `torchrun --nproc-per-node N` the ranks share the work and rank 0 writes (docs/search.md)."""
     from headhunter.search.distributed import context
     from headhunter.workflow.hunt import hunt as run_hunt
 
-    if (candidates_from is None) != (effect is None):
+    if (values["candidates_from"] is None) != (values["effect"] is None):
         raise click.UsageError("--candidates-from and --effect go together")
 
     prompt_list = read_prompts(prompts)  # cheap checks before the model loads
+    candidates = values.pop("candidates")
+    settings = options.collect(values, (*options.GENERATION_KEYS, "rounds", "top_k", "candidates_from", "effect",
+                                        "allocation", "budget", "first_pairs", "recipe", "eval_seeds"))
     result = run_hunt(
-        _load(model), objective, prompt_list, seeds, rounds=rounds, top_k=top_k,
-        strength=strength, scale=scale, cfg=cfg, steps=steps, perturbation=perturbation, scope=scope,
-        candidates=[c.strip() for c in candidates.split(",")] if candidates else None, batch_size=batch_size,
-        out_dir=out_dir, resume=not no_resume, eval_seeds=eval_seeds, report=not no_report,
-        candidates_from=candidates_from, effect=effect,
-        schedule=schedule, budget=budget, first_pairs=first_pairs, recipe=recipe,
+        _load(model), objective, prompt_list, seeds, out_dir=out_dir, resume=not no_resume, report=not no_report,
+        candidates=[c.strip() for c in candidates.split(",")] if candidates else None, **settings,
     )
     if not context().is_main:
         return
