@@ -10,7 +10,8 @@ Errors: a user mistake never prints a traceback. A usage error (bad option, valu
 click's usage line and one `Error: ...` line and exits with 2; a failure (a HeadhunterError, a pydantic
 validation error, an OSError such as a read-only folder or a full disk) prints one `Error: ...` line and
 exits with 1; an unexpected exception (a bug) prints one `Error: internal error ...` line and exits with 1.
-`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well. Warnings print as one `Warning: ...` line
+`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well. Every `Error:`/`Warning:` line passes
+`headhunter.format.text.safe_line` (a message may quote text from a file, the Hub or a plugin). Warnings print as one `Warning: ...` line
 (Python's own format, with the source line, under `--debug`).
 """
 
@@ -32,6 +33,7 @@ import pluggy
 
 from headhunter._version import __version__
 from headhunter.errors import HeadhunterError
+from headhunter.format.text import safe_line
 
 
 #: Environment variable that turns on tracebacks (like `--debug`).
@@ -60,7 +62,7 @@ def error_line(err: BaseException) -> str:
         text = f"{loc}: {first['msg']} (got {first.get('input')!r})"
     else:
         text = str(err) or type(err).__name__
-    return " ".join(text.split())
+    return safe_line(" ".join(text.split()))  # a message may quote text from a file or a plugin
 
 
 def _is_validation_error(err: BaseException) -> bool:
@@ -71,7 +73,7 @@ def _is_validation_error(err: BaseException) -> bool:
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """Warnings print as one `Warning: ...` line (no source line); `--debug` keeps Python's format."""
-    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+    click.echo(f"Warning: {safe_line(' '.join(str(message).split()))}", err=True)
 
 
 def _fail(err: BaseException, message: str, code: int) -> None:
@@ -124,7 +126,7 @@ class _Group(click.Group):
         except click.ClickException as err:  # usage errors (2) and ClickExceptions raised by commands (1)
             if debug_enabled():
                 traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
-            err.message = " ".join(str(err.message).split())
+            err.message = safe_line(" ".join(str(err.message).split()))
             err.show()
             sys.exit(err.exit_code)
         except (HeadhunterError, OSError) as err:

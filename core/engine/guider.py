@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from headhunter.format.loading import PRESET_PREFIX, _looks_like_repo_id
 from headhunter.plan.strengths import check_scope
@@ -38,7 +39,8 @@ from headhunter.engine.guidance import guidance_delta
 from headhunter.format.headset import HeadSet, load_headset_file
 from headhunter.plan.plan import Branch, Plan, _common, _resolve_perturbation, compile_plan, in_window, resolve_branches
 from headhunter.plugin_system.registry import get_registry
-from headhunter.format.schema import SCOPES
+from headhunter.format.files import read_json
+from headhunter.format.schema import SCOPES, _allowed, _finite_tree
 from headhunter.engine.attention import install
 
 if TYPE_CHECKING:
@@ -79,10 +81,14 @@ def resolve_reference(item: Any) -> tuple[HeadSet, dict[str, Any]]:
     if not isinstance(source, str) or not source:
         raise HeadSetError(f"head-set reference {item!r} has no source; a guider built from in-memory head sets "
                            "cannot be saved or reloaded: save the head set to a file or the Hub and pass that")
-    hub = not Path(source).exists() and not source.startswith(PRESET_PREFIX) and _looks_like_repo_id(source)
+    if len(source) > MAX_SOURCE_CHARS:
+        raise HeadSetError(f"head-set source of {len(source)} characters ({source[:40]!r}...); at most "
+                           f"{MAX_SOURCE_CHARS} are allowed")
+    exists = _exists(Path(source))
+    hub = not exists and not source.startswith(PRESET_PREFIX) and _looks_like_repo_id(source)
     if not hub and (revision is not None or weight_name is not None):
         raise HeadSetError(f"head set {source!r}: revision= and weight_name= are for Hub repo ids only")
-    if Path(source).exists():
+    if exists:
         return load_headset_file(source), {"source": source, "revision": None, "weight_name": None}
     if source.startswith(PRESET_PREFIX):
         from headhunter.format.presets import load_preset
@@ -116,6 +122,160 @@ def _per_branch(value: Any, name: str, n: int) -> list[Any]:
     if len(values) != n:
         raise HeadSetError(f"{name}= has {len(values)} values for {n} head sets; pass one number or one per head set")
     return values
+
+
+# ----- guider_config.json, checked before diffusers reads it ------------------------------------------------
+#: Name of the guider's config file (diffusers' `config_name` for guiders).
+CONFIG_NAME = "guider_config.json"
+#: Largest guider config read (a saved one is well under 1 kB per head set).
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Deepest JSON nesting in a guider config (a saved one is 3 deep; perturbation_params may nest a little).
+MAX_CONFIG_DEPTH = 16
+#: Most head sets (perturbed branches) one guider config may reference.
+MAX_HEADSETS = 64
+#: Longest head-set `source` (a path, `preset:NAME` or repo id); longer ones cannot be a file name here.
+MAX_SOURCE_CHARS = 1024
+#: Largest perturbed guidance scale w in a config (published settings use w <= 10).
+MAX_SCALE = 1000.0
+
+_Text = Annotated[str, Field(min_length=1, max_length=MAX_SOURCE_CHARS)]
+_Name = Annotated[str, Field(min_length=1, max_length=256)]
+_Scale = Annotated[float, Field(ge=0.0, le=MAX_SCALE, allow_inf_nan=False)]
+_Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _ConfigModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class HeadSetReference(_ConfigModel):
+    """One head set of a guider config: `source` (a path, `preset:NAME` or a Hub repo id) and, for a repo,
+    the `revision` (commit) and `weight_name` it was read from."""
+
+    source: _Text
+    revision: _Name | None = None
+    weight_name: _Name | None = None
+
+
+class GuiderConfig(_ConfigModel):
+    """The schema of `guider_config.json` (strict: JSON types as written, no coercion; bounded; finite).
+
+    Checked by `read_guider_config` before diffusers sees the file, so a damaged or hostile config is a
+    HeadSetError naming the field and what is allowed, never an exception from diffusers or the standard library.
+    """
+
+    headsets: list[HeadSetReference | _Text] = Field(min_length=1, max_length=MAX_HEADSETS)
+    perturbed_guidance_scale: _Scale | list[_Scale] | None = None
+    perturbed_guidance_start: _Fraction | list[_Fraction] | None = None
+    perturbed_guidance_stop: _Fraction | list[_Fraction] | None = None
+    scope: Literal["joint", "image", "pag_mask"] | None = None
+    perturbation: _Name | None = None
+    perturbation_params: dict[str, Any] | None = None
+    guidance_scale: _Scale | None = None
+    guidance_rescale: _Fraction = 0.0
+    use_original_formulation: bool = False
+    batched: bool = False
+    start: _Fraction = 0.0
+    stop: _Fraction = 1.0
+    enabled: bool = True
+    class_name: Literal["HeadHunterGuidance"] = Field(default="HeadHunterGuidance", alias="_class_name")
+    diffusers_version: _Name | None = Field(default=None, alias="_diffusers_version")
+    use_default_values: list[_Name] | None = Field(default=None, alias="_use_default_values", max_length=64)
+
+    @field_validator("perturbation_params")
+    @classmethod
+    def _finite_params(cls, params: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if params is None else _finite_tree(params, "perturbation_params")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GuiderConfig:
+        n = len(self.headsets)
+        for name in ("perturbed_guidance_scale", "perturbed_guidance_start", "perturbed_guidance_stop"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} values for {n} head sets; give one number or one per head set")
+        if self.start > self.stop:
+            raise ValueError(f"CFG window start={self.start:g} is after stop={self.stop:g}; need 0 <= start <= stop <= 1")
+        return self
+
+
+def read_guider_config(path: str | Path) -> dict[str, Any]:
+    """A `guider_config.json` read through the bounded reader (regular file, at most MAX_CONFIG_BYTES and
+    MAX_CONFIG_DEPTH deep, finite numbers, UTF-8) and checked against `GuiderConfig`; returns the JSON object.
+
+    Raises HeadSetError naming the file, the field and what is allowed.
+    """
+    data = read_json(path, max_bytes=MAX_CONFIG_BYTES, error=HeadSetError, what="guider config",
+                     max_depth=MAX_CONFIG_DEPTH)
+    if not isinstance(data, dict):
+        raise HeadSetError(f"guider config {path} must hold a JSON object, not {_json_kind(data)}")
+    try:
+        GuiderConfig.model_validate(data)
+    except ValidationError as exc:
+        raise HeadSetError(f"guider config {path}: {_describe(exc)}") from None
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first few problems, one per field: `field=value (shortened): why; allowed: range/choices`."""
+    parts: dict[str, str] = {}
+    for err in exc.errors():
+        # pydantic names union members in the location (`HeadSetReference`, `list[constrained-float]`): drop them
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p != p.lower() or "-" in p or "[" in p
+                                                                         or p in ("str", "float", "int", "bool")))]
+        name = ".".join(loc) or "(the whole config)"
+        if len(parts) >= 4 or any(name == n or name.startswith(n + ".") or n.startswith(name + ".") for n in parts):
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            parts[name] = f"{name} is required"
+            continue
+        shown = repr(err.get("input"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        allowed = _allowed(GuiderConfig, loc[:1]) if loc else ""
+        parts[name] = (f"{name}={shown}: {msg}" if loc else msg) + (f"; allowed: {allowed}" if allowed else "")
+    return "; ".join(parts.values())
+
+
+def _json_kind(value: Any) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "an array"}.get(type(value), type(value).__name__)
+
+
+#: Keyword arguments of `from_pretrained` that say where the config is (the rest go to `from_config`).
+_LOCATION_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
+#: diffusers' loading keywords that mean nothing for a guider config (accepted and ignored, as diffusers does).
+_IGNORED_KWARGS = ("proxies", "output_loading_info", "user_agent", "_commit_hash", "return_commit_hash",
+                   "torch_dtype", "variant", "use_safetensors", "low_cpu_mem_usage", "device_map")
+
+
+def _config_file(where: str | Path, subfolder: str | None, options: dict[str, Any]) -> Path:
+    """The guider_config.json that `from_pretrained(where, subfolder=...)` means: a file, a folder (or its
+    subfolder) holding one, or a Hub repo's (downloaded into the cache)."""
+    text = str(where)
+    if len(text) > MAX_SOURCE_CHARS:
+        raise HeadSetError(f"guider location of {len(text)} characters; at most {MAX_SOURCE_CHARS} are allowed")
+    path = Path(text)
+    if _exists(path):
+        if path.is_file():
+            return path
+        for folder in ([path / subfolder] if subfolder else []) + [path]:
+            if _exists(folder / CONFIG_NAME):
+                return folder / CONFIG_NAME
+        raise HeadSetError(f"no {CONFIG_NAME} in {path}{' (or its subfolder ' + repr(subfolder) + ')' if subfolder else ''}")
+    if _looks_like_repo_id(text):
+        from headhunter.format.hub import download_file
+
+        return download_file(text, CONFIG_NAME, subfolder=subfolder, **options)
+    raise HeadSetError(f"guider {text!r} not found: not an existing file or folder, not a Hub repo id 'user/repo'")
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that answers False for a name the OS refuses (ENAMETOOLONG, NUL byte) instead of raising."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 # ----- the guider ------------------------------------------------------------------------------------------
@@ -229,6 +389,23 @@ class HeadHunterGuidance(BaseGuidance):
         defaults = self.config.get("_use_default_values")
         if defaults is not None:
             self.register_to_config(_use_default_values=[k for k in defaults if k not in resolved])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, subfolder: str | None = None,
+                        return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """A guider from a `guider_config.json` in a file, a folder (`subfolder=`) or a Hub repo (diffusers'
+        `from_pretrained`; `revision`, `cache_dir`, `token`, `local_files_only`, `force_download` say where).
+
+        The file is read through headhunter's bounded reader and checked against `GuiderConfig` before diffusers
+        parses it: a damaged, hostile or hand-edited config raises HeadSetError naming the field and what is
+        allowed (HubError when the repo or file cannot be fetched)."""
+        if pretrained_model_name_or_path is None:
+            raise HeadSetError("HeadHunterGuidance.from_pretrained needs a folder, a guider_config.json or a Hub repo id")
+        options = {k: kwargs.pop(k) for k in _LOCATION_KWARGS if k in kwargs}
+        for key in _IGNORED_KWARGS:
+            kwargs.pop(key, None)
+        config = read_guider_config(_config_file(pretrained_model_name_or_path, subfolder, options))
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def new(self, **kwargs: Any) -> HeadHunterGuidance:
         """A copy with some settings changed (diffusers' `new`); head sets given as objects are passed on."""

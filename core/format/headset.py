@@ -24,6 +24,7 @@ from headhunter._version import __version__
 from headhunter.errors import HeadSetError
 from headhunter.format.schema import FORMAT_VERSION, HeadSetMetadata
 from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.format.text import safe_line
 
 #: One head given by site name or paper layer index, head index and strength.
 HeadSpec = Union[tuple[Union[str, int], int], tuple[Union[str, int], int, float]]
@@ -169,7 +170,7 @@ class HeadSet:
         g = m.guidance
         lines = [
             f"name:          {m.name}",
-            f"description:   {m.description or '-'}",
+            "description:   " + (m.description or "-").replace("\n", "\n" + " " * 15),
             f"architecture:  {m.architecture}  base model: {m.base_model or '-'}  ({len(m.sites)} sites)",
             f"origin:        {m.origin}{'  source: ' + m.source if m.source else ''}",
             f"perturbation:  {m.perturbation.name} {json.dumps(m.perturbation.params) if m.perturbation.params else ''}",
@@ -308,6 +309,10 @@ class HeadSet:
             return cls._from_json_doc(io.read_json_rendering(path), source=str(path))
         meta_json, tensors = io.read_safetensors(path)
         meta = io.parse_metadata(meta_json, source=str(path))
+        safe = {safe_line(site): vec for site, vec in tensors.items()}  # keyed as the (safe) site names
+        if len(safe) != len(tensors):
+            raise HeadSetError(f"{path}: two tensor names differ only in control characters; site names are plain text")
+        tensors = safe
         sizes = {s.name: s.num_heads for s in meta.sites}
         for site, vec in tensors.items():
             if site in sizes and vec.shape != (sizes[site],):
@@ -333,6 +338,7 @@ class HeadSet:
             raise HeadSetError(f"{source}: 'heads' must map site names to {{head: strength}}, got {heads!r}")
         strengths: dict[str, dict[int, float]] = {}
         for site, per_head in heads.items():
+            site = safe_line(site)  # keyed as the (safe) site names of the metadata
             if not isinstance(per_head, dict):
                 raise HeadSetError(f"{source}: heads of {site!r} must be a {{head: strength}} map, got {per_head!r}")
             strengths[site] = {_head_index(h, site, source): _strength_value(v, site, source) for h, v in per_head.items()}

@@ -23,6 +23,7 @@ from headhunter.format.files import RegularFile, parse_json, read_regular, write
 from headhunter._version import __version__
 from headhunter.errors import HeadSetError
 from headhunter.format.schema import FORMAT_VERSION, HeadSetMetadata, format_major
+from headhunter.format.text import safe_line, safe_tree
 
 #: Default file name of a head set in a folder or Hub repository.
 WEIGHTS_NAME = "headset.safetensors"
@@ -36,6 +37,9 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 #: Largest JSON rendering we read.
 MAX_JSON_BYTES = 16 * 1024 * 1024
+
+#: Metadata fields that may hold several lines (every other string is one line: a newline is escaped).
+MULTILINE_FIELDS = ("description",)
 
 _VERSION = re.compile(r"^[0-9]{1,6}\.[0-9]{1,6}$")
 
@@ -136,7 +140,11 @@ def _is_int(value: Any) -> bool:
 
 def parse_metadata(meta: str | dict[str, Any], source: str) -> HeadSetMetadata:
     """Validate metadata (JSON text, or an already parsed object): refuse a newer major format, warn once
-    about unknown keys of a newer minor. Raises HeadSetError naming `source` and the first problem."""
+    about unknown keys of a newer minor. Raises HeadSetError naming `source` and the first problem.
+
+    Every string in it (keys too) is made terminal-safe first (`headhunter.format.text.safe_tree`: control,
+    escape and bidi characters escaped visibly as `\\x1b`, `\\u202e`; newlines kept only in
+    `MULTILINE_FIELDS`), so whatever prints or pushes a head set read from a file or the Hub sees safe text."""
     if isinstance(meta, str):
         raw = parse_json(meta, source=source, error=HeadSetError, what=f"its '{METADATA_KEY}' metadata",
                          max_bytes=MAX_HEADER_BYTES)
@@ -144,6 +152,7 @@ def parse_metadata(meta: str | dict[str, Any], source: str) -> HeadSetMetadata:
         raw = json.loads(json.dumps(meta))  # a private copy: unknown keys are dropped from it
     if not isinstance(raw, dict):
         raise HeadSetError(f"{source}: '{METADATA_KEY}' metadata must be an object, got {type(raw).__name__}")
+    raw = safe_tree(raw, multiline=MULTILINE_FIELDS)  # every string made terminal-safe where it enters
     version = raw.get("format_version")
     if not isinstance(version, str) or not _VERSION.match(version):
         raise HeadSetError(f"{source}: format_version {version!r} is missing or malformed (expected like '1.0')")

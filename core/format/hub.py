@@ -38,6 +38,7 @@ from headhunter._version import __version__
 from headhunter.errors import HeadSetError, HubError
 from headhunter.format.model_card import ATLAS_TAG, BASE_TAGS, LIBRARY_NAME
 from headhunter.format.schema import HeadSetMetadata
+from headhunter.format.text import safe_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import CommitInfo
@@ -165,6 +166,33 @@ def download_headset(
             library_name=LIBRARY_NAME, library_version=__version__,
         )
     return Path(path), filename
+
+
+def download_file(
+    repo_id: str,
+    filename: str,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> Path:
+    """Fetch one named file of a Hub repo into the cache (e.g. a guider's `guider_config.json`); HubError
+    naming the repo, file and fix for every failure (offline and not cached, no such repo, file or revision)."""
+    from huggingface_hub import hf_hub_download
+
+    check_repo_id(repo_id)
+    offline = local_files_only or _is_offline()
+    shown = f"{subfolder}/{filename}" if subfolder else filename
+    with _hub_errors(repo_id, filename=shown, revision=revision, offline=offline):
+        path = hf_hub_download(
+            repo_id, filename, subfolder=subfolder or None, revision=revision, cache_dir=cache_dir, token=token,
+            local_files_only=local_files_only, force_download=force_download, library_name=LIBRARY_NAME,
+            library_version=__version__,
+        )
+    return Path(path)
 
 
 def resolve_weight_name(repo_id: str, *, revision: str | None = None, token: str | None = None) -> str:
@@ -323,14 +351,15 @@ def search_hub(
         found = list(api.list_models(filter=filters, author=author, search=query, sort="downloads", limit=limit))
     results = []
     for info in found:
-        tag_list = list(info.tags or [])
+        # what the Hub says is text from outside: made terminal-safe here, where it enters
+        tag_list = [safe_line(str(t)) for t in (info.tags or [])]
         base = next((t.split(":", 1)[1] for t in tag_list if t.startswith("base_model:") and t.count(":") == 1), None)
-        entry = HubHeadSet(info.id, base, tag_list, info.downloads, info.likes, info.last_modified)
+        entry = HubHeadSet(safe_line(str(info.id)), base, tag_list, info.downloads, info.likes, info.last_modified)
         if details and not entry.is_atlas:
             try:
                 entry.metadata = remote_metadata(info.id, token=token)
             except (HubError, HeadSetError) as err:
-                entry.error = str(err)
+                entry.error = safe_line(str(err))
         results.append(entry)
     return results
 
@@ -488,6 +517,7 @@ __all__ = [
     "PushOptions",
     "check_repo_id",
     "check_weight_name",
+    "download_file",
     "download_headset",
     "hub_timeout",
     "remote_metadata",

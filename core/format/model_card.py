@@ -9,7 +9,9 @@ recommended settings, how the heads were found (search provenance) and a usage s
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import headhunter.format.headset_io as io
 from headhunter._version import __version__
 from headhunter.format.schema import HeadSetMetadata
+from headhunter.format.text import card_code, card_line, card_string, card_text, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import ModelCard
@@ -105,10 +108,20 @@ From the command line: `headhunter pull {{ repo_id }}{{ weight_flag }}` and `hea
 """
 
 
+#: A Hub repo id (`user/name`) as the Hub allows it; only such a base model becomes a link and `base_model:`.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def _yaml_text(text: str) -> str:
+    """A front-matter value: one line of safe text with HTML escaped (PyYAML, via ModelCardData, quotes it)."""
+    return html.escape(one_line(text), quote=False)
+
+
 def card_tags(headset: HeadSet) -> list[str]:
-    """The card's tags: headhunter's own, the model family, `text-to-image`, then the head set's tags."""
+    """The card's tags: headhunter's own, the model family, `text-to-image`, then the head set's tags (each one
+    line of safe text: a tag holds no control characters or newlines)."""
     tags = [*BASE_TAGS, headset.metadata.architecture, "text-to-image", *headset.metadata.tags]
-    return list(dict.fromkeys(tags))
+    return list(dict.fromkeys(_yaml_text(t) for t in tags))
 
 
 def model_card(
@@ -118,40 +131,45 @@ def model_card(
     weight_name: str = io.WEIGHTS_NAME,
     images: Sequence[tuple[str, str]] = (),
 ) -> ModelCard:
-    """The README of a pushed head set (huggingface_hub ModelCard; YAML via ModelCardData)."""
+    """The README of a pushed head set (huggingface_hub ModelCard; YAML via ModelCardData).
+
+    Every metadata string is escaped for the card (`headhunter.format.text.card_*`): a name or description
+    cannot add front-matter lines, a `---` fence, HTML (`<script>`) or markdown structure; the YAML front
+    matter is dumped by `ModelCardData` (PyYAML quotes the values), never assembled from text.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     m = headset.metadata
     g = m.guidance
-    on_hub = m.base_model is not None and len(m.base_model.split("/")) == 2
+    on_hub = m.base_model is not None and _REPO_ID.match(m.base_model) is not None
     data = ModelCardData(
         library_name=LIBRARY_NAME,
         base_model=m.base_model if on_hub else None,
         tags=card_tags(headset),
-        license=m.license,
-        model_name=m.name,
+        license=None if m.license is None else _yaml_text(m.license),
+        model_name=_yaml_text(m.name),
         widget=[{**({"text": caption} if caption else {}), "output": {"url": path}} for path, caption in images] or None,
         **({"base_model_relation": "adapter"} if on_hub else {}),
     )
     if on_hub:
         load_pipe = (
             "import torch\nfrom diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{m.base_model}", torch_dtype=torch.bfloat16).to("cuda")'
+            f'pipe = DiffusionPipeline.from_pretrained({card_string(m.base_model)}, torch_dtype=torch.bfloat16).to("cuda")'
         )
     else:
-        load_pipe = f'\npipe = headhunter.load_model("{m.base_model or m.architecture}")'
+        load_pipe = f'\npipe = headhunter.load_model({card_string(m.base_model or m.architecture)})'
     custom = weight_name != io.WEIGHTS_NAME
     return ModelCard.from_template(
         data,
         template_str=_CARD_TEMPLATE,
-        name=m.name,
-        description=m.description or f"A head set for `{m.base_model or m.architecture}`.",
-        base_phrase=f"of [`{m.base_model}`](https://huggingface.co/{m.base_model})" if on_hub else f"of `{m.base_model or m.architecture}`",
+        name=card_line(m.name),
+        description=card_text(m.description) if m.description else f"A head set for `{card_code(m.base_model or m.architecture)}`.",
+        base_phrase=f"of [`{m.base_model}`](https://huggingface.co/{m.base_model})" if on_hub else f"of `{card_code(m.base_model or m.architecture)}`",
         count=len(headset),
         notation=headset.notation() or "(none)",
-        architecture=m.architecture,
+        architecture=card_code(m.architecture, table=True),
         n_sites=len(m.sites),
-        perturbation=m.perturbation.name + (f" {json.dumps(m.perturbation.params)}" if m.perturbation.params else ""),
+        perturbation=card_code(m.perturbation.name + (f" {json.dumps(m.perturbation.params)}" if m.perturbation.params else ""), table=True),
         scale=f"{g.scale:g}",
         cfg="off (not set)" if g.cfg is None else f"{g.cfg:g}",
         start=f"{g.start:g}",
@@ -159,16 +177,16 @@ def model_card(
         scope=g.scope,
         origin={"paper": "named in the paper", "search": "found by a headhunter search", "manual": "hand-made",
                 "atlas": "exported from a head atlas"}[m.origin],
-        source=f" ({m.source})" if m.source else "",
-        license=m.license,
+        source=f" ({card_line(m.source)})" if m.source else "",
+        license=card_line(m.license) if m.license else None,
         provenance=_provenance(m),
         load_pipe=load_pipe,
-        repo_id=repo_id,
-        weight_arg=f', weight_name="{weight_name}"' if custom else "",
-        weight_flag=f" --weight-name {weight_name}" if custom else "",
+        repo_id=card_string(repo_id)[1:-1],
+        weight_arg=f", weight_name={card_string(weight_name)}" if custom else "",
+        weight_flag=f" --weight-name {card_code(weight_name)}" if custom else "",
         images=bool(images),
-        weight_name=weight_name,
-        json_name=json_name(weight_name),
+        weight_name=card_code(weight_name),
+        json_name=card_code(json_name(weight_name)),
         version=__version__,
     )
 
@@ -179,22 +197,23 @@ def _provenance(m: HeadSetMetadata) -> str:
     if s is None:
         where = {"paper": "Named in the paper", "search": "Found by a headhunter search", "manual": "Chosen by hand",
                  "atlas": "Exported from a head atlas"}
-        return f"{where[m.origin]}{': ' + m.source if m.source else ''}. No search record is attached."
+        return f"{where[m.origin]}{': ' + card_line(m.source) if m.source else ''}. No search record is attached."
     rows = [
-        ("objective", f"`{s.objective}`"),
+        ("objective", f"`{card_code(s.objective, table=True)}`"),
         ("rounds x heads per round", f"{s.rounds or '-'} x {s.top_k or '-'}"),
         ("candidates", s.candidates),
         ("sampling steps", s.steps),
         ("strength u during the search", s.strength),
         ("guidance scale w / CFG during the search", f"{s.scale if s.scale is not None else '-'} / {s.cfg if s.cfg is not None else '-'}"),
-        ("prompts", "; ".join(f"`{p}`" for p in s.prompts[:10]) + (f" (+{len(s.prompts) - 10} more)" if len(s.prompts) > 10 else "")),
+        ("prompts", "; ".join(f"`{card_code(p, table=True)}`" for p in s.prompts[:10]) + (f" (+{len(s.prompts) - 10} more)" if len(s.prompts) > 10 else "")),
         ("seeds", ", ".join(map(str, s.seeds[:20])) + (" ..." if len(s.seeds) > 20 else "")),
         ("baseline score (no guidance)", s.baseline_score),
         ("best score per round", ", ".join(f"{max(r):.4g}" for r in s.round_scores if r)),
     ]
-    rows += [(f"evaluation: {k}", json.dumps(v) if not isinstance(v, (int, float, str)) else v) for k, v in s.evaluation.items()]
+    rows += [(f"evaluation: {card_line(k)}", card_line(json.dumps(v) if not isinstance(v, (int, float, str)) else str(v)))
+             for k, v in s.evaluation.items()]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v not in (None, "", "- x -")]
-    return (f"Source: {m.source}\n\n" if m.source else "") + "\n".join(lines)
+    return (f"Source: {card_line(m.source)}\n\n" if m.source else "") + "\n".join(lines)
 
 
 __all__ = ["ATLAS_TAG", "BASE_TAGS", "LIBRARY_NAME", "card_tags", "json_name", "model_card"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from headhunter._version import __version__
 from headhunter.format.sites import Site
+from headhunter.format.text import safe_tree
 
 #: Version of the file format this library writes. Readers refuse a newer major version.
 FORMAT_VERSION = "1.0"
@@ -33,6 +34,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class _SafeText(_Strict):
+    """Head-set metadata: every string terminal-safe. The input's strings, keys included, pass
+    `headhunter.format.text.safe_tree` before validation (control, escape and bidi characters escaped visibly;
+    newlines kept only in the fields a model lists in `_multiline`), so metadata from a file, the Hub, a plugin
+    or a caller is safe to print and to push, whoever made it. (Settings that drive sampling, such as prompts
+    and pipeline arguments, are not rewritten.)"""
+
+    _multiline: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _safe_strings(cls, data: Any) -> Any:
+        return safe_tree(data, multiline=cls._multiline) if isinstance(data, dict) else data
+
+
 def _finite_tree(value: Any, where: str) -> Any:
     """Refuse NaN/inf anywhere in a free-form JSON-like value (dicts, lists, numbers, strings)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -46,7 +62,7 @@ def _finite_tree(value: Any, where: str) -> Any:
     return value
 
 
-class PerturbationSpec(_Strict):
+class PerturbationSpec(_SafeText):
     """Which perturbation plugin computes the target T·V, and its parameters."""
 
     name: str = Field(default="softpag", min_length=1, description="perturbation plugin name")
@@ -94,7 +110,7 @@ class GenerationSettings(_Strict):
     pipeline_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the pipeline call")
 
 
-class SearchProvenance(_Strict):
+class SearchProvenance(_SafeText):
     """How a searched head set was found: enough to rerun the search."""
 
     objective: str = Field(description="objective expression, e.g. 'digit-logprob' or 'harmonic(pickscore, clipscore)'")
@@ -119,8 +135,10 @@ class SearchProvenance(_Strict):
         return _finite_tree(evaluation, "evaluation")
 
 
-class HeadSetMetadata(_Strict):
+class HeadSetMetadata(_SafeText):
     """Everything a head set carries besides its strengths."""
+
+    _multiline: ClassVar[tuple[str, ...]] = ("description",)
 
     format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]{1,6}\.[0-9]{1,6}$")
     name: str = Field(default="unnamed", min_length=1)

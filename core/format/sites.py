@@ -10,11 +10,12 @@ written without loading any weights; core keeps only the notion of a site and th
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headhunter.errors import HeadSetError
+from headhunter.format.text import safe_tree
 
 SiteKind = Literal["joint", "single", "image"]
 #: Most heads a site may have (published models have at most 48; bounds memory for files from outside).
@@ -32,6 +33,11 @@ class Site(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _safe_strings(cls, data: Any) -> Any:  # a site name from a file is printed: made terminal-safe
+        return safe_tree(data) if isinstance(data, dict) else data
 
     name: str = Field(min_length=1, description="dotted module name, e.g. transformer_blocks.7.attn")
     num_heads: int = Field(ge=1, le=MAX_HEADS, description="number of attention heads at this site")
