@@ -248,7 +248,8 @@ VALID_STATE = {
 @settings(max_examples=400, deadline=5000)
 @given(data=st.one_of(byte_mutation(json.dumps(VALID_STATE).encode()), json_mutation(VALID_STATE).map(str.encode)))
 def test_checkpoint_reader_reads_or_raises_search_error(scratch, data):
-    from headhunter.search.search import read_checkpoint
+    from headhunter.search.search import SearchCheckpoint
+    read_checkpoint = SearchCheckpoint.read
 
     COUNTS["checkpoint"] += 1
     path = scratch / "state.json"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import headhunter.format.headset_io as io
 from headhunter.format.files import read_json
@@ -40,8 +40,8 @@ from headhunter.format.headset import HeadSet
 from headhunter.plugin_system.registry import get_registry
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed, validated
 from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.search.checkpoint import STATE_NAME, Checkpoint
 
-STATE_NAME = "state.json"
 ATLAS_NAME = "atlas.json"
 IMAGES_DIR = "images"
 NONE = "none"  # the unguided unit
@@ -472,38 +472,38 @@ def _thumb(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-class AtlasCheckpoint:
+class _CheckpointFile(BaseModel):
+    """The shape of an atlas's state.json: settings, version, per-unit per-pair measured values, finished
+    batches and timing."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    settings: dict[str, Any]
+    library_version: str
+    values: dict[str, dict[str, dict[str, float | None]]]
+    done: list[int]
+    timing: dict[str, float]
+
+
+class AtlasCheckpoint(Checkpoint):
     """values + finished batches + timing in out_dir/state.json; kept images in out_dir/images/*.safetensors."""
 
-    def __init__(self, out_dir: Path | None, settings: AtlasSettings, data: dict[str, Any]) -> None:
-        self.out_dir, self.settings, self.data = out_dir, settings, data
+    what = "atlas"
+    Schema = _CheckpointFile
 
     @classmethod
-    def open(cls, out_dir: Path | None, settings: AtlasSettings, resume: bool) -> AtlasCheckpoint:
-        fresh = {"settings": settings.model_dump(), "library_version": __version__, "values": {}, "done": [],
-                 "timing": {"images": 0, "seconds": 0.0, "cpu_seconds": 0.0}}
-        if out_dir is None:
-            return cls(None, settings, fresh)
-        path = out_dir / STATE_NAME
-        if path.exists() and resume:
-            data = _read_state(path)
-            saved, wanted = data.get("settings", {}), settings.model_dump()
-            for key in sorted(set(saved) | set(wanted)):
-                if saved.get(key) != wanted.get(key):
-                    shown = json.dumps(saved.get(key))[:80], json.dumps(wanted.get(key))[:80]
-                    raise SearchError(f"{out_dir} holds an atlas with {key}={shown[0]}, but this one has {key}={shown[1]}; "
-                                      "use another out dir, or resume=False (--no-resume) to start over")
-            return cls(out_dir, settings, data)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def fresh(cls, settings: BaseModel) -> dict[str, Any]:
+        return {"settings": settings.model_dump(), "library_version": __version__, "values": {}, "done": [],
+                "timing": {"images": 0, "seconds": 0.0, "cpu_seconds": 0.0}}
+
+    @classmethod
+    def started(cls, out_dir: Path) -> None:
         for old in (out_dir / IMAGES_DIR).glob("*.safetensors") if (out_dir / IMAGES_DIR).is_dir() else ():
             old.unlink()
-        state = cls(out_dir, settings, fresh)
-        state.save()
-        return state
 
-    def save(self) -> None:
-        if self.out_dir is not None:
-            io.write_atomic(self.out_dir / STATE_NAME, json.dumps(self.data).encode())
+    @property
+    def out_dir(self) -> Path | None:
+        return None if self.path is None else self.path.parent
 
     def done(self, start: int) -> bool:
         return start in self.data["done"]
@@ -687,28 +687,20 @@ def load_atlas(path: str | Path) -> Atlas:
         raise SearchError(f"atlas file {file} is damaged: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:  # an edited or damaged file
         raise SearchError(f"atlas file {file} is damaged: {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
-    state = AtlasCheckpoint(file.parent, result.settings, {"done": _done_batches(file.parent)})
+    state = AtlasCheckpoint(file.parent / STATE_NAME, result.settings, {"done": _done_batches(file.parent)})
     result.thumbs = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in state.kept_images().items()
                      if not k.startswith("base|")}
     return result
 
 
 def _done_batches(folder: Path) -> list[int]:
+    """The finished batches of the atlas checkpoint in `folder`; none when it is missing or damaged (a
+    rendered atlas stays readable without its checkpoint)."""
     try:
-        done = _read_state(folder / STATE_NAME).get("done", [])
+        return AtlasCheckpoint.read(folder / STATE_NAME)["done"]
     except SearchError:
         return []
-    return [d for d in done if isinstance(d, int)] if isinstance(done, list) else []
 
 
-#: Largest atlas.json / atlas state.json read.
+#: Largest atlas.json read.
 MAX_ATLAS_BYTES = 512 * 1024 * 1024
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    """An atlas checkpoint, read as a file from outside (regular, bounded, finite JSON) and checked to be an
-    object; SearchError naming the file otherwise."""
-    data = read_json(path, max_bytes=MAX_ATLAS_BYTES, error=SearchError, what="atlas checkpoint")
-    if not isinstance(data, dict):
-        raise SearchError(f"atlas checkpoint {path} is damaged: not a JSON object; use resume=False (--no-resume)")
-    return data

@@ -8,7 +8,6 @@ interrupted search resumes exactly where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,17 +16,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-import headhunter.format.headset_io as io
 import headhunter.engine.runner as _runner
-from headhunter.format.files import read_json
 from headhunter.engine.runner import Row
 from headhunter._version import __version__
 from headhunter.errors import SearchError
 from headhunter.format.headset import HeadSet
-from headhunter.search.distributed import Context, context
+from headhunter.search.checkpoint import FIX, Checkpoint
+from headhunter.search.distributed import context
 from headhunter.objective.expr import components, expression, leaves
 from headhunter.plugin_system.registry import get_registry
 from headhunter.search.allocation import REFERENCE, run_round
@@ -35,9 +33,6 @@ from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
 from headhunter.format.sites import Site, format_notation, parse_notation
 from headhunter.search.stats import Estimate, objective_value, paired_difference
 
-STATE_NAME = "state.json"
-#: Largest checkpoint read (a paper-scale search, 1,368 candidates x 3 rounds x 100 images, is ~30 MB).
-MAX_STATE_BYTES = 512 * 1024 * 1024
 BASELINE = "baseline"
 
 
@@ -172,7 +167,7 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
     if settings.rounds * settings.top_k > pool_size:
         raise SearchError(f"rounds x top_k = {settings.rounds * settings.top_k} heads asked for, but the pool has only {pool_size} candidates")
     ctx = context()
-    state = _State.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
+    state = SearchCheckpoint.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
     loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
     result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
@@ -233,41 +228,36 @@ def candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) ->
 
 
 # ----- checkpointed state ---------------------------------------------------------------------------------
-class _State:
+class _CheckpointFile(BaseModel):
+    """The shape of a search's state.json: settings, version, per-unit per-pair per-leaf scores, finished batches."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    settings: dict[str, Any]
+    library_version: str
+    units: dict[str, dict[str, dict[str, float]]]
+    done_batches: dict[str, list[int]]
+
+
+class SearchCheckpoint(Checkpoint):
     """Per-unit per-pair scores, written atomically to out_dir/state.json after every batch."""
 
-    def __init__(self, path: Path | None, settings: SearchSettings, data: dict[str, Any]) -> None:
-        self.path, self.settings, self.data = path, settings, data
+    what = "search"
+    Schema = _CheckpointFile
 
     @classmethod
-    def open(cls, out_dir: Path | None, settings: SearchSettings, resume: bool, ctx: Context | None = None) -> _State:
-        """Rank 0 reads (or starts) the checkpoint and hands its content to every rank; only rank 0 keeps a
-        path, so only rank 0 ever writes. SearchError if the checkpoint was made with other settings."""
-        ctx = ctx or Context()
-        fresh = {"settings": settings.model_dump(), "library_version": __version__, "units": {}, "done_batches": {}}
-        if out_dir is None:
-            return cls(None, settings, fresh)
-        path = out_dir / STATE_NAME
-        data: Any = None
-        if ctx.is_main:
-            try:
-                if (path.exists() or path.is_symlink()) and resume:
-                    data = read_checkpoint(path)
-                    _require_same_settings(data["settings"], settings.model_dump(mode="json"), out_dir)
-                else:
-                    out_dir.mkdir(parents=True, exist_ok=True)
-                    data = fresh
-                    io.write_atomic(path, json.dumps(data).encode())
-            except SearchError as exc:
-                data = exc
-        data = ctx.broadcast(data)
-        if isinstance(data, SearchError):
-            raise data
-        return cls(path if ctx.is_main else None, settings, data)
+    def fresh(cls, settings: BaseModel) -> dict[str, Any]:
+        return {"settings": settings.model_dump(), "library_version": __version__, "units": {}, "done_batches": {}}
 
-    def save(self) -> None:
-        if self.path is not None:
-            io.write_atomic(self.path, json.dumps(self.data).encode())
+    @classmethod
+    def check(cls, data: dict[str, Any], path: Path) -> None:
+        for unit, per_pair in data["units"].items():
+            bad = next((k for k in per_pair if not (k.isascii() and k.isdigit() and len(k) <= 9)), None)
+            if bad is not None:
+                raise SearchError(f"search checkpoint {path} is damaged: unit {unit!r} has pair index {bad!r}; {FIX}")
+        for phase, starts in data["done_batches"].items():
+            if any(start < 0 for start in starts):
+                raise SearchError(f"search checkpoint {path} is damaged: phase {phase!r} has a negative batch start; {FIX}")
 
     def batch_done(self, phase: str, start: int) -> bool:
         return start in self.data["done_batches"].get(phase, [])
@@ -278,64 +268,6 @@ class _State:
         self.data["done_batches"].setdefault(phase, []).append(start)
         if save:
             self.save()
-
-
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as {"guidance.scale": 3.0, ...}, so a mismatch names the one field that differs."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and key in ("guidance", "perturbation"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-class _Checkpoint(BaseModel):
-    """The shape of state.json: settings, version, per-unit per-pair per-leaf scores, finished batches."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
-
-    settings: dict[str, Any]
-    library_version: str
-    units: dict[str, dict[str, dict[str, float]]]
-    done_batches: dict[str, list[int]]
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and check a search checkpoint (state.json) before trusting it: a regular file of bounded size,
-    bounded-depth finite JSON, then its shape (pair indices are non-negative integers, batch starts too).
-    Raises SearchError naming the file and the first problem, with the way out (--no-resume)."""
-    fix = "delete it, or pass resume=False (--no-resume) to start over"
-    try:
-        raw = read_json(path, max_bytes=MAX_STATE_BYTES, error=SearchError, what="search checkpoint")
-    except SearchError as err:
-        raise SearchError(f"{err}; {fix}") from None
-    try:
-        data = _Checkpoint.model_validate(raw).model_dump()
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise SearchError(f"search checkpoint {path} is damaged: {where}: {first['msg']}; {fix}") from None
-    for unit, per_pair in data["units"].items():
-        bad = next((k for k in per_pair if not (k.isascii() and k.isdigit() and len(k) <= 9)), None)
-        if bad is not None:
-            raise SearchError(f"search checkpoint {path} is damaged: unit {unit!r} has pair index {bad!r}; {fix}")
-    for phase, starts in data["done_batches"].items():
-        if any(start < 0 for start in starts):
-            raise SearchError(f"search checkpoint {path} is damaged: phase {phase!r} has a negative batch start; {fix}")
-    return data
-
-
-def _require_same_settings(saved: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
-    saved, wanted = _flat(saved), _flat(wanted)
-    for key in sorted(set(saved) | set(wanted)):
-        if saved.get(key) != wanted.get(key):
-            shown = lambda v: (json.dumps(v)[:80] + ("..." if len(json.dumps(v)) > 80 else ""))  # noqa: E731
-            raise SearchError(
-                f"{out_dir} holds a search with {key}={shown(saved.get(key))}, but this one has "
-                f"{key}={shown(wanted.get(key))}; use another out_dir, or resume=False (--no-resume) to start over"
-            )
 
 
 # ----- the search ----------------------------------------------------------------------------------------
