@@ -21,7 +21,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# The development lane: everything not marked slow (tests/conftest.py lists the slow ones); CI runs `test`.
+# The development lane: everything not marked slow (a test carries @pytest.mark.slow where it is defined); CI runs `test`.
 test-fast: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 

@@ -15,18 +15,11 @@ import torch
 from click.testing import CliRunner
 
 from headhunter import HeadSet, SearchError
-from headhunter.engine.runner import GenerationSettings, Row, generate_rows
-from headhunter.atlases.atlas import (
-    NONE,
-    Atlas,
-    AtlasSettings,
-    Measure,
-    analyse,
-    load_atlas,
-    paired_effect,
-    restrict_candidates,
-    select_heads,
-)
+from headhunter.engine.runner import Row, generate_rows
+from headhunter.format.schema import GenerationSettings
+from headhunter.atlases.atlas import Atlas, AtlasSettings, load_atlas, restrict_candidates, select_heads
+from headhunter.atlases.effects import NONE, Measure, analyse, paired_effect
+from headhunter.atlases.measures import Measurer
 from headhunter.workflow.atlas import atlas
 from headhunter.format.sites import Site
 
@@ -185,7 +178,7 @@ def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     pipe = tiny_pipe()
     whole = atlas(pipe, heads=["L0H0", "L1H1"], layers=[], batch_size=2, out_dir=tmp_path / "a", render=False, **SMALL)
     calls = {"n": 0}
-    real = atlas_module._Measurer.__call__
+    real = Measurer.__call__
 
     def flaky(self, *args):
         calls["n"] += 1
@@ -193,12 +186,12 @@ def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, *args)
 
-    monkeypatch.setattr(atlas_module._Measurer, "__call__", flaky)
+    monkeypatch.setattr(Measurer, "__call__", flaky)
     with pytest.raises(KeyboardInterrupt):
         atlas(pipe, heads=["L0H0", "L1H1"], layers=[], batch_size=2, out_dir=tmp_path / "b", render=False, **SMALL)
     state = json.loads((tmp_path / "b" / "state.json").read_text())
     assert sorted(state["done"]) == [0, 2]
-    monkeypatch.setattr(atlas_module._Measurer, "__call__", real)
+    monkeypatch.setattr(Measurer, "__call__", real)
     generated = []
     real_generate = atlas_module.run_batches
 
@@ -323,12 +316,10 @@ def test_push_atlas_and_find_it(monkeypatch, tmp_path):
 
 
 def test_class_change_measure_compares_with_the_unguided_image():
-    from headhunter.atlases.atlas import _Measurer
-
     def classify(images):  # "class" = whether the image is mostly bright
         return (images.mean(dim=(1, 2, 3)) > 0.5).long()
 
-    measurer = _Measurer({}, {}, classify, "digit changed")
+    measurer = Measurer({}, {}, classify, "digit changed")
     base = torch.tensor([0.2, 0.8, 0.2]).view(3, 1, 1, 1).expand(3, 1, 4, 4)
     images = torch.tensor([0.7, 0.9, 0.1]).view(3, 1, 1, 1).expand(3, 1, 4, 4)
     values = measurer(images, ["", "", ""], base)

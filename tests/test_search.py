@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from headhunter import GuidanceSettings, HeadSet, SearchError
-from headhunter.engine.runner import GenerationSettings, Row, generate_rows
+from headhunter.engine.runner import Row, generate_rows
+from headhunter.format.schema import GenerationSettings
 from headhunter.contracts.objective import Objective, as_tensor_images
 from headhunter.workflow.hunt import hunt
 

@@ -22,12 +22,11 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,28 +36,15 @@ from headhunter.engine.runner import Row, run_batches
 from headhunter._version import __version__
 from headhunter.errors import SearchError
 from headhunter.format.headset import HeadSet
-from headhunter.plugin_system.registry import get_registry
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed, validated
 from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.atlases.effects import NONE, Effect, Group, Measure, analyse
+from headhunter.atlases.measures import Measurer
 from headhunter.search.checkpoint import STATE_NAME, Checkpoint
 
 ATLAS_NAME = "atlas.json"
 IMAGES_DIR = "images"
-NONE = "none"  # the unguided unit
 #: Offline image statistics measured by default (registered objectives of `plugins/_image_stats.py`).
-DEFAULT_MEASURES = ("brightness", "contrast", "saturation", "colorfulness", "sharpness", "warmth", "redness")
-#: measure -> (word when it goes up, word when it goes down).
-WORDS: dict[str, tuple[str, str]] = {
-    "brightness": ("brighter", "darker"),
-    "contrast": ("more contrast", "less contrast"),
-    "saturation": ("more saturated", "less saturated"),
-    "colorfulness": ("more colourful", "less colourful"),
-    "sharpness": ("sharper", "blurrier"),
-    "warmth": ("warmer", "cooler"),
-    "redness": ("redder", "less red"),
-}
-#: The paired pixel measure: mean |image - unguided image| over pixels and channels, in [0, 1].
-CHANGE = "change"
 #: Keys of the `atlas` entry a `search_defaults` hook may return (docs/plugins.md).
 ATLAS_DEFAULT_KEYS = frozenset({"prompts", "seeds", "objectives", "strength", "scale", "steps", "words", "classes",
                                 "classify"})
@@ -85,52 +71,6 @@ class AtlasSettings(GenerationSettings):
     classes: str | None = Field(default=None, description="name of the model's classifier for 'changes the class'")
     batch_size: int = Field(ge=1)
     sheet_pairs: int = Field(default=8, ge=1, description="prompt-seed pairs shown in the contact sheets")
-
-
-@dataclass
-class Measure:
-    """One measured quantity. kind: `stat` (image statistic), `objective`, or `paired` (vs the unguided image).
-
-    words: (word when it goes up, word when it goes down); None where that direction gets no label.
-    A `stat`/`objective` effect needs |d| >= min_effect (d = mean difference / sd of the unguided images);
-    a `paired` effect needs |mean| >= min_abs (its unguided sd is 0 by construction).
-    """
-
-    name: str
-    kind: str
-    words: tuple[str | None, str | None]
-    generic: tuple[str | None, str | None] = (None, None)
-    min_abs: float = 0.0
-
-
-@dataclass
-class Effect:
-    """One unit's effect on one measure: paired mean difference vs no guidance over the prompt-seed pairs.
-
-    low/high: 95 % t interval of the mean; d: mean / sd of the measure on the unguided images (NaN where
-    that sd is 0); p: two-sided paired t-test; significant: p below the Bonferroni level and not tiny;
-    label: the word for it when significant and the measure has a word for that direction, else None.
-    """
-
-    unit: str
-    measure: str
-    mean: float
-    low: float
-    high: float
-    d: float
-    p: float
-    n: int
-    significant: bool
-    label: str | None
-
-
-@dataclass
-class Group:
-    """Heads with similar standardized effect vectors (average-linkage clustering)."""
-
-    name: str
-    heads: list[str]
-    labels: list[str]
 
 
 @dataclass
@@ -333,130 +273,6 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode()
 
 
-# ----- statistics --------------------------------------------------------------------------------------
-def paired_effect(deltas: Sequence[float], base_sd: float, tests: int, alpha: float, min_effect: float,
-                  min_abs: float = 0.0) -> tuple[float, float, float, float, float, bool]:
-    """(mean, low, high, d, p, significant) of paired differences.
-
-    low/high: 95 % Student-t interval of the mean; p: two-sided one-sample t-test of mean 0 (exactly 0 when
-    every difference is the same non-zero value, 1 when all are 0); significant: p < alpha / tests
-    (Bonferroni) and |d| >= min_effect (d = mean / base_sd), or |mean| >= min_abs where base_sd is 0.
-    """
-    from scipy import stats
-
-    x = np.asarray(deltas, dtype=np.float64)
-    n = x.size
-    mean = float(x.mean())
-    sd = float(x.std(ddof=1)) if n > 1 else 0.0
-    if sd == 0.0:
-        low = high = mean
-        p = 1.0 if mean == 0.0 else 0.0
-    else:
-        se = sd / math.sqrt(n)
-        half = float(stats.t.ppf(0.975, n - 1)) * se
-        low, high = mean - half, mean + half
-        p = float(2.0 * stats.t.sf(abs(mean) / se, n - 1))
-    d = mean / base_sd if base_sd > 0 else float("nan")
-    big = abs(d) >= min_effect if base_sd > 0 else (min_abs > 0 and abs(mean) >= min_abs)
-    return mean, low, high, d, p, bool(n > 1 and p < alpha / max(tests, 1) and big)
-
-
-def analyse(atlas: Atlas) -> Atlas:
-    """Fill atlas.effects, atlas.skipped and atlas.groups from atlas.values (pure; deterministic)."""
-    base = atlas.values[NONE]
-    live = []
-    skipped = []
-    for m in atlas.measures:
-        every = [v[m.name] for unit in atlas.units for v in atlas.values[unit]]
-        if m.kind != "paired" and max(every) - min(every) == 0.0:
-            skipped.append(m.name)
-        else:
-            live.append(m)
-    tests = len(live) * (len(atlas.units) - 1)
-    effects: dict[str, dict[str, Effect]] = {}
-    for unit in atlas.units[1:]:
-        per: dict[str, Effect] = {}
-        for m in live:
-            deltas = [u[m.name] - b[m.name] for u, b in zip(atlas.values[unit], base)]
-            base_sd = float(np.std([b[m.name] for b in base], ddof=1)) if len(base) > 1 and m.kind != "paired" else 0.0
-            mean, low, high, d, p, sig = paired_effect(deltas, base_sd, tests, atlas.alpha, atlas.min_effect, m.min_abs)
-            word = (m.words[0] if mean > 0 else m.words[1]) if sig else None
-            per[m.name] = Effect(unit, m.name, mean, low, high, d, p, len(deltas), sig, word)
-        effects[unit] = per
-    atlas.effects, atlas.skipped = effects, skipped
-    atlas.groups = group_heads(atlas, [m for m in live if m.kind != "paired" or m.words != (None, None)])
-    return atlas
-
-
-def group_heads(atlas: Atlas, measures: Sequence[Measure], max_groups: int = 8) -> list[Group]:
-    """Cluster the labelled heads by their effect vectors; heads with no label form the last group.
-
-    Each head's vector holds d per statistic/objective measure (the mean scaled by the paired sd for
-    paired measures), clipped to [-5, 5]; average linkage, Euclidean, cut into
-    min(max_groups, round(sqrt(n))) clusters (scipy.cluster.hierarchy). A group is named by the labels at
-    least half its heads carry.
-    """
-    labelled = [h for h in atlas.settings.heads if atlas.labels(h)]
-    quiet = [h for h in atlas.settings.heads if not atlas.labels(h)]
-    groups: list[Group] = []
-    if labelled:
-        vectors = np.array([[_standardized(atlas.effects[h][m.name]) for m in measures] for h in labelled])
-        k = max(1, min(max_groups, len(labelled), round(math.sqrt(len(labelled)))))
-        if len(labelled) == 1 or k == 1:
-            assignment = np.ones(len(labelled), dtype=int)
-        else:
-            from scipy.cluster.hierarchy import fcluster, linkage
-
-            assignment = fcluster(linkage(np.clip(vectors, -5, 5), method="average", metric="euclidean"), t=k,
-                                  criterion="maxclust")
-        members: dict[int, list[str]] = {}
-        for head, cluster in zip(labelled, assignment):
-            members.setdefault(int(cluster), []).append(head)
-        for heads in sorted(members.values(), key=lambda hs: (-len(hs), labelled.index(hs[0]))):
-            counts: dict[str, int] = {}
-            for h in heads:
-                for word in atlas.labels(h):
-                    counts[word] = counts.get(word, 0) + 1
-            common = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if 2 * c >= len(heads)]
-            groups.append(Group(", ".join(common) if common else "mixed effects", heads, common))
-    if quiet:
-        groups.append(Group("no significant effect", quiet, []))
-    return groups
-
-
-def _standardized(e: Effect) -> float:
-    if math.isfinite(e.d):
-        return e.d
-    half = (e.high - e.low) / 2
-    return e.mean / half if half > 0 else (0.0 if e.mean == 0 else math.copysign(5.0, e.mean))
-
-
-# ----- measuring ---------------------------------------------------------------------------------------
-@dataclass
-class _Measurer:
-    """Turns a batch of images (+ the unguided images of the same pairs) into per-image measure values."""
-
-    stats: dict[str, Any]
-    objectives: dict[str, Any]
-    classify: Callable[[torch.Tensor], torch.Tensor] | None
-    class_measure: str | None
-
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str], base: torch.Tensor | None) -> list[dict[str, float]]:
-        columns: dict[str, list[float]] = {}
-        for name, objective in {**self.stats, **self.objectives}.items():
-            values = objective(images, list(prompts)).double().cpu().tolist()
-            bad = [v for v in values if not math.isfinite(v)]
-            if bad:
-                raise SearchError(f"measure {name!r} returned {bad[0]} on an atlas image; measures must be finite")
-            columns[name] = values
-        if base is not None:
-            columns[CHANGE] = (images - base).abs().flatten(1).mean(dim=1).double().tolist()
-            if self.classify is not None and self.class_measure is not None:
-                changed = self.classify(images) != self.classify(base)
-                columns[self.class_measure] = changed.double().tolist()
-        return [{k: v[i] for k, v in columns.items()} for i in range(len(images))]
-
-
 def _quantize(images: torch.Tensor) -> torch.Tensor:
     """What a user sees: 8-bit images, back as floats in [0, 1] (so resumed runs measure identical pixels)."""
     return (images.clamp(0, 1) * 255).round() / 255
@@ -559,30 +375,7 @@ def select_heads(sites: Sequence[Site], heads: Sequence[str | int] | None) -> li
     return list(dict.fromkeys(out))
 
 
-def build_measures(settings: AtlasSettings, words: dict[str, Any], classify: Any) -> tuple[_Measurer, list[Measure]]:
-    from headhunter.objective.expr import parse_objective
-
-    registry = get_registry()
-    stats, objectives, measures = {}, {}, []
-    for name in settings.measures:
-        stats[name] = registry.objective(name)
-        generic = WORDS.get(name, (f"higher {name}", f"lower {name}"))
-        own = tuple(words.get(name, generic))
-        measures.append(Measure(name, "stat", own, generic if own != generic else (None, None)))  # type: ignore[arg-type]
-    for text in settings.objectives:
-        objective = parse_objective(text)
-        label = str(objective).replace("-", " ")
-        objectives[str(objective)] = objective
-        measures.append(Measure(str(objective), "objective", (f"higher {label}", f"lower {label}")))
-    measures.append(Measure(CHANGE, "paired", (None, None)))
-    if settings.classes is not None:
-        measures.append(Measure(f"{settings.classes} changed", "paired", (f"changes the {settings.classes}", None),
-                                min_abs=0.2))
-    measurer = _Measurer(stats, objectives, classify, f"{settings.classes} changed" if settings.classes else None)
-    return measurer, measures
-
-
-def measure_units(pipe: Any, sites: list[Site], architecture: str, settings: AtlasSettings, measurer: _Measurer,
+def measure_units(pipe: Any, sites: list[Site], architecture: str, settings: AtlasSettings, measurer: Measurer,
          state: AtlasCheckpoint, progress: bool) -> Atlas:
     from tqdm.auto import tqdm
 

@@ -10,7 +10,8 @@ import statistics
 import time
 from typing import Any
 
-from headhunter.engine.runner import GenerationSettings, Row, run_batches
+from headhunter.engine.runner import Row, run_batches
+from headhunter.format.schema import GenerationSettings
 from headhunter.format.headset import HeadSet
 from headhunter.format.schema import GuidanceSettings
 from headhunter.plugin_system.registry import get_registry

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from headhunter.errors import PluginError
+from headhunter.format.schema import plugin_params
 
 if TYPE_CHECKING:
     from headhunter.contracts.adapter import TokenLayout
@@ -53,7 +54,6 @@ class Perturbation(ABC):
     needs_grid: bool = False
 
     def __init__(self, **params: Any) -> None:
-        from headhunter.format.schema import plugin_params
 
         self.params = plugin_params(self.Params, PluginError, f"perturbation {self.name!r}", params)
 
@@ -82,19 +82,4 @@ class Perturbation(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def resolve_perturbation(perturbation: Perturbation | str, **params: Any) -> Perturbation:
-    """A perturbation instance: given one, or a registered name (with parameters) looked up in the registry."""
-    if isinstance(perturbation, Perturbation):
-        if params:
-            raise PluginError(f"parameters {params!r} given with a perturbation instance; pass them to its class")
-        return perturbation
-    if isinstance(perturbation, str):
-        from headhunter.plugin_system.registry import get_registry
-
-        return get_registry().perturbation(perturbation, **params)
-    raise PluginError(
-        f"perturbation {perturbation!r} must be a headhunter.Perturbation or a registered name (e.g. 'softpag')"
-    )
-
-
-__all__ = ["NoParams", "Perturbation", "Rows", "resolve_perturbation"]
+__all__ = ["NoParams", "Perturbation", "Rows"]

@@ -23,7 +23,8 @@ import torch
 from headhunter.engine.reference import reference_attention
 from headhunter.contracts.adapter import ModelAdapter, TokenLayout
 from headhunter.errors import HeadSetError, ModelError, PluginError
-from headhunter.contracts.perturbation import Perturbation, resolve_perturbation
+from headhunter.contracts.perturbation import Perturbation
+from headhunter.plan.plan import resolve_perturbation
 from headhunter.format.sites import Site
 from headhunter.format.headset import HeadSet
 from headhunter.plan.strengths import SiteStrength, StrengthMap, batch_strengths, check_scope

@@ -62,6 +62,8 @@ from headhunter.engine.hooks import CONTEXT_HOOK, TransformerHooks, bind_argumen
 from headhunter.plan.plan import Branch, Plan, compile_plan, in_window
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec
 from headhunter.engine.attention import install
+from headhunter.plugin_system.registry import get_registry
+from headhunter.engine.fanout import FanOut
 
 #: Transformer keyword arguments that are never per-sample, whatever their first dimension.
 _NOT_BATCHED = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs", "attention_kwargs", "return_dict"})
@@ -166,7 +168,6 @@ class GuidanceHandle:
                                            on_reset=self._end_of_call)
             self._no_fanout = _no_fanout_reason(pipe.transformer, self.transformer, plan)
             if self._no_fanout is None:
-                from headhunter.engine.fanout import FanOut
 
                 self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs)
         except BaseException:
@@ -600,7 +601,6 @@ def apply(
                          "first, or pass all head sets to one apply() call as a list")
     if not isinstance(batched, bool):
         raise HeadSetError(f"batched={batched!r} must be True or False")
-    from headhunter.plugin_system.registry import get_registry
 
     adapter = get_registry().adapter_for(pipe)
     plan = compile_plan(pipe, headsets, settings=settings, scale=scale, start=start, stop=stop, scope=scope,

@@ -37,11 +37,14 @@ from headhunter.plan.strengths import check_scope
 from headhunter.errors import HeadSetError, HubError, ModelError
 from headhunter.engine.guidance import guidance_delta
 from headhunter.format.headset import HeadSet, load_headset_file
-from headhunter.plan.plan import Branch, Plan, _common, _resolve_perturbation, compile_plan, in_window, resolve_branches
+from headhunter.plan.plan import Branch, Plan, common_setting, compile_plan, in_window, resolve_branches, resolve_perturbation
 from headhunter.plugin_system.registry import get_registry
 from headhunter.format.files import read_json
 from headhunter.format.schema import SCOPES, _allowed, _finite_tree
 from headhunter.engine.attention import install
+from headhunter.format.presets import load_preset
+from headhunter.format.hub import download_headset
+from headhunter.format.hub import download_file
 
 if TYPE_CHECKING:
     from diffusers.modular_pipelines.modular_pipeline import BlockState
@@ -91,11 +94,9 @@ def resolve_reference(item: Any) -> tuple[HeadSet, dict[str, Any]]:
     if exists:
         return load_headset_file(source), {"source": source, "revision": None, "weight_name": None}
     if source.startswith(PRESET_PREFIX):
-        from headhunter.format.presets import load_preset
 
         return load_preset(source[len(PRESET_PREFIX):]), {"source": source, "revision": None, "weight_name": None}
     if hub:
-        from headhunter.format.hub import download_headset
 
         path, filename = download_headset(source, weight_name=weight_name, revision=revision)
         try:
@@ -264,7 +265,6 @@ def _config_file(where: str | Path, subfolder: str | None, options: dict[str, An
                 return folder / CONFIG_NAME
         raise HeadSetError(f"no {CONFIG_NAME} in {path}{' (or its subfolder ' + repr(subfolder) + ')' if subfolder else ''}")
     if _looks_like_repo_id(text):
-        from headhunter.format.hub import download_file
 
         return download_file(text, CONFIG_NAME, subfolder=subfolder, **options)
     raise HeadSetError(f"guider {text!r} not found: not an existing file or folder, not a Hub repo id 'user/repo'")
@@ -339,13 +339,13 @@ class HeadHunterGuidance(BaseGuidance):
         if len(architectures) > 1:
             raise HeadSetError(f"head sets {names} were made for different architectures {sorted(architectures)}")
         if scope is None:
-            scope = _common([hs.metadata.guidance.scope for hs in heads], "scope", names)
+            scope = common_setting([hs.metadata.guidance.scope for hs in heads], "scope", names)
         if scope not in SCOPES:
             raise HeadSetError(f"scope={scope!r} is not allowed; allowed: {', '.join(SCOPES)}")
         if perturbation is not None and not isinstance(perturbation, str):
             raise HeadSetError(f"perturbation={perturbation!r} must be a registered name (a guider config stores "
                                "names, not objects)")
-        pert = _resolve_perturbation(perturbation, perturbation_params, heads, names, get_registry())
+        pert = resolve_perturbation(perturbation, perturbation_params, heads, names, get_registry())
         check_scope(pert, scope)
         scales = _per_branch(perturbed_guidance_scale, "perturbed_guidance_scale", len(heads))
         starts = _per_branch(perturbed_guidance_start, "perturbed_guidance_start", len(heads))
@@ -353,7 +353,7 @@ class HeadHunterGuidance(BaseGuidance):
         branches = resolve_branches(heads, scales, starts, stops, scope=scope)
         if guidance_scale is None:
             cfgs = [hs.metadata.guidance.cfg for hs in heads]
-            guidance_scale = _common(cfgs, "cfg (pass guidance_scale=)", names) if all(c is not None for c in cfgs) \
+            guidance_scale = common_setting(cfgs, "cfg (pass guidance_scale=)", names) if all(c is not None for c in cfgs) \
                 else 1.0
         for value, name in ((guidance_scale, "guidance_scale"), (guidance_rescale, "guidance_rescale")):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -8,13 +8,10 @@ scope perturbs; the output is `A' V`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from headhunter.contracts.adapter import TokenLayout
-    from headhunter.contracts.perturbation import Perturbation
+from headhunter.contracts.adapter import TokenLayout
+from headhunter.contracts.perturbation import Perturbation
 
 
 def perturbed_rows(layout: TokenLayout, scope: str, perturbation: Perturbation) -> torch.Tensor:
@@ -65,8 +62,6 @@ def reference_attention(
 
 def _target_values(q, k, v, layout, perturbation) -> torch.Tensor | None:
     """None when the perturbation gives its target map explicitly; else T·V from `target` in float64."""
-    from headhunter.contracts.perturbation import Perturbation
-
     if type(perturbation).target_matrix is not Perturbation.target_matrix:
         return None
     tv = perturbation.target(q, k, v, layout).double()

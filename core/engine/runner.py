@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from headhunter.format.headset import HeadSet
-from headhunter.format.schema import GenerationSettings  # re-exported: the search and evaluation import it from here
+from headhunter.format.schema import GenerationSettings
+from headhunter.engine.guidance import apply
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,6 @@ def pipeline_device(pipe: Any) -> torch.device:
 def generate_rows(pipe: Any, rows: Sequence[Row], settings: GenerationSettings) -> torch.Tensor:
     """Images [len(rows), C, H, W] in [0, 1]; row i guided by rows[i].headset with `settings.guidance`
     (scale w, window, scope; `cfg` becomes the pipeline's `guidance_scale`) and `settings.perturbation`."""
-    from headhunter.engine.guidance import apply
-
     device = pipeline_device(pipe)
     generators = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows]
     kwargs = dict(settings.pipeline_kwargs)

@@ -25,6 +25,8 @@ from headhunter.errors import HeadSetError
 from headhunter.format.schema import FORMAT_VERSION, HeadSetMetadata
 from headhunter.format.sites import Site, format_notation, parse_notation
 from headhunter.format.text import safe_line
+from headhunter.plugin_system.registry import get_registry
+from headhunter.format.files import parse_json
 
 #: One head given by site name or paper layer index, head index and strength.
 HeadSpec = Union[tuple[Union[str, int], int], tuple[Union[str, int], int, float]]
@@ -323,8 +325,6 @@ class HeadSet:
     @classmethod
     def _from_json_text(cls, text: str, source: str) -> HeadSet:
         """A head set from the text of a JSON rendering (bounded depth, finite numbers; see headhunter.format.files)."""
-        from headhunter.format.files import parse_json
-
         return cls._from_json_doc(parse_json(text, source=source, error=HeadSetError, max_bytes=io.MAX_JSON_BYTES), source)
 
     @classmethod
@@ -365,7 +365,6 @@ def _resolve_sites(
     if sites is None:
         if base_model is None:
             raise HeadSetError("pass sites=adapter.sites(model) or base_model=<a known Hub id> to build a head set")
-        from headhunter.plugin_system.registry import get_registry
 
         known = get_registry().base_model(base_model)
         return list(known.sites), architecture or known.architecture

@@ -44,6 +44,7 @@ from headhunter.objective.composite import (  # noqa: F401 (re-exported: the nam
 )
 from headhunter.errors import ObjectiveError, PluginError
 from headhunter.contracts.objective import Objective
+from headhunter.plugin_system.registry import get_registry
 
 # ---------------------------------------------------------------- the grammar
 
@@ -323,7 +324,6 @@ def parse_objective(text: str | Objective, registry: Any = None) -> Objective:
     if not isinstance(text, str) or not text.strip():
         raise ObjectiveError(f"objective expression must be a non-empty string, got {text!r}")
     if registry is None:
-        from headhunter.plugin_system.registry import get_registry
 
         registry = get_registry()
     return _Parser(text, _registry_leaf(registry)).parse()

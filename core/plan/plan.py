@@ -31,6 +31,9 @@ from headhunter.errors import HeadSetError, ModelError
 from headhunter.format.headset import HeadSet
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.format.sites import Site
+from headhunter.plan.strengths import check_scope
+from headhunter.plugin_system.registry import get_registry
+from headhunter.plan.strengths import strength_map
 
 _WINDOW = ("scale", "start", "stop")
 
@@ -123,7 +126,6 @@ class Plan:
         built on the host once per layout, device and dtype, then reused (no per-step allocation or sync)."""
         key = ("strengths", tuple(groups), rows, str(device), dtype)
         if key not in self._cache:
-            from headhunter.plan.strengths import strength_map
 
             dense = [{} if hs is None else self._dense_of(hs) for hs in self.group_rows(groups, rows)]
             self._cache[key] = strength_map(dense, self.sites, device=device, dtype=dtype)
@@ -220,9 +222,6 @@ def compile_plan(
     Raises HeadSetError naming the bad value (and what is allowed) or the mismatching head set, and
     PluginError for an unknown perturbation or bad parameters, before anything is installed.
     """
-    from headhunter.plan.strengths import check_scope
-    from headhunter.plugin_system.registry import get_registry
-
     registry = registry or get_registry()
     adapter = adapter or registry.adapter_for(model)
     items = _headset_list(headsets, per_sample)
@@ -241,11 +240,11 @@ def compile_plan(
                                f"got {settings!r}")
     if scope is None:
         if settings is not None:
-            scope = _common([s.scope for s in settings], "scope", [f"settings[{i}]" for i in range(len(settings))])
+            scope = common_setting([s.scope for s in settings], "scope", [f"settings[{i}]" for i in range(len(settings))])
         else:
-            scope = _common([hs.metadata.guidance.scope for hs in given], "scope", names) if given else "joint"
+            scope = common_setting([hs.metadata.guidance.scope for hs in given], "scope", names) if given else "joint"
     scope = validated(GuidanceSettings, HeadSetError, scope=scope).scope
-    resolved = _resolve_perturbation(perturbation, perturbation_params, given, names, registry)
+    resolved = resolve_perturbation(perturbation, perturbation_params, given, names, registry)
     check_scope(resolved, scope)
     branches = _branches(items, settings, scale, start, stop, scope, per_sample, given, names)
     return Plan(sites, adapter.architecture, branches, resolved, scope, _declared_blocks(adapter, model))
@@ -267,7 +266,7 @@ def resolve_branches(
     given = _unique([hs for hs in items if hs is not None])
     names = [hs.name for hs in given]
     if scope is None:
-        scope = _common([hs.metadata.guidance.scope for hs in given], "scope", names) if given else "joint"
+        scope = common_setting([hs.metadata.guidance.scope for hs in given], "scope", names) if given else "joint"
     scope = validated(GuidanceSettings, HeadSetError, scope=scope).scope
     return _branches(items, None, scale, start, stop, scope, per_sample, given, names)
 
@@ -287,7 +286,7 @@ def _branches(items: list[HeadSet | None], settings: list[GuidanceSettings] | No
         if settings is not None:
             base = settings[0].model_dump()
         elif given:
-            base = {k: _common([getattr(hs.metadata.guidance, k) for hs in given], k, names)
+            base = {k: common_setting([getattr(hs.metadata.guidance, k) for hs in given], k, names)
                     for k in (*_WINDOW, "cfg") if overrides.get(k) is None}
         else:
             base = {}
@@ -340,7 +339,8 @@ def _unique(headsets: list[HeadSet]) -> list[HeadSet]:
     return list(seen.values())
 
 
-def _common(values: Sequence[Any], what: str, names: Sequence[str]) -> Any:
+def common_setting(values: Sequence[Any], what: str, names: Sequence[str]) -> Any:
+    """The one value every head set asks for; HeadSetError naming the two that differ."""
     first = values[0]
     for value, name in zip(values[1:], names[1:]):
         if value != first:
@@ -349,8 +349,15 @@ def _common(values: Sequence[Any], what: str, names: Sequence[str]) -> Any:
     return first
 
 
-def _resolve_perturbation(perturbation: Any, params: Mapping[str, Any] | None, given: Sequence[HeadSet],
-                          names: Sequence[str], registry: Any) -> Any:
+def resolve_perturbation(perturbation: Any = None, params: Mapping[str, Any] | None = None,
+                         headsets: Sequence[HeadSet] = (), names: Sequence[str] = (), registry: Any = None) -> Any:
+    """The one place a perturbation is resolved, for apply, compile_plan, the guider and `install`.
+
+    `perturbation`: a Perturbation instance (no `params` then), a registered name (with `params`), a
+    `PerturbationSpec`, or None: the one the head sets' metadata name (they must agree; `names` label them
+    in the error), else softpag. HeadSetError for a bad combination, PluginError for an unknown name or bad
+    parameters (from the registry)."""
+    registry = registry if registry is not None else get_registry()
     if isinstance(perturbation, PerturbationSpec):
         if params:
             raise HeadSetError("perturbation_params= goes with a perturbation name, not a PerturbationSpec")
@@ -358,8 +365,8 @@ def _resolve_perturbation(perturbation: Any, params: Mapping[str, Any] | None, g
     if perturbation is None:
         if params:
             raise HeadSetError("perturbation_params= needs perturbation=<name>")
-        specs = [(hs.metadata.perturbation.name, hs.metadata.perturbation.params) for hs in given]
-        name, from_meta = _common(specs, "perturbation", names) if specs else ("softpag", {})
+        specs = [(hs.metadata.perturbation.name, hs.metadata.perturbation.params) for hs in headsets]
+        name, from_meta = common_setting(specs, "perturbation", names) if specs else ("softpag", {})
         return registry.perturbation(name, **from_meta)
     if isinstance(perturbation, str):
         return registry.perturbation(perturbation, **dict(params or {}))
@@ -370,4 +377,4 @@ def _resolve_perturbation(perturbation: Any, params: Mapping[str, Any] | None, g
     return perturbation
 
 
-__all__ = ["Branch", "Plan", "compile_plan", "in_window", "resolve_branches"]
+__all__ = ["Branch", "Plan", "common_setting", "compile_plan", "in_window", "resolve_branches", "resolve_perturbation"]

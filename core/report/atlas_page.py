@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from headhunter.format.headset_io import write_atomic
-from headhunter.atlases.atlas import NONE, Atlas, Measure
+from headhunter.atlases.atlas import Atlas
+from headhunter.atlases.effects import NONE, Measure
 
 CELL = 64  # smallest cell side in the contact sheets, pixels
 LABEL_WIDTH = 260

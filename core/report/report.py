@@ -18,6 +18,7 @@ import torch
 
 from headhunter.format.headset_io import write_atomic
 from headhunter.search.evaluation import Evaluation
+from headhunter.format.sites import parse_notation
 
 
 def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = None) -> Path:
@@ -178,7 +179,6 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _layer_head(head: str) -> tuple[int, int]:
-    from headhunter.format.sites import parse_notation
 
     layer, index, _ = parse_notation(head)
     return layer, index

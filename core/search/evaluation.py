@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from headhunter.engine.runner import GenerationSettings, Row
+from headhunter.engine.runner import Row
+from headhunter.format.schema import GenerationSettings
 from headhunter.errors import SearchError
 from headhunter.search.stats import Estimate
+import headhunter.engine.runner as _runner
+from headhunter.search.distributed import context
+from headhunter.plugin_system.registry import get_registry
 
 #: A set-level metric: (images [N, C, H, W] in [0, 1], prompts) -> (value, (low, high)); lower or higher
 #: is better as its name documents (e.g. FD: lower).
@@ -81,9 +85,6 @@ def evaluate(
     Under torchrun (`headhunter.search.distributed`) the fixed batches are dealt out to the ranks and the images
     all-gathered, so every rank returns the same Evaluation, equal to a single process's.
     """
-    import headhunter.engine.runner as _runner
-    from headhunter.search.distributed import context
-
     ctx = context()
     pairs = [(p, int(s)) for p in prompts for s in seeds]
     results = {}
@@ -123,8 +124,6 @@ def evaluate_result(pipe: Any, result: Any, objective: Any, seeds: Sequence[int]
     layer, the found head set, each earlier round's set and every whole layer (`result.comparison_headsets()`),
     on the search's prompts and generation settings. metrics: per-image objective names (or name -> Objective)."""
     from tqdm.auto import tqdm
-
-    from headhunter.plugin_system.registry import get_registry
 
     settings = result.comparison_headsets()
     if not isinstance(metrics, Mapping):

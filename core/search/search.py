@@ -32,6 +32,8 @@ from headhunter.search.allocation import REFERENCE, run_round
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
 from headhunter.format.sites import Site, format_notation, parse_notation
 from headhunter.search.stats import Estimate, objective_value, paired_difference
+from headhunter.engine.models import load_model
+from headhunter.objective.expr import parse_objective
 
 BASELINE = "baseline"
 
@@ -184,7 +186,6 @@ def generation_settings(settings: SearchSettings) -> GenerationSettings:
 def resolve_model(model: Any) -> tuple[Any, str]:
     """(pipeline, name): a registered model name is loaded; a pipeline is used as it is."""
     if isinstance(model, str):
-        from headhunter.engine.models import load_model
 
         return load_model(model), model
     name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", {}), "_name_or_path", None)
@@ -196,7 +197,6 @@ def resolve_objective(objective: Any) -> tuple[Any, str]:
     if objective is None:
         raise SearchError("no objective given and the model has no default objective; pass objective='NAME'")
     if isinstance(objective, str):
-        from headhunter.objective.expr import parse_objective
 
         built = parse_objective(objective)
         return built, str(built)

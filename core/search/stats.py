@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from headhunter.errors import SearchError
+from headhunter.objective.composite import Composite, combine
 
 #: Resamples for bootstrap intervals and selection stability (fixed seed: the same data gives the same figures).
 N_BOOT = 1000
@@ -79,8 +80,6 @@ def t_quantile(p: float, dof: int) -> float:
 
 def objective_value(objective: Any, leaf_means: np.ndarray, leaves: Sequence[str]) -> np.ndarray:
     """The objective's formula applied to leaf means [..., L] (leaves in this order) -> [...] float64."""
-    from headhunter.objective.expr import Composite, combine
-
     if not isinstance(objective, Composite):
         if leaf_means.shape[-1] != 1:
             raise SearchError(f"internal: a plain objective has one leaf, got {list(leaves)}")
@@ -103,7 +102,6 @@ def paired_difference(a: np.ndarray, b: np.ndarray, objective: Any, leaves: Sequ
     mean = float(objective_value(objective, a.mean(0), leaves) - objective_value(objective, b.mean(0), leaves))
     if n < 2:
         return Estimate(mean, -math.inf, math.inf, n)
-    from headhunter.objective.expr import Composite
 
     if not isinstance(objective, Composite):
         d = a[:, 0] - b[:, 0]

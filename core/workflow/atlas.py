@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headhunter.atlases.atlas import (
-    ATLAS_DEFAULT_KEYS, DEFAULT_MEASURES, Atlas, AtlasCheckpoint, AtlasSettings, analyse, build_measures,
-    measure_units, select_heads,
-)
+from headhunter.atlases.atlas import ATLAS_DEFAULT_KEYS, Atlas, AtlasCheckpoint, AtlasSettings, measure_units, select_heads
+from headhunter.atlases.effects import analyse
+from headhunter.atlases.measures import DEFAULT_MEASURES, build_measures
 from headhunter.engine.runner import auto_batch_size
 from headhunter.errors import PluginError, SearchError
 from pydantic import BaseModel, ConfigDict

@@ -21,6 +21,8 @@ from headhunter.plugin_system.registry import get_registry
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from headhunter.search.search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
+from headhunter.atlases.atlas import restrict_candidates
+from headhunter.report.report import write_report
 
 
 RECIPES = ("greedy", "quality")
@@ -141,7 +143,6 @@ def hunt(
     sites = get_registry().adapter_for(pipe).sites(pipe)
     pool = candidate_pool(sites, candidates)
     if candidates_from is not None or effect is not None:
-        from headhunter.atlases.atlas import restrict_candidates
 
         pool = restrict_candidates(pool, candidates_from, effect, sites)
     get_registry().perturbation(perturbation, **(perturbation_params or {}))  # the plugin checks its params
@@ -178,7 +179,6 @@ def hunt(
             result.evaluation = evaluation
             if ctx.is_main:
                 save_headset(result, out)
-                from headhunter.report.report import write_report
 
                 write_report(result, out, evaluation)
         except DistributedError:

@@ -28,7 +28,7 @@ from . import fd_digits_metric
 def softpag_table(pipe: Any, result: Any, objective: Any, seeds: list[int], strengths: list[float],
                   scales: list[float]) -> Evaluation:
     """The found set and the best layer at every (u, w), plus no guidance, on the same fresh seeds."""
-    from headhunter.engine.runner import GenerationSettings
+    from headhunter.format.schema import GenerationSettings
 
     best_layer, _ = result.best_layer
     layer = int(best_layer[1:])
