@@ -79,7 +79,7 @@ def resolve_model(model: str, revision: str | None = None, cache_dir: str | None
     if path.exists():
         return _from_configs(lambda name: _local_json(path, name), f"local folder {path}",
                              f"{path}: neither model_index.json nor a diffusers config.json with _class_name")
-    if _looks_like_repo_id(model):
+    if looks_like_repo_id(model):
         return _from_configs(lambda name: _cached_json(model, name, revision, cache_dir), "local Hugging Face cache",
                              _missing_from_cache(model))
     raise ModelError(_not_found(model, registry.names("model")))
@@ -146,7 +146,7 @@ def _cached_json(repo_id: str, name: str, revision: str | None, cache_dir: str |
     return _read_config(Path(file))
 
 
-def _looks_like_repo_id(text: str) -> bool:
+def looks_like_repo_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts)
 

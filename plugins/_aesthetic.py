@@ -19,7 +19,7 @@ from headhunter.plugins._clip import CLIP_L14, ClipPreprocess, load_preprocess, 
 from headhunter.plugins._weights import (
     SMALL_FILES,
     HubObjective,
-    _hub_errors,
+    hub_errors,
     _Params,
     cached,
     load_state_dict,
@@ -97,7 +97,7 @@ def load_aesthetic(weights: str, filename: str, clip: str) -> AestheticBundle:
                     )
             else:
                 vision = CLIPVisionModelWithProjection.from_pretrained(clip, config=config, trust_remote_code=False)
-        except _hub_errors() as err:
+        except hub_errors() as err:
             what = "the CLIP config" if clip_state else "the CLIP vision tower"
             raise missing_weights(clip, what, err, SMALL_FILES if clip_state else "") from None
         head = mlp_head(head_state, where)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from headhunter.errors import ObjectiveError
 from headhunter.contracts.objective import Images
 from headhunter.plugins._image_stats import to_rgb
-from headhunter.plugins._weights import SMALL_FILES, _hub_errors, cached, missing_weights, resolve_file
+from headhunter.plugins._weights import SMALL_FILES, cached, hub_errors, missing_weights, resolve_file
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 #: OpenAI CLIP ViT-L/14: CLIP score and the aesthetic predictor's image tower.
@@ -161,11 +161,11 @@ def load_clip(model: str, processor: str) -> ClipBundle:
         preprocess = load_preprocess(processor, include=small)
         try:
             tokenizer = CLIPTokenizer.from_pretrained(processor)
-        except _hub_errors() as err:
+        except hub_errors() as err:
             raise missing_weights(processor, "the CLIP tokenizer", err, small) from None
         try:
             clip = CLIPModel.from_pretrained(model, trust_remote_code=False)
-        except _hub_errors() as err:
+        except hub_errors() as err:
             raise missing_weights(model, "the CLIP model", err) from None
         return ClipBundle(clip.eval().requires_grad_(False), tokenizer, preprocess)
 

@@ -47,7 +47,7 @@ def missing_weights(repo: str, what: str, err: BaseException | str, include: str
     )
 
 
-def _hub_errors() -> tuple[type[BaseException], ...]:
+def hub_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import HfHubHTTPError
 
     return (OSError, ValueError, HfHubHTTPError)
@@ -64,7 +64,7 @@ def resolve_file(repo: str, filename: str, revision: str | None = None, include:
 
     try:
         return Path(hf_hub_download(repo, filename, revision=revision))
-    except _hub_errors() as err:
+    except hub_errors() as err:
         raise missing_weights(repo, filename, err, include) from None
 
 

@@ -32,7 +32,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput, rescale_noise_cfg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from headhunter.format.loading import PRESET_PREFIX, _looks_like_repo_id
+from headhunter.format.loading import PRESET_PREFIX, looks_like_repo_id
 from headhunter.plan.strengths import check_scope
 from headhunter.errors import HeadSetError, HubError, ModelError
 from headhunter.engine.guidance import guidance_delta
@@ -40,7 +40,7 @@ from headhunter.format.headset import HeadSet, load_headset_file
 from headhunter.plan.plan import Branch, Plan, common_setting, compile_plan, in_window, resolve_branches, resolve_perturbation
 from headhunter.plugin_system.registry import get_registry
 from headhunter.format.files import read_json
-from headhunter.format.schema import SCOPES, _allowed, _finite_tree
+from headhunter.format.schema import SCOPES, allowed_values, finite_tree
 from headhunter.engine.attention import install
 from headhunter.format.presets import load_preset
 from headhunter.format.hub import download_headset
@@ -88,7 +88,7 @@ def resolve_reference(item: Any) -> tuple[HeadSet, dict[str, Any]]:
         raise HeadSetError(f"head-set source of {len(source)} characters ({source[:40]!r}...); at most "
                            f"{MAX_SOURCE_CHARS} are allowed")
     exists = _exists(Path(source))
-    hub = not exists and not source.startswith(PRESET_PREFIX) and _looks_like_repo_id(source)
+    hub = not exists and not source.startswith(PRESET_PREFIX) and looks_like_repo_id(source)
     if not hub and (revision is not None or weight_name is not None):
         raise HeadSetError(f"head set {source!r}: revision= and weight_name= are for Hub repo ids only")
     if exists:
@@ -186,7 +186,7 @@ class GuiderConfig(_ConfigModel):
     @field_validator("perturbation_params")
     @classmethod
     def _finite_params(cls, params: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if params is None else _finite_tree(params, "perturbation_params")
+        return None if params is None else finite_tree(params, "perturbation_params")
 
     @model_validator(mode="after")
     def _consistent(self) -> GuiderConfig:
@@ -233,7 +233,7 @@ def _describe(exc: ValidationError) -> str:
             continue
         shown = repr(err.get("input"))
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        allowed = _allowed(GuiderConfig, loc[:1]) if loc else ""
+        allowed = allowed_values(GuiderConfig, loc[:1]) if loc else ""
         parts[name] = (f"{name}={shown}: {msg}" if loc else msg) + (f"; allowed: {allowed}" if allowed else "")
     return "; ".join(parts.values())
 
@@ -264,7 +264,7 @@ def _config_file(where: str | Path, subfolder: str | None, options: dict[str, An
             if _exists(folder / CONFIG_NAME):
                 return folder / CONFIG_NAME
         raise HeadSetError(f"no {CONFIG_NAME} in {path}{' (or its subfolder ' + repr(subfolder) + ')' if subfolder else ''}")
-    if _looks_like_repo_id(text):
+    if looks_like_repo_id(text):
 
         return download_file(text, CONFIG_NAME, subfolder=subfolder, **options)
     raise HeadSetError(f"guider {text!r} not found: not an existing file or folder, not a Hub repo id 'user/repo'")

@@ -31,7 +31,7 @@ def load_headset(
         return load_headset_file(text)
     if text.startswith(PRESET_PREFIX):
         return load_preset(text[len(PRESET_PREFIX) :])
-    if _looks_like_repo_id(text):
+    if looks_like_repo_id(text):
         return load_from_hub(text, weight_name=weight_name, revision=revision, **hub_kwargs)
     raise HeadSetError(
         f"head set {text!r} not found: not an existing file or folder, not 'preset:NAME' "
@@ -39,7 +39,7 @@ def load_headset(
     )
 
 
-def _looks_like_repo_id(text: str) -> bool:
+def looks_like_repo_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.endswith((".safetensors", ".json"))
 

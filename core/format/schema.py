@@ -49,16 +49,16 @@ class _SafeText(_Strict):
         return safe_tree(data, multiline=cls._multiline) if isinstance(data, dict) else data
 
 
-def _finite_tree(value: Any, where: str) -> Any:
+def finite_tree(value: Any, where: str) -> Any:
     """Refuse NaN/inf anywhere in a free-form JSON-like value (dicts, lists, numbers, strings)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} holds {value}; numbers must be finite")
     if isinstance(value, dict):
         for key, item in value.items():
-            _finite_tree(item, f"{where}.{key}")
+            finite_tree(item, f"{where}.{key}")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _finite_tree(item, f"{where}[{index}]")
+            finite_tree(item, f"{where}[{index}]")
     return value
 
 
@@ -71,7 +71,7 @@ class PerturbationSpec(_SafeText):
     @field_validator("params")
     @classmethod
     def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return _finite_tree(params, "params")
+        return finite_tree(params, "params")
 
 
 class GuidanceSettings(_Strict):
@@ -132,7 +132,7 @@ class SearchProvenance(_SafeText):
     @field_validator("evaluation")
     @classmethod
     def _finite_evaluation(cls, evaluation: dict[str, Any]) -> dict[str, Any]:
-        return _finite_tree(evaluation, "evaluation")
+        return finite_tree(evaluation, "evaluation")
 
 
 class HeadSetMetadata(_SafeText):
@@ -212,7 +212,7 @@ def describe_validation(exc: ValidationError, model: type[BaseModel]) -> str:
         if not loc:  # a model-level check (e.g. the step window)
             parts.append(msg)
             continue
-        allowed = _allowed(model, loc)
+        allowed = allowed_values(model, loc)
         if err["type"] == "extra_forbidden" and len(loc) == 1:
             msg, allowed = "not a setting", ", ".join(model.model_fields)
         if err["type"] == "literal_error":
@@ -221,7 +221,7 @@ def describe_validation(exc: ValidationError, model: type[BaseModel]) -> str:
     return "; ".join(parts)
 
 
-def _allowed(model: type[BaseModel], loc: list[str]) -> str:
+def allowed_values(model: type[BaseModel], loc: list[str]) -> str:
     """The allowed values of the field at `loc`: its Literal choices or its numeric range."""
     import typing
 
