@@ -353,7 +353,7 @@ def test_model_atlas_defaults_come_from_the_search_defaults_hook(tmp_path):
         assert result.settings.prompts == ["7"] and result.settings.seeds == [4, 5]
         assert result.measures[0].words == ("inkier", "paler") and result.measures[0].generic == ("brighter", "darker")
         answers["atlas"] = {"colour": 1}
-        with pytest.raises(PluginError, match=r"unknown atlas defaults \['colour'\]"):
+        with pytest.raises(PluginError, match=r"atlas.colour=1: not a setting; allowed: prompts, seeds, objectives"):
             atlas(tiny_pipe(), heads=["L0H0"], layers=[], steps=2, progress=False)
 
 

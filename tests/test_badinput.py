@@ -305,8 +305,10 @@ def test_single_fresh_seed_with_set_metrics_fails_before_the_search(tmp_path, mo
     from headhunter.workflow.hunt import hunt
 
     pipe = _tiny_search_pipe()
+    from headhunter.search.defaults import SearchDefaults
+
     monkeypatch.setattr(workflow, "model_defaults",
-                        lambda p: {"set_metrics": {"fd": lambda images, prompts: (0.0, (0.0, 0.0))}})
+                        lambda p: SearchDefaults(set_metrics={"fd": lambda images, prompts: (0.0, (0.0, 0.0))}))
     with pytest.raises(SearchError, match="need at least 2 images per setting.*give 1"):
         hunt(pipe, _brightness(), out_dir=tmp_path / "d", eval_seeds=[100], **TINY_HUNT)
     assert not (tmp_path / "d").exists()

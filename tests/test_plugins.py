@@ -252,6 +252,32 @@ def test_search_defaults_come_from_the_hook():
         Registry(_inline_pm(Defaults({"round": 3}))).search_defaults(_Thing())
 
 
+def test_typed_search_defaults_cover_exactly_the_keys_plugins_may_give(monkeypatch):
+    """One list of keys: the registry's hook contract and the typed model the workflows read agree, and a
+    plugin's value of the wrong type is one PluginError naming the field."""
+    import headhunter.search.defaults as defaults_module
+    from headhunter.plugin_system.registry import SEARCH_DEFAULT_KEYS
+    from headhunter.search.defaults import SearchDefaults, model_defaults
+
+    assert set(SearchDefaults.model_fields) - {"allocation"} == SEARCH_DEFAULT_KEYS - {"schedule"}
+
+    class Answers:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def search_defaults(self, model):
+            return self.answer
+
+    monkeypatch.setattr(defaults_module, "get_registry", lambda: Answers({"rounds": "three"}))
+    with pytest.raises(PluginError, match=r"search defaults given for _Thing are invalid: rounds='three'"):
+        model_defaults(_Thing())
+    monkeypatch.setattr(defaults_module, "get_registry", lambda: Answers({"atlas": {"classes": "digit"}}))
+    with pytest.raises(PluginError, match="give 'classes' \\(a name\\) and 'classify' \\(a function\\) together"):
+        model_defaults(_Thing())
+    monkeypatch.setattr(defaults_module, "get_registry", lambda: Answers({"schedule": "racing", "rounds": 2}))
+    assert model_defaults(_Thing()).allocation == "racing" and model_defaults(_Thing()).value("top_k", 1) == 1
+
+
 def test_the_digits_plugin_gives_its_demo_defaults_through_the_hook():
     from headhunter.plugins.digits import DEMO_DEFAULTS
     from headhunter.plugins.digits.model import build_pipeline, build_transformer

@@ -46,8 +46,6 @@ ATLAS_NAME = "atlas.json"
 IMAGES_DIR = "images"
 #: Offline image statistics measured by default (registered objectives of `plugins/_image_stats.py`).
 #: Keys of the `atlas` entry a `search_defaults` hook may return (docs/plugins.md).
-ATLAS_DEFAULT_KEYS = frozenset({"prompts", "seeds", "objectives", "strength", "scale", "steps", "words", "classes",
-                                "classify"})
 #: Largest side of the thumbnails kept for the contact sheets.
 THUMB_SIDE = 128
 

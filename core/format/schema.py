@@ -213,12 +213,29 @@ def describe_validation(exc: ValidationError, model: type[BaseModel]) -> str:
             parts.append(msg)
             continue
         allowed = allowed_values(model, loc)
-        if err["type"] == "extra_forbidden" and len(loc) == 1:
-            msg, allowed = "not a setting", ", ".join(model.model_fields)
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            msg, allowed = "not a setting", ", ".join(owner.model_fields) if owner is not None else ""
         if err["type"] == "literal_error":
             msg = "not one of the choices"
         parts.append(f"{name}={err.get('input')!r}: {msg}" + (f"; allowed: {allowed}" if allowed else ""))
     return "; ".join(parts)
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The pydantic model a nested location `loc` (field names) points into, or None."""
+    import typing
+
+    current: Any = model
+    for name in loc:
+        field = getattr(current, "model_fields", {}).get(name)
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
 def allowed_values(model: type[BaseModel], loc: list[str]) -> str:

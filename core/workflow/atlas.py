@@ -10,15 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from headhunter.atlases.atlas import ATLAS_DEFAULT_KEYS, Atlas, AtlasCheckpoint, AtlasSettings, measure_units, select_heads
+from headhunter.atlases.atlas import Atlas, AtlasCheckpoint, AtlasSettings, measure_units, select_heads
 from headhunter.atlases.effects import analyse
 from headhunter.atlases.measures import DEFAULT_MEASURES, build_measures
 from headhunter.engine.runner import auto_batch_size
-from headhunter.errors import PluginError, SearchError
+from headhunter.errors import SearchError
 from pydantic import BaseModel, ConfigDict
 
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.plugin_system.registry import get_registry
+from headhunter.search.defaults import model_defaults
 from headhunter.report.atlas_page import write_page
 from headhunter.search.search import resolve_model
 
@@ -85,19 +86,13 @@ def atlas(
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
     pipe, model_name = resolve_model(model)
-    defaults = get_registry().search_defaults(pipe)
-    own = defaults.get("atlas", {})
-    unknown = sorted(set(own) - ATLAS_DEFAULT_KEYS)
-    if unknown:
-        raise PluginError(f"the model's search defaults give unknown atlas defaults {unknown}; "
-                          f"allowed: {', '.join(sorted(ATLAS_DEFAULT_KEYS))}")
-    if ("classes" in own) != ("classify" in own):
-        raise PluginError("the model's atlas defaults must give 'classes' (a name) and 'classify' (a function) together")
-    prompts = list(prompts if prompts is not None else own.get("prompts", defaults.get("prompts", [])))
+    defaults = model_defaults(pipe)
+    own = defaults.atlas
+    prompts = list(prompts if prompts is not None else own.prompts if own.prompts is not None else defaults.value("prompts", []))
     if not prompts:
         raise SearchError("no prompts given and the model has no default prompts; pass prompts=[...]")
-    seeds = [int(s) for s in (seeds if seeds is not None else own.get("seeds", defaults.get("seeds", range(8))))]
-    strength, scale, steps = (value if value is not None else own.get(key, defaults.get(key, fallback))
+    seeds = [int(s) for s in (seeds if seeds is not None else own.seeds if own.seeds is not None else defaults.value("seeds", range(8)))]
+    strength, scale, steps = (value if value is not None else (getattr(own, key) if getattr(own, key) is not None else defaults.value(key, fallback))
                               for key, value, fallback in (("strength", strength, 1.0), ("scale", scale, 3.0),
                                                            ("steps", steps, 12)))
     adapter = get_registry().adapter_for(pipe)
@@ -111,9 +106,9 @@ def atlas(
     if not head_list and not layer_list:
         raise SearchError("nothing to measure: no heads and no layers selected")
     measure_names = list(measures if measures is not None else DEFAULT_MEASURES)
-    objective_texts = list(objectives if objectives is not None else own.get("objectives", []))
-    classify = own.get("classify")
-    class_name = own.get("classes") if classify is not None else None
+    objective_texts = list(objectives if objectives is not None else own.objectives or [])
+    classify = own.classify
+    class_name = own.classes
     settings = validated(
         AtlasSettings, SearchError,
         model=model_name, prompts=prompts, seeds=seeds, heads=head_list, layers=layer_list, strength=strength,
@@ -121,7 +116,7 @@ def atlas(
         steps=steps, measures=measure_names, objectives=objective_texts, classes=class_name,
         batch_size=batch_size or auto_batch_size(pipe), sheet_pairs=sheet_pairs, pipeline_kwargs=pipeline_kwargs or {},
     )
-    measurer, measure_list = build_measures(settings, own.get("words", {}), classify)
+    measurer, measure_list = build_measures(settings, own.words, classify)
     out = Path(out_dir) if out_dir else None
     state = AtlasCheckpoint.open(out, settings, resume)
     result = measure_units(pipe, sites, adapter.architecture, settings, measurer, state, progress)

@@ -18,6 +18,7 @@ from headhunter.search.distributed import DistributedError, context
 from headhunter.errors import SearchError
 from headhunter.search.evaluation import evaluate_result, evaluation_summary
 from headhunter.plugin_system.registry import get_registry
+from headhunter.search.defaults import SearchDefaults, model_defaults
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from headhunter.search.search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
@@ -26,12 +27,6 @@ from headhunter.report.report import write_report
 
 
 RECIPES = ("greedy", "quality")
-
-
-def model_defaults(pipe: Any) -> dict[str, Any]:
-    """The model's search defaults (objective, prompts, seeds, eval_seeds, metrics, set_metrics, rounds, ...),
-    from the plugins' `search_defaults` hook (empty when no plugin knows the model)."""
-    return get_registry().search_defaults(pipe)
 
 
 class HuntOptions(BaseModel):
@@ -127,14 +122,14 @@ def hunt(
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
     pipe, model_name = resolve_model(model)
     defaults = model_defaults(pipe)
-    objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.get("objective"))
-    prompts = list(prompts if prompts is not None else defaults.get("prompts", []))
-    seeds = [int(s) for s in (seeds if seeds is not None else defaults.get("seeds", range(8)))]
+    objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.objective)
+    prompts = list(prompts if prompts is not None else defaults.value("prompts", []))
+    seeds = [int(s) for s in (seeds if seeds is not None else defaults.value("seeds", range(8)))]
     if recipe == "quality":
         rounds, top_k, strength = rounds or 1, top_k or 4, strength or 0.25
-    schedule = schedule or defaults.get("schedule", "exhaustive")
+    schedule = schedule or defaults.value("allocation", "exhaustive")
     rounds, top_k, strength, scale, steps = (
-        value if value is not None else defaults.get(key, fallback)
+        value if value is not None else defaults.value(key, fallback)
         for key, value, fallback in (("rounds", rounds, 1), ("top_k", top_k, 1), ("strength", strength, 1.0),
                                      ("scale", scale, 3.0), ("steps", steps, 12))
     )
@@ -152,13 +147,13 @@ def hunt(
         strength=strength, steps=steps, guidance=dict(scale=scale, cfg=cfg, scope=scope),
         perturbation=dict(name=perturbation, params=perturbation_params or {}), candidates=pool,
         layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
-        pipeline_kwargs=pipeline_kwargs or {}, schedule=schedule, budget=budget or defaults.get("budget", 1.0),
-        first_pairs=first_pairs or defaults.get("first_pairs", 8), confidence=confidence,
+        pipeline_kwargs=pipeline_kwargs or {}, schedule=schedule, budget=budget or defaults.value("budget", 1.0),
+        first_pairs=first_pairs or defaults.value("first_pairs", 8), confidence=confidence,
     )
     fresh = fresh_seeds(eval_seeds, defaults, seeds) if out_dir and report else None
-    if fresh is not None and defaults.get("set_metrics") and len(prompts) * len(fresh) < 2:
+    if fresh is not None and defaults.set_metrics and len(prompts) * len(fresh) < 2:
         raise SearchError(
-            f"the evaluation's set metrics ({', '.join(defaults['set_metrics'])}) need at least 2 images per setting, "
+            f"the evaluation's set metrics ({', '.join(defaults.set_metrics)}) need at least 2 images per setting, "
             f"but {len(prompts)} prompt(s) x {len(fresh)} evaluation seed(s) give {len(prompts) * len(fresh)}; "
             "give more evaluation seeds (e.g. '100-131'), or skip the evaluation (report=False, --no-report)"
         )
@@ -172,8 +167,8 @@ def hunt(
     if report:
         try:
             # every rank evaluates (the evaluation is sharded); rank 0 alone writes
-            evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.get("metrics", []),
-                                         set_metrics=defaults.get("set_metrics", {}), progress=progress and ctx.is_main)
+            evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.metrics,
+                                         set_metrics=defaults.set_metrics, progress=progress and ctx.is_main)
             result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
                 update={"evaluation": evaluation_summary(evaluation)}))
             result.evaluation = evaluation
@@ -198,10 +193,10 @@ def save_headset(result: HuntResult, out: Path) -> None:
     result.headset.save(out / io.JSON_NAME)
 
 
-def fresh_seeds(eval_seeds: Sequence[int] | None, defaults: dict[str, Any], seeds: Sequence[int]) -> list[int]:
+def fresh_seeds(eval_seeds: Sequence[int] | None, defaults: SearchDefaults, seeds: Sequence[int]) -> list[int]:
     """The evaluation seeds: given, else the model's, else 10,000.. (as many as the search's, at least 8);
     SearchError if any was used by the search."""
-    fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.get("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
+    fresh = [int(s) for s in (eval_seeds if eval_seeds is not None else defaults.value("eval_seeds", range(10_000, 10_000 + max(8, len(seeds)))))]
     bad = next((s for s in fresh if not -(2**63) <= s <= 2**64 - 1), None)
     if bad is not None:
         raise SearchError(f"evaluation seed {bad} out of range; allowed: [-2**63, 2**64 - 1] (torch.Generator seeds)")
