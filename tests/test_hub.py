@@ -184,23 +184,99 @@ def test_offline_without_cache_says_so(hub, offline):
     assert hub.requests == []
 
 
-@pytest.mark.slow
+def dead_endpoint() -> str:
+    """A loopback URL nobody listens on: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 def test_unreachable_hub_falls_back_to_the_cache(hub, monkeypatch, tmp_path):
-    from huggingface_hub.utils import _http
+    import time
 
     hs = searched()
     hs.push_to_hub("me/dark")
     assert load_from_hub("me/dark") == hs
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    point_hub_at(monkeypatch, dead, tmp_path / "hf-cache")
-    monkeypatch.setattr(_http.time, "sleep", lambda seconds: None)  # huggingface_hub retries 5 times with backoff
+    point_hub_at(monkeypatch, dead_endpoint(), tmp_path / "hf-cache")
+    start = time.monotonic()  # no retries: a refused connection is known at the first try
     assert load_from_hub("me/dark") == hs
-    with pytest.raises(HubError, match=r"cannot reach the Hub at http://127.0.0.1:\d+ to list Hub repository 'me/other'"):
+    assert load_from_hub("me/dark", weight_name="headset.safetensors") == hs
+    with pytest.raises(HubError, match=r"cannot reach the Hub at http://127.0.0.1:\d+ to fetch from Hub repository "
+                                       r"'me/other' \(and it is not in the local cache\): 127.0.0.1 refused"):
         load_from_hub("me/other")
-    with pytest.raises(HubError, match=r"cannot reach the Hub at http://127.0.0.1:\d+.*'me/other'.*not cached"):
+    with pytest.raises(HubError, match=r"cannot reach the Hub at http://127.0.0.1:\d+.*'me/other'.*not in the local cache"):
         load_from_hub("me/other", weight_name="headset.safetensors")
+    assert time.monotonic() - start < 2
+
+
+# ----- the Hub down or offline, as the CLI says it (one line, at once, the cause named) -----------------
+@pytest.fixture(params=["refused", "dns"])
+def hub_down(request, monkeypatch, tmp_path):
+    """huggingface_hub pointed at a Hub that cannot be reached: a refused port, or a host name that does not
+    resolve (getaddrinfo fails for it, as with no network). Yields the words that name the cause."""
+    if request.param == "refused":
+        point_hub_at(monkeypatch, dead_endpoint(), tmp_path / "hf-cache")
+        yield "refused the connection"
+        return
+    point_hub_at(monkeypatch, "http://hub-down.invalid", tmp_path / "hf-cache")
+    checked = socket.getaddrinfo
+
+    def no_dns(host, *args, **kwargs):
+        if host == "hub-down.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return checked(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    yield "'hub-down.invalid' does not resolve"
+
+
+HUB_VERBS = {
+    "pull": ["pull", "me/dark"],
+    "pull-named": ["pull", "me/dark", "--weight-name", "headset.safetensors"],
+    "show": ["show", "me/dark"],
+    "search": ["search", "--details"],
+    "push": ["push", "preset:sd3-dark-lighting", "me/dark"],
+}
+
+
+def one_error_line(out) -> str:
+    lines = [x for x in out.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("verb", HUB_VERBS)
+def test_cli_with_the_hub_down_says_why_in_one_line_at_once(hub_down, verb, caplog):
+    import time
+
+    start = time.monotonic()
+    out = CliRunner().invoke(hub_cli(), HUB_VERBS[verb])
+    elapsed = time.monotonic() - start
+    assert out.exit_code == 1
+    line = one_error_line(out)
+    assert "cannot reach the Hub at" in line and hub_down in line, line
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]  # huggingface_hub's backoff never ran
+    assert elapsed < 2, f"{verb} took {elapsed:.1f} s"
+    if verb in ("search", "push"):
+        assert "offline" not in line and "cache" not in line  # no advice that cannot apply
+    else:
+        assert "load offline from the cache" in line
+
+
+@pytest.mark.parametrize("verb, words", [
+    ("pull", "Download it once online (`headhunter pull me/dark`)"),
+    ("show", "Download it once online (`headhunter pull me/dark`)"),
+    ("search", "searching the Hub needs the network, and offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE"),
+    ("push", "pushing to Hub repository 'me/dark' needs the network, and offline mode is on (HF_HUB_OFFLINE=1)"),
+])
+def test_cli_offline_advice_fits_the_verb(hub, offline, verb, words):
+    out = CliRunner().invoke(hub_cli(), HUB_VERBS[verb])
+    assert out.exit_code == 1
+    line = one_error_line(out)
+    assert words in line, line
+    if verb in ("search", "push"):
+        assert "download it once" not in line.lower()
+    assert hub.requests == []
 
 
 # ----- errors -------------------------------------------------------------------------------------------
@@ -289,8 +365,9 @@ class _HubCommands:
         from headhunter.cli.pull import pull
         from headhunter.cli.push import push
         from headhunter.cli.search import search
+        from headhunter.cli.show import show
 
-        for command in (push, pull, search):
+        for command in (push, pull, search, show):
             cli.add_command(command)
 
 

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import os
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,8 +161,8 @@ def download_headset(
     else:
         try:
             filename = resolve_weight_name(repo_id, revision=revision, token=token)
-        except _HubUnreachable:  # like hf_hub_download itself: fall back to the cache when the Hub is down
-            filename, local_files_only = _cached_weight_name(repo_id, revision, cache_dir, unreachable=True), True
+        except _HubUnreachable as down:  # like hf_hub_download itself: fall back to the cache when the Hub is down
+            filename, local_files_only = _cached_weight_name(repo_id, revision, cache_dir, unreachable=str(down)), True
     with _hub_errors(repo_id, filename=filename, revision=revision, offline=offline):
         path = hf_hub_download(
             repo_id, filename, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
@@ -207,9 +210,10 @@ def resolve_weight_name(repo_id: str, *, revision: str | None = None, token: str
 
 
 def _cached_weight_name(
-    repo_id: str, revision: str | None, cache_dir: str | Path | None, unreachable: bool = False
+    repo_id: str, revision: str | None, cache_dir: str | Path | None, unreachable: str | None = None
 ) -> str:
-    """Offline: resolve the file name from the cached snapshot of `revision` (no listing can be asked for)."""
+    """Offline: resolve the file name from the cached snapshot of `revision` (no listing can be asked for).
+    `unreachable`: why the Hub could not be asked (the message to give when the snapshot is not cached)."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
@@ -218,10 +222,8 @@ def _cached_weight_name(
     snapshot = folder / "snapshots" / (ref.read_text().strip() if ref.is_file() else revision or "main")
     if not snapshot.is_dir():
         if unreachable:
-            raise HubError(
-                f"cannot reach the Hub at {constants.ENDPOINT} to list {_where(repo_id, revision)}, and it is not in "
-                "the local cache; check the network (or HF_ENDPOINT)"
-            )
+            raise HubError(unreachable.replace(f" {_where(repo_id, revision)}:",
+                                               f" {_where(repo_id, revision)} (and it is not in the local cache):", 1))
         raise HubError(_offline_message(repo_id, revision, None))
     files = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
     return _pick(repo_id, revision, files, lambda name: _local_is_headset(snapshot / name), cached=True)
@@ -369,6 +371,98 @@ class _HubUnreachable(HubError):
     """The Hub endpoint could not be reached at all (connection refused, DNS, timeout)."""
 
 
+@functools.cache
+def _connect_failed_type() -> type[BaseException]:
+    """The exception the transport raises when a connection to the Hub cannot be made inside a headhunter Hub
+    operation: a subclass of huggingface_hub's `OfflineModeIsEnabled`, because huggingface_hub already treats
+    that one the way an unreachable host should be treated: `hf_hub_download` falls back to the cache, and
+    its retry loop (`http_backoff`: five retries, 1-8 s apart, one "Retrying in 8s" line each) never retries
+    it. A host that does not resolve or refuses connections is known at the first try; retrying only makes
+    the user wait 24 s for the same answer."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    class HubConnectFailed(OfflineModeIsEnabled):
+        """The Hub host could not be connected to: `cause` says why (DNS, refused, timed out)."""
+
+        def __init__(self, cause: str) -> None:
+            super().__init__(cause)
+            self.cause = cause
+
+    return HubConnectFailed
+
+
+def _connect_cause(err: BaseException, host: str) -> str:
+    """Why a connection failed, in words: the host does not resolve, refused the connection, or timed out."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return f"the host name {host!r} does not resolve (DNS: {seen.strerror or seen})"
+        if isinstance(seen, ConnectionRefusedError):
+            return f"{host} refused the connection (nothing listens there)"
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    if "timed out" in text.lower() or "timeout" in type(err).__name__.lower():
+        return f"connecting to {host} timed out"
+    lowered = text.lower()
+    if "name or service not known" in lowered or "nodename nor servname" in lowered or "getaddrinfo" in lowered:
+        return f"the host name {host!r} does not resolve (DNS: {text})"
+    if "refused" in lowered:
+        return f"{host} refused the connection (nothing listens there)"
+    return f"cannot connect to {host} ({text or type(err).__name__})"
+
+
+class _FailFastTransport:
+    """Wraps the HTTP client's transport: inside a headhunter Hub operation, a failed connection (DNS,
+    refused, connect timeout) raises `_connect_failed_type()` at once instead of the client's ConnectError,
+    which huggingface_hub would retry five times. Outside an operation it changes nothing."""
+
+    def __init__(self, inner: Any, connect_errors: tuple[type[BaseException], ...]) -> None:
+        self.inner, self.connect_errors = inner, connect_errors
+
+    def handle_request(self, request: Any) -> Any:
+        try:
+            return self.inner.handle_request(request)
+        except self.connect_errors as err:
+            if _DEADLINE.get() is None:
+                raise
+            host = getattr(getattr(request, "url", None), "host", None) or "the Hub host"
+            raise _connect_failed_type()(_connect_cause(err, str(host))) from err
+
+    def __getattr__(self, name: str) -> Any:  # close(), __enter__, ... of the wrapped transport
+        return getattr(self.inner, name)
+
+    def __enter__(self) -> Any:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inner.__exit__(*exc)
+
+
+def _instrument(session: Any) -> None:
+    """Give huggingface_hub's shared client the deadline hook and the fail-fast transport (once per client).
+    Only an httpx-style client (huggingface_hub >= 1.0: `event_hooks`, `_transport`, `_mounts`) is changed."""
+    if getattr(session, "_headhunter_instrumented", False):
+        return
+    hooks = getattr(session, "event_hooks", None)
+    if hooks is None:
+        return
+    if _bound_request not in hooks.get("request", []):
+        session.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_request]}
+    library = sys.modules.get(type(session).__module__.split(".")[0])
+    errors = tuple(getattr(library, name) for name in ("ConnectError", "ConnectTimeout")
+                   if isinstance(getattr(library, name, None), type))
+    if errors and hasattr(session, "_transport"):
+        session._transport = _FailFastTransport(session._transport, errors)
+        mounts = getattr(session, "_mounts", None)
+        if isinstance(mounts, dict):
+            for pattern, transport in list(mounts.items()):
+                if transport is not None:
+                    mounts[pattern] = _FailFastTransport(transport, errors)
+    with contextlib.suppress(AttributeError):
+        session._headhunter_instrumented = True
+
+
 class _HubTimeout(HubError):
     """Raised inside a request hook when a Hub operation's time is up (never retried by huggingface_hub)."""
 
@@ -410,8 +504,9 @@ def _bound_request(request: Any) -> None:
 
 @contextlib.contextmanager
 def _deadline() -> Iterator[None]:
-    """Bound the Hub requests made inside (huggingface_hub's shared httpx client gets `_bound_request` as a
-    request hook; it acts only inside this context). An outer deadline is kept."""
+    """Bound the Hub requests made inside: huggingface_hub's shared httpx client gets `_bound_request` as a
+    request hook and `_FailFastTransport` around its transport (both act only inside this context), so a slow
+    Hub fails at the deadline and an unreachable one at the first try. An outer deadline is kept."""
     if _DEADLINE.get() is not None:
         yield
         return
@@ -419,10 +514,7 @@ def _deadline() -> Iterator[None]:
     with contextlib.suppress(ImportError):
         from huggingface_hub.utils import get_session
 
-        session = get_session()
-        hooks = getattr(session, "event_hooks", None)  # httpx-based huggingface_hub (>= 1.0)
-        if hooks is not None and _bound_request not in hooks.get("request", []):
-            session.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_request]}
+        _instrument(get_session())
     token = _DEADLINE.set((time.monotonic() + total, total))
     try:
         yield
@@ -442,13 +534,43 @@ def not_ours(repo_id: str, filename: str, revision: str | None, detail: str) -> 
     )
 
 
-def _offline_message(repo_id: str, revision: str | None, filename: str | None) -> str:
+def _offline_message(repo_id: str, revision: str | None, filename: str | None, action: str = "fetch from") -> str:
+    """What to do when offline mode stops an operation; the advice fits the operation: a download can be
+    made once online and then read from the cache, a search or a push needs the Hub every time."""
+    if action == "search":
+        return ("searching the Hub needs the network, and offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE "
+                "to search. Offline, head sets already downloaded still load by repo id, and `headhunter presets` "
+                "lists the shipped ones")
+    if action == "push to":
+        return (f"pushing to {_where(repo_id, revision)} needs the network, and offline mode is on (HF_HUB_OFFLINE=1): "
+                "unset HF_HUB_OFFLINE to push")
     what = f"{filename!r} of {_where(repo_id, revision)}" if filename else _where(repo_id, revision)
     return (
         f"{what} is not in the local cache and the Hub cannot be asked (offline: HF_HUB_OFFLINE=1 or "
-        "local_files_only=True). Download it once online (`headhunter pull REPO_ID`), or pass the cache_dir "
+        f"local_files_only=True). Download it once online (`headhunter pull {repo_id}`), or pass the cache_dir "
         "it was downloaded to"
     )
+
+
+def _unreachable_message(action: str, where: str, cause: str, missing: str = "") -> str:
+    """One line: which Hub could not be reached, for what, why (DNS, refused, timed out), and what to do."""
+    from huggingface_hub import constants
+
+    advice = "check the network, or HF_ENDPOINT if you use a mirror"
+    if action == "fetch from":
+        advice += "; head sets already downloaded load offline from the cache"
+    return f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where}{missing}: {cause}; {advice}"
+
+
+def _connect_failure(err: BaseException) -> BaseException | None:
+    """The fail-fast connection error behind `err` (huggingface_hub wraps it when it falls back to the cache)."""
+    kind = _connect_failed_type()
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -487,8 +609,12 @@ def _hub_errors(
             f"check the network (or HF_ENDPOINT), or allow more time with {HUB_TIMEOUT_ENV}=SECONDS"
         ) from None
     except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as err:  # before EntryNotFoundError (< 1.0)
+        failed = _connect_failure(err)
+        if failed is not None:  # the Hub could not be connected to (and, for a download, the file is not cached)
+            missing = f" (and {filename!r} is not in the local cache)" if isinstance(err, hf.LocalEntryNotFoundError) else ""
+            raise _HubUnreachable(_unreachable_message(action, where, failed.cause, missing)) from None  # type: ignore[attr-defined]
         if offline or isinstance(err, hf.OfflineModeIsEnabled):
-            raise HubError(_offline_message(repo_id, revision, filename)) from None
+            raise HubError(_offline_message(repo_id, revision, filename, action)) from None
         raise HubError(
             f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where} and {filename!r} is not cached; "
             "check the network (or HF_ENDPOINT)"
@@ -509,7 +635,8 @@ def _hub_errors(
     except hf.HfHubHTTPError as err:
         raise HubError(f"the Hub refused to {action} {where}: {str(err).splitlines()[0]}") from None
     except _transport_errors() as err:
-        raise _HubUnreachable(f"cannot reach the Hub at {constants.ENDPOINT} to {action} {where}: {err}; check the network (or HF_ENDPOINT)") from None
+        host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0]
+        raise _HubUnreachable(_unreachable_message(action, where, _connect_cause(err, host))) from None
 
 
 __all__ = [
