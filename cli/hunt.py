@@ -11,34 +11,28 @@ from headhunter.cli import options
 from headhunter.cli.params import POSITIVE_INT, Seeds, WritableDir
 
 
-#: Largest prompt file read (@FILE).
-MAX_PROMPT_FILE = 16 * 1024 * 1024
-
-
 class _PromptFileError(HeadhunterError):
     pass
 
 
 def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
-    """Each value is a prompt, or @FILE for a file with one prompt per line."""
+    """Each value is a prompt, or @FILE for a file with one prompt per line: the one prompt reader of every
+    verb (headhunter.format.files.read_prompt_file / check_prompt: bounded size, lines and line length, no NUL
+    or control characters). A bad value is a usage error naming it."""
+    from headhunter.format.files import check_prompt, read_prompt_file
+
     if not prompts:
         return None
     out: list[str] = []
-    for value in prompts:
-        if value.startswith("@"):
-            from headhunter.format.files import read_regular
-
-            path = Path(value[1:])
-            try:
-                text = read_regular(path, max_bytes=MAX_PROMPT_FILE, error=_PromptFileError, what="prompt file")
-                lines = text.decode("utf-8").splitlines()
-            except _PromptFileError as err:
-                raise click.BadParameter(str(err), param_hint="--prompt") from None
-            except UnicodeDecodeError:
-                raise click.BadParameter(f"prompt file {path} is not UTF-8 text", param_hint="--prompt") from None
-            out += [line.strip() for line in lines if line.strip()]
-        else:
-            out.append(value)
+    try:
+        for value in prompts:
+            if value.startswith("@"):
+                out += read_prompt_file(Path(value[1:]), error=_PromptFileError)
+            else:
+                check_prompt(value, f"prompt {value[:40]!r}", _PromptFileError, allow_blank=True)
+                out.append(value)  # as given: only checked
+    except _PromptFileError as err:
+        raise click.BadParameter(str(err), param_hint="--prompt") from None
     return out
 
 

@@ -13,9 +13,6 @@ import click
 from headhunter.cli.params import PIXELS
 from headhunter.errors import ModelError
 
-#: Largest config file read.
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
-
 
 @click.command("inspect")
 @click.argument("model")
@@ -126,13 +123,11 @@ def _local_json(root: Path, name: str) -> dict[str, Any] | None:
 
 
 def _read_config(file: Path) -> dict[str, Any]:
-    """A config JSON from outside: a regular file, bounded size and depth, finite numbers, an object."""
-    from headhunter.format.files import read_json
+    """A config JSON from outside: a regular file, bounded size and depth, finite numbers, an object, and its
+    layer/head counts and sizes within bounds (headhunter.format.model_config) before anything is built."""
+    from headhunter.format.model_config import read_model_config
 
-    config = read_json(file, max_bytes=MAX_CONFIG_BYTES, error=ModelError, what="config file")
-    if not isinstance(config, dict):
-        raise ModelError(f"config file {file} must hold a JSON object, not {type(config).__name__}")
-    return config
+    return read_model_config(file)
 
 
 def _cached_json(repo_id: str, name: str, revision: str | None, cache_dir: str | None) -> dict[str, Any] | None:

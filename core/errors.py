@@ -33,3 +33,8 @@ class HubError(HeadhunterError):
 
 class SearchError(HeadhunterError, ValueError):
     """A search cannot start or resume as asked (bad settings, mismatching checkpoint)."""
+
+
+class ObjectiveOutputError(ObjectiveError, SearchError):
+    """An objective plugin returned something other than one finite score per image (a search or atlas
+    cannot go on with it: both an ObjectiveError and a SearchError)."""

@@ -60,7 +60,7 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["plugins", "--kind", "banana"], 2, "'banana' is not one of"),
         (["presets", "--origin", "x"], 2, "is not one of"),
         (["inspect", str(root / "corrupt")], 1, "config.json: its content is not JSON"),
-        (["inspect", str(root / "badclass")], 1, "has no attention sites"),
+        (["inspect", str(root / "badclass")], 1, "num_layers=-3 layers/blocks is out of range; allowed: [0, 512]"),
         (["inspect", str(root / "badvalue")], 1, "cannot build SD3Transformer2DModel from its config"),
         (["inspect", "digits", "--height", "0"], 2, "out of range; allowed: [8, 16384]"),
         (["inspect", "nobody/nothing"], 1, "not in the local Hugging Face cache"),

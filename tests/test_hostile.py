@@ -12,6 +12,7 @@ import json
 import re
 
 import numpy as np
+import torch
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -224,3 +225,123 @@ def test_a_guider_config_that_is_fine_loads_and_a_long_location_is_refused(good_
         HeadHunterGuidance.from_pretrained("y" * 5000)
     with pytest.raises(HeadSetError, match="at most 1024"):
         HeadHunterGuidance(headsets="z" * 5000)
+
+
+# ----- model configs (issue #29, fault 4) ------------------------------------------------------------------
+TINY_SD3 = {"_class_name": "SD3Transformer2DModel", "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8,
+            "joint_attention_dim": 16, "caption_projection_dim": 16, "pooled_projection_dim": 16, "sample_size": 8,
+            "patch_size": 2, "in_channels": 4, "out_channels": 4, "pos_embed_max_size": 8}
+
+
+def test_inspect_of_a_config_claiming_100000_layers_is_refused_at_once(tmp_path):
+    import time
+
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_SD3, "num_layers": 100_000}))
+    start = time.perf_counter()
+    out = CliRunner().invoke(_cli(), ["inspect", str(tmp_path)])
+    assert time.perf_counter() - start < 5
+    assert out.exit_code == 1
+    assert "num_layers=100000 layers/blocks is out of range; allowed: [0, 512]" in out.output
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"num_layers": 300, "num_single_layers": 300}, "600 transformer layers/blocks in all; at most 512"),
+    ({"num_attention_heads": 10**6}, "num_attention_heads=1000000 heads is out of range; allowed: [1, 4096]"),
+    ({"num_attention_heads": 0}, "allowed: [1, 4096]"),
+    ({"num_layers": True}, "num_layers=True must be a whole number"),
+    ({"num_layers": 2.5}, "num_layers=2.5 must be a whole number"),
+    ({"num_layers": "24"}, "num_layers='24' must be a whole number"),
+    ({"sample_size": 10**9}, "sample_size=1000000000 is out of range; allowed: [-2147483648, 65536]"),
+    ({"axes_dims_rope": list(range(1000))}, "a list of 1000 items; at most 256"),
+    ({"_class_name": "x" * 5000}, "a string of 5000 characters"),
+])
+def test_model_config_bounds_name_the_key_and_what_is_allowed(change, expected):
+    from headhunter.errors import ModelError
+    from headhunter.format.model_config import check_model_config
+
+    assert check_model_config(TINY_SD3, "c") == TINY_SD3
+    with pytest.raises(ModelError) as caught:
+        check_model_config({**TINY_SD3, **change}, "c")
+    assert expected in str(caught.value)
+
+
+def test_the_shipped_digits_config_and_published_shapes_pass_the_bounds():
+    from headhunter.format.model_config import check_model_config, read_model_config
+    from headhunter.plugins.digits.model import CONFIG_FILE, WEIGHTS_DIR
+
+    read_model_config(WEIGHTS_DIR / CONFIG_FILE)
+    flux = {"_class_name": "FluxTransformer2DModel", "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+            "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+            "axes_dims_rope": [16, 56, 56], "in_channels": 64, "patch_size": 1, "guidance_embeds": True}
+    qwen = {"_class_name": "QwenImageTransformer2DModel", "num_layers": 60, "num_attention_heads": 24,
+            "attention_head_dim": 128, "joint_attention_dim": 3584, "axes_dims_rope": [16, 56, 56]}
+    check_model_config(flux, "flux")
+    check_model_config(qwen, "qwen")
+
+
+# ----- plugin outputs where they enter (issue #29, fault 6) ------------------------------------------------
+def _objective(name, fn):
+    from headhunter import Objective
+
+    return type("Hostile", (Objective,), {"name": name, "score": lambda self, images, prompts: fn(images)})()
+
+
+@pytest.mark.parametrize(("name", "fn", "expected"), [
+    ("all-nan", lambda x: torch.full((len(x),), float("nan")), "returned nan for 4 of 4 images (every one of them)"),
+    ("one-inf", lambda x: torch.tensor([0.0, float("inf"), 0.0, 0.0]), "returned inf for 1 of 4 images (images 1)"),
+    ("too-few", lambda x: torch.zeros(len(x) - 1), "returned 3 scores for 4 images; expected one per image, shape [4]"),
+    ("too-many", lambda x: torch.zeros(len(x) + 2), "returned 6 scores for 4 images"),
+    ("matrix", lambda x: torch.zeros(len(x), 2), "returned shape [4, 2] scores for 4 images"),
+    ("a-list", lambda x: [0.0] * len(x), "returned list; an objective returns a float tensor of shape [4]"),
+])
+def test_a_bad_objective_output_is_a_search_error_naming_the_objective(name, fn, expected):
+    from headhunter import SearchError
+    from headhunter.errors import ObjectiveError
+
+    with pytest.raises(SearchError) as caught:
+        _objective(name, fn)(torch.rand(4, 1, 8, 8), ["p"] * 4)
+    assert isinstance(caught.value, ObjectiveError)
+    assert f"objective {name!r} {expected}" in str(caught.value), str(caught.value)
+
+
+def test_a_search_with_an_objective_returning_nan_for_every_image_stops_with_a_clear_error(tmp_path):
+    from test_search import SETTINGS, tiny_digits_pipe
+
+    from headhunter import SearchError, hunt
+
+    nan = _objective("always-nan", lambda x: torch.full((len(x),), float("nan")))
+    with pytest.raises(SearchError, match=r"objective 'always-nan' returned nan for (\d+) of \1 images \(every one of them\)"):
+        hunt(tiny_digits_pipe(), nan, rounds=1, out_dir=tmp_path / "run", report=False, **SETTINGS)
+    short = _objective("one-short", lambda x: torch.zeros(len(x) - 1))
+    with pytest.raises(SearchError, match=r"objective 'one-short' returned (\d+) scores for \d+ images; expected one per image"):
+        hunt(tiny_digits_pipe(), short, rounds=1, report=False, **SETTINGS)
+
+
+# ----- prompt files: one bounded reader (issue #29, fault 6) -----------------------------------------------
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"a cat\n" * 1_000_000, "at most 4194304 bytes are read"),
+    (b"a cat\n" * 10_001, "more than 10000 prompts"),
+    (b"\x00" * (16 * 1024 * 1024), "at most 4194304 bytes"),
+    (b"ok\n" + b"\x00" * 100 + b"\n", "line 2, holds a NUL byte at character 1"),
+    (b"ok\n" + b"x" * 5000 + b"\n", "line 2, is 5000 bytes long; a prompt is at most 4096 bytes"),
+    (b"ok\nred \x1b[31m\n", "line 2, holds the control character '\\x1b' at character 5"),
+    (b"\xff\xfe", "is not UTF-8 text"),
+    (b"\n  \n\n", "holds no prompts"),
+])
+def test_a_bad_prompt_file_is_refused_by_hunt_and_atlas_before_any_work(tmp_path, content, expected):
+    (tmp_path / "p.txt").write_bytes(content)
+    for verb in ("hunt", "atlas"):
+        out = CliRunner().invoke(_cli(), [verb, "digits", "--prompt", f"@{tmp_path / 'p.txt'}", "--out", str(tmp_path / verb)])
+        assert out.exit_code == 2, out.output
+        assert expected in out.output, out.output
+        assert not (tmp_path / verb / "state.json").exists()
+
+
+def test_a_good_prompt_file_gives_its_prompts():
+    from headhunter.errors import HeadhunterError
+    from headhunter.format.files import read_prompt_file
+    import tempfile, pathlib
+
+    path = pathlib.Path(tempfile.mkdtemp()) / "p.txt"
+    path.write_bytes("a cat\r\n\n  a dog\twith a hat  \n3\n".encode())
+    assert read_prompt_file(path, error=HeadhunterError) == ["a cat", "a dog\twith a hat", "3"]

@@ -190,6 +190,62 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int, error: type[Headh
                       max_depth=max_depth)
 
 
+# ----- prompt files ----------------------------------------------------------------------------------------
+#: Largest prompt file read (10,000 prompts of 400 bytes).
+MAX_PROMPT_FILE_BYTES = 4 * 1024 * 1024
+#: Most prompts one file may hold (non-empty lines).
+MAX_PROMPTS = 10_000
+#: Longest prompt, in UTF-8 bytes (T5's 512 tokens are well under 4 kB of text).
+MAX_PROMPT_BYTES = 4096
+
+_PROMPT_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def check_prompt(text: str, where: str, error: type[HeadhunterError], *, allow_blank: bool = False) -> str:
+    """One prompt, checked: at most MAX_PROMPT_BYTES of UTF-8, no NUL or other control character (a tab is
+    allowed), not blank unless `allow_blank` (an empty prompt given on purpose). Returns it stripped; raises
+    `error` naming `where` and what is wrong."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PROMPT_BYTES:
+        raise error(f"{where} is {size} bytes long; a prompt is at most {MAX_PROMPT_BYTES} bytes")
+    bad = _PROMPT_CONTROL.search(text)
+    if bad is not None:
+        what = "a NUL byte" if bad.group() == "\x00" else f"the control character {bad.group()!r}"
+        raise error(f"{where} holds {what} at character {bad.start() + 1}; prompts are plain text (tabs allowed)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{where} holds an unpaired surrogate; prompts are UTF-8 text") from None
+    if not text.strip() and not allow_blank:
+        raise error(f"{where} is blank; give some text")
+    return text.strip()
+
+
+def read_prompt_file(path: str | os.PathLike[str], *, error: type[HeadhunterError]) -> list[str]:
+    """The prompts of a prompt file (`--prompt @FILE`): one per non-empty line, each `check_prompt`-ed.
+
+    The file must be a regular UTF-8 file of at most MAX_PROMPT_FILE_BYTES with at most MAX_PROMPTS prompts;
+    a line of NUL bytes, a 16 MiB line or a million lines is `error` naming the file (and the line), before
+    anything is generated. Lines end at LF (a CR before it is dropped); blank lines are skipped.
+    """
+    data = read_regular(path, max_bytes=MAX_PROMPT_FILE_BYTES, error=error, what="prompt file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"prompt file {path} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})") from None
+    prompts: list[str] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        if len(prompts) == MAX_PROMPTS:
+            raise error(f"prompt file {path} holds more than {MAX_PROMPTS} prompts; at most {MAX_PROMPTS} are read")
+        prompts.append(check_prompt(line, f"prompt file {path}, line {number},", error))
+    if not prompts:
+        raise error(f"prompt file {path} holds no prompts (every line is blank)")
+    return prompts
+
+
 # ----- writing --------------------------------------------------------------------------------------------
 def write_target(path: str | os.PathLike[str]) -> Path:
     """Where a write to `path` lands: a symlink's final target (written through), else `path` itself.

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from headhunter.errors import ModelError
+from headhunter.format.model_config import read_model_config
 
 from .data import IMAGE_SIZE, NULL_PROMPT, NUM_CLASSES, prompts_to_labels, to_unit
 
@@ -307,7 +308,7 @@ def load_digits_pipeline(weights_dir: str | Path | None = None, device: str | to
     if not config_path.is_file():
         raise ModelError(f"No digits model config at {config_path}; train one with "
                                 "`python -m headhunter.plugins.digits.train --out DIR`")
-    config = json.loads(config_path.read_text())
+    config = read_model_config(config_path)  # bounded read, layer/head counts checked before anything is built
     transformer = SD3Transformer2DModel.from_config(config["transformer"])
     label_encoder = LabelEncoder.from_config(config["label_encoder"])
     for module, name in ((transformer, TRANSFORMER_FILE), (label_encoder, LABEL_ENCODER_FILE)):
