@@ -40,7 +40,7 @@ from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed,
 from headhunter.format.sites import Site, format_notation, parse_notation
 from headhunter.atlases.effects import NONE, Effect, Group, Measure, analyse
 from headhunter.atlases.measures import Measurer
-from headhunter.search.checkpoint import STATE_NAME, Checkpoint
+from headhunter.search.checkpoint import FIX, STATE_NAME, Checkpoint
 
 ATLAS_NAME = "atlas.json"
 IMAGES_DIR = "images"
@@ -309,6 +309,14 @@ class AtlasCheckpoint(Checkpoint):
     def fresh(cls, settings: BaseModel) -> dict[str, Any]:
         return {"settings": settings.model_dump(), "library_version": __version__, "values": {}, "done": [],
                 "timing": {"images": 0, "seconds": 0.0, "cpu_seconds": 0.0}}
+
+    @classmethod
+    def check(cls, data: dict[str, Any], path: Path) -> None:
+        """Beyond the schema: finished batches are distinct batch starts (integers >= 0)."""
+        done = data["done"]
+        if any(d < 0 for d in done) or len(set(done)) != len(done):
+            raise SearchError(f"atlas checkpoint {path} is damaged: done={done[:10]!r} must list distinct batch "
+                              f"starts >= 0; {FIX}")
 
     @classmethod
     def started(cls, out_dir: Path) -> None:

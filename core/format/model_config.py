@@ -6,9 +6,11 @@ with memory rising. `check_model_config` bounds the config first, so a hostile o
 ModelError naming the key, the value and what is allowed, in microseconds:
 
 - layer and block counts (`num_layers`, `num_single_layers`, `num_blocks`, `depth`, any `*_layers` /
-  `*_blocks` key): integers in `[0, MAX_LAYERS]`, and all of them together at most `MAX_LAYERS`
-  (published DiTs have at most 60: Qwen-Image; FLUX.1 19 + 38);
-- head counts (any key holding `heads`): integers in `[1, MAX_HEADS]` (headhunter.format.sites.MAX_HEADS);
+  `*_blocks` key): null or an integer in `[0, MAX_LAYERS]`, and all of them together at most `MAX_LAYERS`
+  (published DiTs have at most 60: Qwen-Image; FLUX.1 19 + 38); a list there is a list of layer indices
+  (SD3.5's `dual_attention_layers`);
+- head counts (any key holding `heads`): null or an integer in `[1, MAX_HEADS]`
+  (headhunter.format.sites.MAX_HEADS), or a list of such per-block counts;
 - every other integer: `[-MAX_INT, MAX_INT]`; sizes and dimensions (`*_size`, `*_dim`, `*channels*`,
   `*_len`): at most `MAX_DIM`;
 - lists at most `MAX_LIST` items, strings at most `MAX_TEXT` characters, booleans where a count is asked
@@ -52,45 +54,44 @@ def check_model_config(config: Any, source: str) -> dict[str, Any]:
     ModelError naming `source`, the key and the allowed range. Nested objects are checked key by key."""
     if not isinstance(config, dict):
         raise ModelError(f"config {source} must be a JSON object, not {type(config).__name__}")
-    total = _check(config, source, "")
+    total = _check(config, source, "", "", False)
     if total > MAX_LAYERS:
         raise ModelError(f"config {source} declares {total} transformer layers/blocks in all; at most {MAX_LAYERS} "
                          "are allowed (published models have at most 60)")
     return config
 
 
-def _check(value: Any, source: str, where: str) -> int:
-    """Check one value; returns the layer/block count it declares (summed over nested objects)."""
-    key = where.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+def _check(value: Any, source: str, where: str, key: str, in_list: bool) -> int:
+    """Check one value found under `key`; returns the layer/block count it declares (nested objects summed).
+
+    A count key (layers/blocks, heads) holds null, a whole number in its range, or a list: of layer indices
+    (layers) or of per-block head counts (heads, each in range). Items of a list are checked under the list's key.
+    """
+    low = key.lower()
+    layers, heads = not in_list and bool(_LAYERS.search(low)), bool(_HEADS.search(low))
     if isinstance(value, dict):
-        return sum(_check(item, source, f"{where}.{k}" if where else str(k)) for k, item in value.items())
+        return sum(_check(item, source, f"{where}.{k}" if where else str(k), str(k), False) for k, item in value.items())
     if isinstance(value, list):
         if len(value) > MAX_LIST:
             raise ModelError(f"config {source}: {where} is a list of {len(value)} items; at most {MAX_LIST} are allowed")
         for index, item in enumerate(value):
-            _check(item, source, f"{where}[{index}]")
+            _check(item, source, f"{where}[{index}]", key, True)
         return 0
-    is_count = (bool(_LAYERS.search(key)) or bool(_HEADS.search(key))) and "[" not in where.rsplit(".", 1)[-1]
-    if isinstance(value, (str, bool)) and is_count:
-        raise ModelError(f"config {source}: {where}={value!r} must be a whole number, not a {type(value).__name__}")
+    if layers:
+        return _count(value, source, where, 0, MAX_LAYERS, "layers/blocks")
+    if heads and (in_list or value is not None):
+        _count(value, source, where, 1, MAX_HEADS, "heads")
+        return 0
     if isinstance(value, str):
         if len(value) > MAX_TEXT:
             raise ModelError(f"config {source}: {where} is a string of {len(value)} characters; at most {MAX_TEXT}")
-        return 0
-    if isinstance(value, bool):
-        return 0
-    if _LAYERS.search(key) and "[" not in where.rsplit(".", 1)[-1]:
-        return _count(value, source, where, 0, MAX_LAYERS, "layers/blocks")
-    if _HEADS.search(key):
-        if isinstance(value, float) and not value.is_integer():
-            raise ModelError(f"config {source}: {where}={value!r} must be a whole number of heads")
-        _count(value, source, where, 1, MAX_HEADS, "heads")
-        return 0
-    if isinstance(value, int):
-        high = MAX_DIM if _DIMS.search(key) else MAX_INT
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        high = MAX_DIM if _DIMS.search(low) else MAX_INT
         if not -MAX_INT <= value <= high:
             raise ModelError(f"config {source}: {where}={value} is out of range; allowed: [{-MAX_INT}, {high}]")
-    elif isinstance(value, float) and _DIMS.search(key) and not -MAX_INT <= value <= MAX_DIM:
+    elif isinstance(value, float) and _DIMS.search(low) and not -MAX_INT <= value <= MAX_DIM:
         raise ModelError(f"config {source}: {where}={value!r} is out of range; allowed: at most {MAX_DIM}")
     return 0
 
@@ -98,8 +99,9 @@ def _check(value: Any, source: str, where: str) -> int:
 def _count(value: Any, source: str, where: str, low: int, high: int, what: str) -> int:
     if value is None:
         return 0
-    if not isinstance(value, int):
-        raise ModelError(f"config {source}: {where}={value!r} must be a whole number of {what} in [{low}, {high}]")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"config {source}: {where}={value!r} must be a whole number of {what} in [{low}, {high}], "
+                         f"not a {type(value).__name__}")
     if not low <= value <= high:
         raise ModelError(f"config {source}: {where}={value} {what} is out of range; allowed: [{low}, {high}]")
     return value
