@@ -29,6 +29,7 @@ _LAZY = {
     "get_plugin_manager": "headhunter.plugin_system.registry",
     "get_registry": "headhunter.plugin_system.registry",
     "FORMAT_VERSION": "headhunter.format.schema",
+    "CONSTANT_FORMAT_VERSION": "headhunter.format.schema",
     "GenerationSettings": "headhunter.format.schema",
     "GuidanceSettings": "headhunter.format.schema",
     "HeadSetMetadata": "headhunter.format.schema",

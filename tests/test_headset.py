@@ -149,7 +149,7 @@ def test_header_is_readable_without_tensors(tmp_path):
     path = small([(0, 1, 0.5)], name="hdr").save(tmp_path / "h.safetensors")
     head = path.read_bytes()[: 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]]
     meta = json.loads(read_header(head, "x")["__metadata__"][METADATA_KEY])
-    assert meta["name"] == "hdr" and meta["format_version"] == hh.FORMAT_VERSION
+    assert meta["name"] == "hdr" and meta["format_version"] == hh.CONSTANT_FORMAT_VERSION == "1.0"
 
 
 def test_folder_with_headset_file_loads(tmp_path):
@@ -176,7 +176,7 @@ def _meta_json(**override):
         ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": "{not json"}, "metadata is not JSON"),
         ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": "[]"}, "must be an object"),
         ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": _meta_json(sites=[])}, "does not match the head-set schema"),
-        ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": _meta_json(format_version="2.0")}, "format 2.0; headhunter .* reads format 1.x"),
+        ({"blocks.0.attn": np.ones(4, np.float32)}, {"headhunter": _meta_json(format_version="3.0")}, "format 3.0; headhunter .* reads formats up to 2.x"),
         ({"blocks.0.attn": np.full(4, 2.0, np.float32)}, "ok", "strength 2.0 at blocks.0.attn out of range"),
         ({"blocks.0.attn": np.array([np.nan, 0, 0, 0], np.float32)}, "ok", "strength nan"),
         ({"blocks.0.attn": np.zeros(4, np.float32)}, "ok", "no non-zero strength"),

@@ -3,6 +3,10 @@
 A head set is what HeadHunter finds and what `apply` uses. On disk it is a safetensors file with one
 float32 tensor `[num_heads]` per site that has at least one non-zero strength, keyed by the site name,
 and the metadata JSON under the header key `headhunter` (docs/format.md is the specification).
+
+A head set may hold a **schedule**: one strength map per interval of the flow-matching noise level sigma
+in [0, 1] (`headhunter.format.schedule`). Such a file is format 2.0, one tensor per (site, interval) keyed
+`<site>@<k>`; a head set without a schedule is one full-range interval and is still written as format 1.0.
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ import headhunter.format.hub as hub
 import headhunter.format.model_card as model_card
 from headhunter._version import __version__
 from headhunter.errors import HeadSetError
-from headhunter.format.schema import FORMAT_VERSION, HeadSetMetadata
-from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.format.schedule import (FULL, Interval, bounds_of, check_interval, format_interval, interval_index,
+                                        intervals_of, parse_item, refine, runs, split_items)
+from headhunter.format.schema import CONSTANT_FORMAT_VERSION, FORMAT_VERSION, HeadSetMetadata, format_major
+from headhunter.format.sites import Site, format_notation
 from headhunter.format.text import safe_line
 from headhunter.plugin_system.registry import get_registry
 from headhunter.format.files import parse_json
 
-#: One head given by site name or paper layer index, head index and strength.
-HeadSpec = Union[tuple[Union[str, int], int], tuple[Union[str, int], int, float]]
+#: One head given by site name or paper layer index, head index, strength and (optionally) the interval of the
+#: noise level sigma it acts in: `(site, head)`, `(site, head, u)` or `(site, head, u, (lo, hi))`.
+HeadSpec = Union[tuple[Union[str, int], int], tuple[Union[str, int], int, float],
+                 tuple[Union[str, int], int, float, tuple[float, float]]]
+#: A head set's strengths in one interval: {site: {head: u}}.
+StrengthDict = dict[str, dict[int, float]]
+#: Separates a site name from its interval index in the tensor keys of a scheduled (format 2.x) file.
+INTERVAL_KEY_SEP = "@"
 
 MERGE_RULES = ("max", "sum", "override")
 #: Smallest non-zero strength: float32's smallest subnormal (strengths are stored as float32; a value that
@@ -40,27 +52,49 @@ _HEAD_INDEX = re.compile(r"^(0|[1-9][0-9]{0,8})$")  # canonical: "3", not "03" (
 
 
 class Head(NamedTuple):
-    """One selected head: its site, the site's paper layer index, the head index and strength u."""
+    """One selected head: its site, the site's paper layer index, the head index, strength u and the interval
+    of the noise level sigma it acts in with that strength (`(0.0, 1.0)`: always)."""
 
     site: str
     layer: int
     head: int
     strength: float
+    interval: Interval = FULL
 
     def __str__(self) -> str:
-        return format_notation(self.layer, self.head, self.strength)
+        text = format_notation(self.layer, self.head, self.strength)
+        return text if self.interval == FULL else f"{text}@{format_interval(self.interval)}"
 
 
 class HeadSet:
     """Heads to perturb, with their strengths, and metadata (model, perturbation, guidance, provenance).
 
-    Build with `HeadSet.from_heads`, `HeadSet.from_notation` or `headhunter.load_headset`. Immutable:
-    `merge` and `scaled` return new head sets.
+    Build with `HeadSet.from_heads`, `HeadSet.from_notation`, `HeadSet.from_schedule` or
+    `headhunter.load_headset`. Immutable: `merge`, `scaled` and `restricted` return new head sets.
+
+    `HeadSet(strengths, metadata)`: `strengths` is `{site: {head: u}}`. With `intervals=[(0, a), (a, b), ...,
+    (c, 1)]` (contiguous, covering sigma in [0, 1]) it is a list of such maps, one per interval: a scheduled
+    head set. Neighbouring intervals with equal maps are merged, so a schedule that is the same everywhere
+    is a head set without a schedule (format 1.0), and equal head sets compare equal.
     """
 
-    def __init__(self, strengths: dict[str, dict[int, float]], metadata: HeadSetMetadata) -> None:
-        self._meta = metadata
-        self._strengths = _validated_strengths(strengths, metadata.sites)
+    def __init__(self, strengths: StrengthDict | Sequence[StrengthDict], metadata: HeadSetMetadata, *,
+                 intervals: Sequence[Sequence[float]] | None = None) -> None:
+        if intervals is None:
+            if not isinstance(strengths, dict):
+                raise HeadSetError(f"strengths must be a {{site: {{head: u}}}} map, got {type(strengths).__name__}; "
+                                   "pass intervals= with one map per interval for a schedule")
+            bounds, maps = FULL, [strengths]
+        else:
+            bounds = bounds_of([tuple(i) for i in intervals])
+            if isinstance(strengths, dict) or len(strengths) != len(bounds) - 1:
+                have = "a single map" if isinstance(strengths, dict) else f"{len(strengths)} maps"
+                raise HeadSetError(f"a schedule of {len(bounds) - 1} intervals needs one strength map per interval, "
+                                   f"got {have}")
+            maps = list(strengths)
+        checked = [_validated_strengths(m, metadata.sites) for m in maps]
+        self._bounds, self._maps = _canonical(bounds, checked)
+        self._meta = _versioned(metadata, self._bounds)
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
@@ -77,22 +111,33 @@ class HeadSet:
 
         `sites` is the model's ordered site list (`adapter.sites(model)`); for a published model,
         `base_model` (e.g. `stabilityai/stable-diffusion-3-medium-diffusers`) fills it in.
-        A missing strength takes `strength`. Remaining keyword arguments are metadata fields.
+        A missing strength takes `strength`. A fourth element `(lo, hi)` restricts the head to the noise
+        levels sigma in `[lo, hi)` (`[lo, 1]` for hi = 1); heads with intervals make a scheduled head set.
+        Remaining keyword arguments are metadata fields.
         """
         site_list, architecture = _resolve_sites(sites, base_model, metadata.pop("architecture", None))
         names = [s.name for s in site_list]
-        strengths: dict[str, dict[int, float]] = {}
+        entries: list[tuple[str, int, float, Interval]] = []
         for spec in heads:
-            site_ref, head, value = _unpack(spec, strength)
-            name = _site_name(site_ref, names)
-            per_site = strengths.setdefault(name, {})
-            if head in per_site:
-                raise HeadSetError(f"duplicate head {head} at {name} ({format_notation(names.index(name), head)})")
-            per_site[head] = value
+            site_ref, head, value, interval = _unpack(spec, strength)
+            entries.append((_site_name(site_ref, names), head, value, interval))
+        bounds = refine(FULL, *(interval for *_, interval in entries))
+        maps: list[StrengthDict] = [{} for _ in range(len(bounds) - 1)]
+        for name, head, value, (lo, hi) in entries:
+            for k, (a, b) in enumerate(intervals_of(bounds)):
+                if lo <= a and b <= hi:
+                    per_site = maps[k].setdefault(name, {})
+                    if head in per_site:
+                        where = "" if (lo, hi) == FULL else f" in overlapping intervals (at sigma in {format_interval((a, b))})"
+                        raise HeadSetError(f"duplicate head {head} at {name} "
+                                           f"({format_notation(names.index(name), head)}){where}")
+                    per_site[head] = value
         meta = HeadSetMetadata(
             architecture=architecture, base_model=base_model, sites=list(site_list), **metadata
         )
-        return cls(strengths, meta)
+        if len(maps) == 1:
+            return cls(maps[0], meta)
+        return cls(maps, meta, intervals=intervals_of(bounds))
 
     @classmethod
     def from_notation(
@@ -104,13 +149,46 @@ class HeadSet:
         strength: float = 1.0,
         **metadata: Any,
     ) -> HeadSet:
-        """Build from paper notation: `"L12H3, L0H4@0.5"` or `["L12H3", "L0H4@0.5"]`."""
-        items = [h for h in heads.replace(";", ",").split(",") if h.strip()] if isinstance(heads, str) else list(heads)
+        """Build from paper notation: `"L12H3, L0H4@0.5"` or `["L12H3", "L0H4@0.5"]`; an interval of the noise
+        level sigma after the head makes a schedule: `"L3H2@[0,0.4), L3H2@0.5@[0.4,1]"` (docs/format.md)."""
+        items = split_items(heads) if isinstance(heads, str) else list(heads)
         specs: list[HeadSpec] = []
         for item in items:
-            layer, head, value = parse_notation(item)
-            specs.append((layer, head, strength if value is None else value))
+            if not isinstance(item, str):
+                raise HeadSetError(f"head {item!r} must be a string in paper notation like 'L12H3'")
+            layer, head, value, interval = parse_item(item)
+            specs.append((layer, head, strength if value is None else value, interval or FULL))
         return cls.from_heads(specs, sites=sites, base_model=base_model, **metadata)
+
+    @classmethod
+    def from_schedule(cls, pieces: Iterable[tuple[Sequence[float], HeadSet | None]], **metadata: Any) -> HeadSet:
+        """A scheduled head set from `[((lo, hi), head set or None), ...]`: each head set's heads act for the
+        noise levels sigma in `[lo, hi)` (`[lo, 1]` for hi = 1). Intervals must not overlap; sigma not covered
+        by any piece (or a None piece) perturbs nothing. The head sets must be for the same model and hold no
+        schedule themselves; the metadata is the first head set's, with `metadata` overrides."""
+        items = [(check_interval(*tuple(interval), where="from_schedule"), hs) for interval, hs in pieces]
+        given = [hs for _, hs in items if hs is not None]
+        if not given:
+            raise HeadSetError("from_schedule needs at least one (interval, HeadSet) piece with a head set")
+        first = given[0]
+        for hs in given:
+            if not isinstance(hs, HeadSet):
+                raise HeadSetError(f"from_schedule pieces hold HeadSets or None, got {type(hs).__name__}")
+            first._require_same_sites(hs)
+            if hs.scheduled:
+                raise HeadSetError(f"head set {hs.name!r} already holds a schedule; from_schedule takes head sets "
+                                   "without one (use merge to combine scheduled sets)")
+        ordered = sorted(items, key=lambda item: item[0])
+        for (a, _), (b, _) in zip(ordered, ordered[1:]):
+            if b[0] < a[1]:
+                raise HeadSetError(f"from_schedule intervals {format_interval(a)} and {format_interval(b)} overlap")
+        bounds = refine(FULL, *(interval for interval, _ in items))
+        maps: list[StrengthDict] = []
+        for a, b in intervals_of(bounds):
+            owner = [hs for (lo, hi), hs in items if lo <= a and b <= hi and hs is not None]
+            maps.append(owner[0]._maps[0] if owner else {})
+        meta = first._meta.model_copy(update=metadata) if metadata else first._meta
+        return cls(maps, _revalidated(meta), intervals=intervals_of(bounds))
 
     # ----- reading --------------------------------------------------------------------------
     @property
@@ -127,47 +205,126 @@ class HeadSet:
         """The ordered sites of the model this head set was made for."""
         return list(self._meta.sites)
 
+    # ----- the schedule ----------------------------------------------------------------------------------
+    @property
+    def scheduled(self) -> bool:
+        """Whether the strengths depend on the noise level sigma (more than one interval; format 2.x)."""
+        return len(self._maps) > 1
+
+    @property
+    def intervals(self) -> list[Interval]:
+        """The intervals of the noise level sigma, `[(0, b1), (b1, b2), ..., (b(K-1), 1)]`: each `[lo, hi)`, the
+        top one `[lo, 1]`. `[(0.0, 1.0)]` for a head set without a schedule."""
+        return intervals_of(self._bounds)
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The schedule's boundaries `(0, b1, ..., 1)` (`(0.0, 1.0)` without a schedule)."""
+        return self._bounds
+
+    def schedule(self) -> list[tuple[Interval, StrengthDict]]:
+        """A copy of `[(interval, {site: {head: u}}), ...]`, one entry per interval (one entry without a schedule)."""
+        return [(iv, {site: dict(h) for site, h in m.items()}) for iv, m in zip(self.intervals, self._maps)]
+
+    def interval_index(self, sigma: float) -> int:
+        """Index into `intervals` of the interval holding noise level `sigma` in [0, 1]; HeadSetError outside."""
+        try:
+            return interval_index(self._bounds, float(sigma))
+        except ValueError as exc:
+            raise HeadSetError(f"{exc}; head-set schedules are defined for sigma in [0, 1]") from None
+
+    def at(self, sigma: float) -> HeadSet:
+        """The head set acting at noise level `sigma` in [0, 1]: a head set without a schedule (maybe with no
+        heads), same metadata. `hs.at(s)` for a head set without a schedule is `hs`."""
+        if not self.scheduled:
+            return self
+        return self._piece(self.interval_index(sigma))
+
+    def pieces(self) -> list[tuple[Interval, HeadSet]]:
+        """`[(interval, head set without a schedule), ...]`: what acts in each interval (a piece may be empty)."""
+        if not self.scheduled:
+            return [(FULL, self)]
+        return [(iv, self._piece(k)) for k, iv in enumerate(self.intervals)]
+
+    def restricted(self, lo: float, hi: float) -> HeadSet:
+        """The same heads, acting only for noise levels sigma in `[lo, hi)` (`[lo, 1]` for hi = 1): strengths
+        outside are 0. `hs.restricted(0, 1)` is `hs`. HeadSetError for an interval outside [0, 1]."""
+        lo, hi = check_interval(lo, hi, where="restricted")
+        bounds = refine(self._bounds, (lo, hi))
+        maps = [self._maps[self._cell(a)] if lo <= a and b <= hi else {} for a, b in intervals_of(bounds)]
+        return self._remade(bounds, maps)
+
+    def _piece(self, k: int) -> HeadSet:
+        return HeadSet(self._maps[k], self._meta.model_copy(update={"intervals": None,
+                                                                     "format_version": CONSTANT_FORMAT_VERSION}))
+
+    def _cell(self, lo: float) -> int:
+        """The interval of this head set's schedule that holds the refined cell starting at `lo`."""
+        return interval_index(self._bounds, lo)
+
+    def _remade(self, bounds: Sequence[float], maps: Sequence[StrengthDict], meta: HeadSetMetadata | None = None) -> HeadSet:
+        meta = self._meta if meta is None else meta
+        if len(maps) == 1:
+            return HeadSet(dict(maps[0]), meta.model_copy(update={"intervals": None,
+                                                                  "format_version": CONSTANT_FORMAT_VERSION}))
+        return HeadSet(list(maps), meta, intervals=intervals_of(bounds))
+
+    def _constant(self, what: str) -> StrengthDict:
+        if self.scheduled:
+            raise HeadSetError(
+                f"head set {self.name!r} holds a schedule ({len(self._maps)} intervals of the noise level sigma), so "
+                f"{what} is not defined; use .schedule(), .pieces() or .at(sigma)")
+        return self._maps[0]
+
     def strengths(self) -> dict[str, dict[int, float]]:
-        """A copy of the sparse map site -> {head: strength}, sites in model order, heads ascending."""
-        return {site: dict(heads) for site, heads in self._strengths.items()}
+        """A copy of the sparse map site -> {head: strength}, sites in model order, heads ascending. HeadSetError
+        for a scheduled head set (use `schedule()`, `pieces()` or `at(sigma)`)."""
+        return {site: dict(heads) for site, heads in self._constant("strengths()").items()}
 
     def dense(self) -> dict[str, np.ndarray]:
-        """float32 `[num_heads]` strength vector for every site with at least one selected head."""
-        sizes = {s.name: s.num_heads for s in self._meta.sites}
-        out = {}
-        for site, heads in self._strengths.items():
-            vec = np.zeros(sizes[site], dtype=np.float32)
-            for head, value in heads.items():
-                vec[head] = value
-            out[site] = vec
-        return out
+        """float32 `[num_heads]` strength vector for every site with at least one selected head. HeadSetError
+        for a scheduled head set (use `pieces()`)."""
+        return _dense(self._constant("dense()"), self._meta.sites)
 
     def __iter__(self) -> Iterator[Head]:
+        """The heads in site order, then head order; a scheduled head yields one `Head` per run of intervals
+        with the same strength (`Head.interval`), lowest sigma first."""
         layer_of = {s.name: i for i, s in enumerate(self._meta.sites)}
-        for site, heads in self._strengths.items():
-            for head, value in heads.items():
-                yield Head(site, layer_of[site], head, value)
+        if not self.scheduled:
+            for site, heads in self._maps[0].items():
+                for head, value in heads.items():
+                    yield Head(site, layer_of[site], head, value)
+            return
+        for site in layer_of:
+            heads = sorted({h for m in self._maps for h in m.get(site, {})})
+            for head in heads:
+                values = [m.get(site, {}).get(head, 0.0) for m in self._maps]
+                for value, interval in runs(values, self._bounds):
+                    yield Head(site, layer_of[site], head, value, interval)
 
     def __len__(self) -> int:
-        return sum(len(h) for h in self._strengths.values())
+        """Number of distinct heads selected (in any interval)."""
+        return len({(site, h) for m in self._maps for site, heads in m.items() for h in heads})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HeadSet):
             return NotImplemented
-        return self._strengths == other._strengths and self._meta == other._meta
+        return self._bounds == other._bounds and self._maps == other._maps and self._meta == other._meta
 
     def __hash__(self) -> int:  # pragma: no cover - head sets are values but mutable metadata objects
         raise TypeError("HeadSet is not hashable")
 
     def notation(self) -> str:
-        """The heads in paper notation, in site order: `L1H10, L12H3@0.5`."""
+        """The heads in paper notation, in site order: `L1H10, L12H3@0.5`; scheduled heads carry their interval
+        of the noise level sigma: `L3H2@[0,0.4), L3H2@0.5@[0.4,1]` (docs/format.md)."""
         return ", ".join(str(h) for h in self)
 
     def __repr__(self) -> str:
         return f"HeadSet(name={self.name!r}, architecture={self._meta.architecture!r}, heads=[{self.notation()}])"
 
     def describe(self) -> str:
-        """A multi-line human summary: metadata, recommended guidance and the heads."""
+        """A multi-line human summary: metadata, recommended guidance and the heads (per interval of the noise
+        level sigma when the head set holds a schedule)."""
         m = self._meta
         g = m.guidance
         lines = [
@@ -189,6 +346,10 @@ class HeadSet:
                 f"prompts={len(s.prompts)} seeds={len(s.seeds)}"
             )
         lines.append(f"heads ({len(self)}): {self.notation() or '(none)'}")
+        if self.scheduled:
+            lines.append(f"schedule ({len(self._maps)} intervals of the noise level sigma, 1 = pure noise):")
+            for interval, piece in self.pieces():
+                lines.append(f"  sigma in {format_interval(interval):<14} {piece.notation() or '(no heads)'}")
         return "\n".join(lines)
 
     # ----- composition ------------------------------------------------------------------------
@@ -197,17 +358,23 @@ class HeadSet:
 
         Overlapping heads take `rule`: `max` (default; the stronger perturbation wins), `sum` (capped
         at 1) or `override` (`other` wins). Metadata is this head set's, with `metadata` overrides.
+        Scheduled head sets merge pointwise in the noise level: `a.merge(b).at(s) == a.at(s).merge(b.at(s))`
+        for every sigma s (on the common refinement of both schedules).
         """
         if rule not in MERGE_RULES:
             raise HeadSetError(f"unknown merge rule {rule!r}; allowed: {', '.join(MERGE_RULES)}")
         self._require_same_sites(other)
-        merged = self.strengths()
-        for site, heads in other._strengths.items():
-            target = merged.setdefault(site, {})
-            for head, value in heads.items():
-                target[head] = _combine(target.get(head), value, rule)
+        bounds = refine(self._bounds, other._bounds)
+        maps = []
+        for lo, _ in intervals_of(bounds):
+            merged = {site: dict(h) for site, h in self._maps[self._cell(lo)].items()}
+            for site, heads in other._maps[other._cell(lo)].items():
+                target = merged.setdefault(site, {})
+                for head, value in heads.items():
+                    target[head] = _combine(target.get(head), value, rule)
+            maps.append(merged)
         meta = self._meta.model_copy(update=metadata) if metadata else self._meta
-        return HeadSet(merged, _revalidated(meta))
+        return self._remade(bounds, maps, _revalidated(meta))
 
     def union(self, other: HeadSet) -> HeadSet:
         """`merge` with the default rule (max)."""
@@ -217,17 +384,18 @@ class HeadSet:
         return self.merge(other)
 
     def scaled(self, u: float) -> HeadSet:
-        """Every strength multiplied by u in [0, 1] (e.g. turn a PAG set into SoftPAG at u)."""
+        """Every strength multiplied by u in [0, 1] (e.g. turn a PAG set into SoftPAG at u), in every interval."""
         if not (0.0 <= u <= 1.0) or math.isnan(u):
             raise HeadSetError(f"scale factor {u} out of range; allowed: [0, 1]")
-        scaled = {site: {h: v * u for h, v in heads.items()} for site, heads in self._strengths.items()}
-        return HeadSet(scaled, self._meta)
+        maps = [{site: {h: v * u for h, v in heads.items()} for site, heads in m.items()} for m in self._maps]
+        return self._remade(self._bounds, maps)
 
     def with_metadata(self, **updates: Any) -> HeadSet:
-        """The same heads with some metadata fields replaced (validated)."""
+        """The same heads (and schedule) with some metadata fields replaced (validated)."""
         data = self._meta.model_dump()
         data.update(updates)
-        return HeadSet(self.strengths(), HeadSetMetadata.model_validate(data))
+        data["format_version"], data["intervals"] = CONSTANT_FORMAT_VERSION, None  # set again from the schedule
+        return self._remade(self._bounds, self._maps, HeadSetMetadata.model_validate(data))
 
     def validate_against(self, sites: Sequence[Site], architecture: str | None = None) -> None:
         """Check this head set fits a model with these sites; raise HeadSetError naming the first mismatch."""
@@ -237,24 +405,27 @@ class HeadSet:
                 f"not {architecture!r}; use a head set made for this model family"
             )
         model_sites = {s.name: s for s in sites}
-        for site, heads in self._strengths.items():
-            if site not in model_sites:
-                raise HeadSetError(
-                    f"site {site!r} of head set {self.name!r} does not exist in this model "
-                    f"({len(model_sites)} sites, e.g. {', '.join(list(model_sites)[:3])})"
-                )
-            have = model_sites[site].num_heads
-            wanted = next(s.num_heads for s in self._meta.sites if s.name == site)
-            if have != wanted:
-                raise HeadSetError(
-                    f"site {site!r} has {have} heads in this model but the head set {self.name!r} "
-                    f"was made for {wanted}"
-                )
-            for head in heads:
-                if head >= have:
-                    raise HeadSetError(f"head {head} out of range for {site} ({have} heads)")
+        for strengths in self._maps:
+            for site, heads in strengths.items():
+                if site not in model_sites:
+                    raise HeadSetError(
+                        f"site {site!r} of head set {self.name!r} does not exist in this model "
+                        f"({len(model_sites)} sites, e.g. {', '.join(list(model_sites)[:3])})"
+                    )
+                have = model_sites[site].num_heads
+                wanted = next(s.num_heads for s in self._meta.sites if s.name == site)
+                if have != wanted:
+                    raise HeadSetError(
+                        f"site {site!r} has {have} heads in this model but the head set {self.name!r} "
+                        f"was made for {wanted}"
+                    )
+                for head in heads:
+                    if head >= have:
+                        raise HeadSetError(f"head {head} out of range for {site} ({have} heads)")
 
     def _require_same_sites(self, other: HeadSet) -> None:
+        if not isinstance(other, HeadSet):
+            raise HeadSetError(f"expected a HeadSet, got {type(other).__name__}")
         if [s.name for s in self._meta.sites] != [s.name for s in other._meta.sites]:
             raise HeadSetError(
                 f"cannot merge head sets for different models: {self.name!r} "
@@ -271,8 +442,15 @@ class HeadSet:
         if path.suffix == ".json":
             io.write_atomic(path, self.to_json().encode())
         else:
-            io.write_safetensors(path, self.dense(), meta_json)
+            io.write_safetensors(path, self._tensors(), meta_json)
         return path
+
+    def _tensors(self) -> dict[str, np.ndarray]:
+        """The file's tensors: `{site: [H]}` (format 1.x), or `{"<site>@<k>": [H]}` per interval k (format 2.x)."""
+        if not self.scheduled:
+            return _dense(self._maps[0], self._meta.sites)
+        return {f"{site}{INTERVAL_KEY_SEP}{k}": vec for k, m in enumerate(self._maps)
+                for site, vec in _dense(m, self._meta.sites).items()}
 
     def push_to_hub(
         self, repo_id: str, *, weight_name: str | None = None, images: Any = None, **options: Any
@@ -297,9 +475,10 @@ class HeadSet:
 
     def to_json(self) -> str:
         """The human-readable, editable JSON rendering; `load_headset` reads it back to an equal HeadSet."""
+        maps = [{site: {str(h): v for h, v in heads.items()} for site, heads in m.items()} for m in self._maps]
         doc = {
             io.METADATA_KEY: json.loads(self._meta.model_dump_json()),
-            "heads": {site: {str(h): v for h, v in heads.items()} for site, heads in self._strengths.items()},
+            "heads": maps if self.scheduled else maps[0],  # scheduled: one map per interval of metadata.intervals
         }
         return json.dumps(doc, indent=2) + "\n"
 
@@ -316,11 +495,16 @@ class HeadSet:
             raise HeadSetError(f"{path}: two tensor names differ only in control characters; site names are plain text")
         tensors = safe
         sizes = {s.name: s.num_heads for s in meta.sites}
-        for site, vec in tensors.items():
+        count = 1 if meta.intervals is None else len(meta.intervals)
+        maps: list[StrengthDict] = [{} for _ in range(count)]
+        for key, vec in tensors.items():
+            site, k = _tensor_key(key, meta.intervals, str(path))
             if site in sizes and vec.shape != (sizes[site],):
-                raise HeadSetError(f"{path}: tensor {site} has shape {list(vec.shape)}, expected [{sizes[site]}]")
-        strengths = {site: _sparse(vec, site, source=str(path)) for site, vec in tensors.items()}
-        return cls(strengths, meta)
+                raise HeadSetError(f"{path}: tensor {key} has shape {list(vec.shape)}, expected [{sizes[site]}]")
+            maps[k][site] = _sparse(vec, site, source=str(path))
+        if meta.intervals is None:
+            return cls(maps[0], meta)
+        return cls(maps, meta, intervals=meta.intervals)
 
     @classmethod
     def _from_json_text(cls, text: str, source: str) -> HeadSet:
@@ -334,15 +518,13 @@ class HeadSet:
             raise HeadSetError(f"{source} is not a head-set JSON: expected keys 'headhunter' and 'heads', got {keys}")
         meta = io.parse_metadata(doc[io.METADATA_KEY], source=source)
         heads = doc["heads"]
-        if not isinstance(heads, dict):
-            raise HeadSetError(f"{source}: 'heads' must map site names to {{head: strength}}, got {heads!r}")
-        strengths: dict[str, dict[int, float]] = {}
-        for site, per_head in heads.items():
-            site = safe_line(site)  # keyed as the (safe) site names of the metadata
-            if not isinstance(per_head, dict):
-                raise HeadSetError(f"{source}: heads of {site!r} must be a {{head: strength}} map, got {per_head!r}")
-            strengths[site] = {_head_index(h, site, source): _strength_value(v, site, source) for h, v in per_head.items()}
-        return cls(strengths, meta)
+        if meta.intervals is None:
+            return cls(_json_map(heads, source), meta)
+        if not isinstance(heads, list) or len(heads) != len(meta.intervals):
+            raise HeadSetError(f"{source}: a scheduled head set's 'heads' must be a list of {len(meta.intervals)} "
+                               f"{{site: {{head: strength}}}} maps, one per interval, got {str(heads)[:200]!r}")
+        return cls([_json_map(m, f"{source} (interval {k})") for k, m in enumerate(heads)], meta,
+                   intervals=meta.intervals)
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -373,12 +555,79 @@ def _resolve_sites(
     return [s if isinstance(s, Site) else Site.model_validate(s) for s in sites], architecture
 
 
-def _unpack(spec: HeadSpec, default: float) -> tuple[str | int, int, float]:
-    if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
-        raise HeadSetError(f"head {spec!r} must be (site or layer, head) or (site or layer, head, strength)")
+def _unpack(spec: HeadSpec, default: float) -> tuple[str | int, int, float, Interval]:
+    if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3, 4):
+        raise HeadSetError(f"head {spec!r} must be (site or layer, head), (site or layer, head, strength) or "
+                           "(site or layer, head, strength, (lo, hi))")
     site, head = spec[0], spec[1]
-    value = spec[2] if len(spec) == 3 else default
-    return site, head, value
+    value = spec[2] if len(spec) >= 3 else default
+    interval = FULL
+    if len(spec) == 4:
+        if not isinstance(spec[3], (tuple, list)) or len(spec[3]) != 2:
+            raise HeadSetError(f"interval {spec[3]!r} of head {spec!r} must be a (lo, hi) pair of noise levels")
+        interval = check_interval(*spec[3], where=f"head {spec!r}")
+    return site, head, value, interval
+
+
+def _tensor_key(key: str, intervals: Any, source: str) -> tuple[str, int]:
+    """(site, interval index) of a tensor key: `<site>` in a 1.x file, `<site>@<k>` in a 2.x file."""
+    if intervals is None:
+        return key, 0
+    site, sep, index = key.rpartition(INTERVAL_KEY_SEP)
+    if not sep or not _HEAD_INDEX.match(index) or int(index) >= len(intervals):
+        raise HeadSetError(f"{source}: tensor {key[:80]!r} of a scheduled head set must be keyed "
+                           f"'<site>{INTERVAL_KEY_SEP}<k>' with k in 0..{len(intervals) - 1} (an index into 'intervals')")
+    return site, int(index)
+
+
+def _json_map(heads: Any, source: str) -> StrengthDict:
+    if not isinstance(heads, dict):
+        raise HeadSetError(f"{source}: 'heads' must map site names to {{head: strength}}, got {str(heads)[:200]!r}")
+    strengths: StrengthDict = {}
+    for site, per_head in heads.items():
+        site = safe_line(site)  # keyed as the (safe) site names of the metadata
+        if not isinstance(per_head, dict):
+            raise HeadSetError(f"{source}: heads of {site!r} must be a {{head: strength}} map, got {str(per_head)[:200]!r}")
+        strengths[site] = {_head_index(h, site, source): _strength_value(v, site, source) for h, v in per_head.items()}
+    return strengths
+
+
+def _dense(strengths: StrengthDict, sites: Sequence[Site]) -> dict[str, np.ndarray]:
+    sizes = {s.name: s.num_heads for s in sites}
+    out = {}
+    for site, heads in strengths.items():
+        vec = np.zeros(sizes[site], dtype=np.float32)
+        for head, value in heads.items():
+            vec[head] = value
+        out[site] = vec
+    return out
+
+
+def _canonical(bounds: Sequence[float], maps: list[StrengthDict]) -> tuple[tuple[float, ...], tuple[StrengthDict, ...]]:
+    """Merge neighbouring intervals with equal maps (one spelling per schedule; a constant schedule is one
+    full-range interval)."""
+    keep_bounds, keep_maps = [bounds[0]], []
+    for hi, strengths in zip(bounds[1:], maps):
+        if keep_maps and keep_maps[-1] == strengths:
+            keep_bounds[-1] = hi
+        else:
+            keep_maps.append(strengths)
+            keep_bounds.append(hi)
+    return tuple(keep_bounds), tuple(keep_maps)
+
+
+def _versioned(meta: HeadSetMetadata, bounds: tuple[float, ...]) -> HeadSetMetadata:
+    """The metadata with `format_version` and `intervals` matching the schedule: a scheduled head set is format
+    2.x and lists its intervals; one without is 1.x (its minor kept, e.g. a lenient 1.7 read) with none."""
+    if len(bounds) > 2:
+        version = meta.format_version if format_major(meta.format_version) == 2 else FORMAT_VERSION
+        intervals = [(float(a), float(b)) for a, b in intervals_of(bounds)]
+    else:
+        version = meta.format_version if format_major(meta.format_version) == 1 else CONSTANT_FORMAT_VERSION
+        intervals = None
+    if version == meta.format_version and intervals == meta.intervals:
+        return meta
+    return meta.model_copy(update={"format_version": version, "intervals": intervals})
 
 
 def _site_name(ref: str | int, names: list[str]) -> str:
@@ -460,4 +709,5 @@ def _revalidated(meta: HeadSetMetadata) -> HeadSetMetadata:
     return HeadSetMetadata.model_validate(meta.model_dump())
 
 
-__all__ = ["FORMAT_VERSION", "Head", "HeadSet", "HeadSpec", "MERGE_RULES", "load_headset_file", "__version__"]
+__all__ = ["CONSTANT_FORMAT_VERSION", "FORMAT_VERSION", "Head", "HeadSet", "HeadSpec", "INTERVAL_KEY_SEP",
+           "MERGE_RULES", "load_headset_file", "__version__"]

@@ -158,7 +158,7 @@ def parse_metadata(meta: str | dict[str, Any], source: str) -> HeadSetMetadata:
         raise HeadSetError(f"{source}: format_version {version!r} is missing or malformed (expected like '1.0')")
     if format_major(version) > format_major(FORMAT_VERSION):
         raise HeadSetError(
-            f"{source} uses head-set format {version}; headhunter {__version__} reads format "
+            f"{source} uses head-set format {version}; headhunter {__version__} reads formats up to "
             f"{format_major(FORMAT_VERSION)}.x. Upgrade: pip install -U headhunter-guidance"
         )
     unknown = _drop_unknown(HeadSetMetadata, raw, "")

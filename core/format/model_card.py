@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import headhunter.format.headset_io as io
+from headhunter.format.schedule import format_interval
 from headhunter._version import __version__
 from headhunter.format.schema import HeadSetMetadata
 from headhunter.format.text import card_code, card_line, card_string, card_text, one_line
@@ -60,6 +61,21 @@ It is a few kB of safetensors and is applied on top of the stock model, like a L
 SoftPAG strength where it is not 1):
 
 `{{ notation }}`
+{%- if schedule %}
+
+### Schedule
+
+The heads depend on the noise level sigma (1 = pure noise at the first step, 0 = the clean image; the
+value the sampler's scheduler steps through), one row per interval `[lo, hi)` (the top one closed at 1).
+This file is head-set format 2.0: headhunter versions that read only format 1.x refuse it rather than
+apply it without its schedule.
+
+| sigma | heads |
+|---|---|
+{%- for interval, heads in schedule %}
+| `{{ interval }}` | {{ heads }} |
+{%- endfor %}
+{%- endif %}
 
 ## Recommended settings
 
@@ -100,8 +116,9 @@ From the command line: `headhunter pull {{ repo_id }}{{ weight_flag }}` and `hea
 
 ## Files
 
-- `{{ weight_name }}`: one float32 `[num_heads]` strength vector per attention site, metadata in the
-  safetensors header under `headhunter` (readable without downloading the tensors)
+- `{{ weight_name }}`: {% if schedule %}one float32 `[num_heads]` strength vector per attention site and interval of the
+  schedule (keys `<site>@<k>`), metadata (with the intervals){% else %}one float32 `[num_heads]` strength vector per
+  attention site, metadata{% endif %} in the safetensors header under `headhunter` (readable without downloading the tensors)
 - `{{ json_name }}`: the same head set as editable JSON
 
 *Pushed with headhunter {{ version }}.*
@@ -167,6 +184,8 @@ def model_card(
         base_phrase=f"of [`{m.base_model}`](https://huggingface.co/{m.base_model})" if on_hub else f"of `{card_code(m.base_model or m.architecture)}`",
         count=len(headset),
         notation=headset.notation() or "(none)",
+        schedule=[(format_interval(interval), f"`{piece.notation()}`" if len(piece) else "(none)")
+                  for interval, piece in headset.pieces()] if headset.scheduled else [],
         architecture=card_code(m.architecture, table=True),
         n_sites=len(m.sites),
         perturbation=card_code(m.perturbation.name + (f" {json.dumps(m.perturbation.params)}" if m.perturbation.params else ""), table=True),

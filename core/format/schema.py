@@ -20,8 +20,11 @@ from headhunter._version import __version__
 from headhunter.format.sites import Site
 from headhunter.format.text import safe_tree
 
-#: Version of the file format this library writes. Readers refuse a newer major version.
-FORMAT_VERSION = "1.0"
+#: Newest version of the file format this library reads and writes: 2.x head sets hold a schedule (strength
+#: maps over intervals of the noise level sigma). Readers refuse a newer major version.
+FORMAT_VERSION = "2.0"
+#: The version a head set without a schedule is written as, so that 1.x readers keep reading it.
+CONSTANT_FORMAT_VERSION = "1.0"
 
 #: A seed as torch.Generator.manual_seed takes it: [-2**63, 2**64 - 1] (outside, torch raises mid-run).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
@@ -140,7 +143,8 @@ class HeadSetMetadata(_SafeText):
 
     _multiline: ClassVar[tuple[str, ...]] = ("description",)
 
-    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]{1,6}\.[0-9]{1,6}$")
+    format_version: str = Field(default=CONSTANT_FORMAT_VERSION, pattern=r"^[0-9]{1,6}\.[0-9]{1,6}$",
+                                description="1.x: no schedule; 2.x: a schedule (`intervals`)")
     name: str = Field(default="unnamed", min_length=1)
     description: str = ""
     architecture: str = Field(min_length=1, description="model family the sites belong to: sd3, flux, digits, ...")
@@ -158,6 +162,34 @@ class HeadSetMetadata(_SafeText):
     library_version: str = __version__
     license: str | None = None
     tags: list[str] = Field(default_factory=list)
+    intervals: list[tuple[float, float]] | None = Field(
+        default=None, exclude_if=lambda value: value is None,  # so a 1.x head set's metadata is written as before
+        description="format 2.x: the schedule's intervals of the noise level sigma, "
+                                  "[[0, b1], [b1, b2], ..., [b(K-1), 1]] ([lo, hi) each, the top one closed at 1); "
+                                  "tensor `<site>@<k>` holds interval k's strengths")
+
+    @field_validator("intervals")
+    @classmethod
+    def _contiguous_intervals(cls, intervals: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if intervals is None:
+            return None
+        from headhunter.errors import HeadSetError
+        from headhunter.format.schedule import bounds_of
+
+        try:
+            bounds_of(intervals)
+        except HeadSetError as exc:
+            raise ValueError(str(exc)) from None
+        return intervals
+
+    @model_validator(mode="after")
+    def _version_matches_schedule(self) -> HeadSetMetadata:
+        major = format_major(self.format_version)
+        if major >= 2 and self.intervals is None:
+            raise ValueError(f"format {self.format_version} head sets list their intervals (metadata 'intervals')")
+        if major < 2 and self.intervals is not None:
+            raise ValueError(f"format {self.format_version} head sets hold no schedule; 'intervals' needs format 2.x")
+        return self
 
     @field_validator("sites")
     @classmethod
