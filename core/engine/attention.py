@@ -27,7 +27,7 @@ from headhunter.contracts.perturbation import Perturbation
 from headhunter.plan.plan import resolve_perturbation
 from headhunter.format.sites import Site
 from headhunter.format.headset import HeadSet
-from headhunter.plan.strengths import SiteStrength, StrengthMap, batch_strengths, check_scope
+from headhunter.plan.strengths import SegmentedStrengthMap, SiteStrength, StrengthMap, batch_strengths, check_scope
 
 MODES = ("fast", "reference")
 
@@ -225,7 +225,12 @@ class Installation:
     # ----- strengths ----------------------------------------------------------------------------------------
     def set_strengths(self, strengths: Mapping[str, torch.Tensor] | None) -> None:
         """Per-site strengths `{site: Tensor[B, H]}` for the following forwards; a site left out (or None for
-        all) runs the stock code path. CPU tensors are checked and moved to the model's device here."""
+        all) runs the stock code path. CPU tensors are checked and moved to the model's device here.
+
+        A `SegmentedStrengthMap` (a schedule's strengths for every segment, `Plan.stable_strengths`) is
+        prepared once into tensors of its own and, at every later call, its selected segment is copied into
+        those same tensors in place (device to device, only when the segment changed): the forwards always
+        read the same tensors, so a compiled transformer does not recompile when the interval changes."""
         self._require_installed()
         if strengths is None:
             self._state.active = {}
@@ -233,11 +238,46 @@ class Installation:
         device, dtype = _device_dtype(self.transformer)
         if isinstance(strengths, StrengthMap):
             key = (self._state, device, dtype)  # the state itself, so a later installation never shares a key
+            segmented = isinstance(strengths, SegmentedStrengthMap)
             if key not in strengths.prepared:
-                strengths.prepared[key] = self._prepare(strengths, device, dtype, trusted=True)
+                prepared = self._prepare(strengths, device, dtype, trusted=True)
+                if segmented:
+                    prepared = {name: SiteStrength(e.u.clone(), e.samples, e.heads,
+                                                   None if e.u_sub is None else e.u_sub.clone())
+                                for name, e in prepared.items()}  # buffers of our own, written in place
+                    strengths.device_tables[key] = [self._segment_tables(strengths, prepared, device, dtype), 0]
+                strengths.prepared[key] = prepared
+            if segmented:
+                self._select_segment(strengths, key)
             self._state.active = strengths.prepared[key]
         else:
             self._state.active = self._prepare(strengths, device, dtype, trusted=False)
+
+    def _segment_tables(self, strengths: SegmentedStrengthMap, prepared: dict[str, SiteStrength],
+                        device: torch.device, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per site: the applied strengths of every segment `[S, B, H]` and of its picked sub-batch (device)."""
+        tables = {}
+        for name, entry in prepared.items():
+            table = self.perturbation.strengths(strengths.tables[name].to(device=device, dtype=dtype))
+            sub = None
+            if entry.u_sub is not None:
+                sub = table if entry.samples is None else table.index_select(1, entry.samples)
+                sub = sub if entry.heads is None else sub.index_select(2, entry.heads)
+            tables[name] = (table, sub)
+        return tables
+
+    def _select_segment(self, strengths: SegmentedStrengthMap, key: Any) -> None:
+        """Copy the selected segment's strengths into the prepared tensors, in place (no sync, no new tensor)."""
+        state = strengths.device_tables[key]
+        if state[1] == strengths.segment:
+            return
+        prepared = strengths.prepared[key]
+        for name, (table, sub) in state[0].items():
+            entry = prepared[name]
+            entry.u.copy_(table[strengths.segment])
+            if entry.u_sub is not None:
+                entry.u_sub.copy_(sub[strengths.segment])
+        state[1] = strengths.segment
 
     @contextmanager
     def strengths(self, strengths: Mapping[str, torch.Tensor] | None) -> Iterator[Installation]:

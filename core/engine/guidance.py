@@ -119,6 +119,7 @@ class _Call:
     active: tuple[int, ...] = ()
     kwargs: dict[str, Any] | None = None
     pipe: Any = None
+    segment: int = 0  # the segment of the plan's schedule this step's sigma falls in
 
 
 class GuidanceHandle:
@@ -159,6 +160,9 @@ class GuidanceHandle:
         #: `is` (set_timesteps makes new timesteps at every pipeline call), never addresses
         self._step_marker: tuple[Any, Any, int | None] | None = None
         self._last_rows: int | None = None
+        #: (scheduler.sigmas, its values on the host): read once per schedule (held reference, compared with `is`)
+        self._sigmas: tuple[Any, list[float]] | None = None
+        self._stable = False
         self._warned_window = False
         self._hooks: TransformerHooks | None = None
         self.installation = install(adapter, pipe, plan.perturbation, plan.scope)
@@ -167,6 +171,8 @@ class GuidanceHandle:
             self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self,
                                            on_reset=self._end_of_call)
             self._no_fanout = _no_fanout_reason(pipe.transformer, self.transformer, plan)
+            #: a compiled transformer gets a schedule's strengths in the same tensors at every step (in place)
+            self._stable = plan.scheduled and _is_compiled(pipe.transformer, self.transformer)
             if self._no_fanout is None:
 
                 self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs)
@@ -243,7 +249,8 @@ class GuidanceHandle:
         self._disarm()  # a term armed for an earlier step the pipeline never stepped on is dropped
         if first_call_of_run(pipe):
             self._warn_if_window_guides_nothing(begin, total)
-        active = self.plan.active(step, total)
+        segment = self._segment(pipe, step) if self.plan.scheduled else 0
+        active = self.plan.active(step, total, segment, every_segment=self._stable)
         if active and not self.batched and _stateful_cache_hooks(module):
             raise ModelError(
                 f"apply(..., batched=False) runs extra forwards of the conditional rows through "
@@ -256,20 +263,20 @@ class GuidanceHandle:
         if not active:
             self._call = _Call("plain", step)
             return None
-        self._call = _Call("guided", step, n, cond, active, kwargs, pipe)
+        self._call = _Call("guided", step, n, cond, active, kwargs, pipe, segment)
         sharing = self._sharing()
         if not self.batched:
             if sharing:  # the stock call records the cond rows' inputs where a branch starts
                 blocks = len(self.plan.blocks)
-                starts = {self.plan.branch_start(j, rows) for j in active} & set(range(1, blocks))
+                starts = {self.plan.branch_start(j, rows, segment) for j in active} & set(range(1, blocks))
                 if starts:
                     self._recorder = self.fanout.recorder(starts, cond)
                     self.fanout.run = self._recorder
             return None
         groups = (-1,) * (n // rows) + active
-        strengths = self.plan.strengths(groups, rows, hidden.device, hidden.dtype)
+        strengths = self._strengths(groups, rows, hidden, segment)
         big = {k: _extend_rows(k, v, n, cond, len(active)) for k, v in kwargs.items()}
-        run = self._batched_run(groups, rows, cond, n, strengths, hidden) if sharing else None
+        run = self._batched_run(groups, rows, cond, n, strengths, hidden, segment) if sharing else None
         if run is not None:
             total = len(groups) * rows
             strengths = run.strengths
@@ -286,19 +293,53 @@ class GuidanceHandle:
         self.fallback = (self._no_fanout or "removed") if self.fanout is None else self.fanout.usable()
         return self.fallback is None
 
+    def _strengths(self, groups: tuple[int, ...], rows: int, like: Tensor, segment: int) -> Any:
+        """This step's strengths for a batch layout: the segment's own map, or for a compiled transformer
+        the layout's map of every segment with this one selected (copied in place at `set_strengths`)."""
+        if self._stable:
+            strengths = self.plan.stable_strengths(groups, rows, like.device, like.dtype)
+            strengths.select(segment)
+            return strengths
+        return self.plan.strengths(groups, rows, like.device, like.dtype, segment)
+
+    def _segment(self, pipe: Any, step: int) -> int:
+        """The segment of the plan's schedule holding this step's noise level sigma = `scheduler.sigmas[step]`
+        (the value the scheduler steps from). The sigmas are copied to the host once per schedule (the
+        pipeline's `set_timesteps` makes a new tensor per call; held, compared with `is`), so a step reads a
+        host list: no device sync per step."""
+        scheduler = pipe.scheduler
+        sigmas = getattr(scheduler, "sigmas", None)
+        if not isinstance(sigmas, Tensor) or sigmas.ndim != 1:
+            raise ModelError(f"{type(scheduler).__name__} of {type(pipe).__name__} has no 1-d `sigmas` tensor; head sets "
+                             "with a schedule need a flow-matching scheduler that steps through sigma in [0, 1] "
+                             "(FlowMatchEulerDiscreteScheduler and its kin); use a head set without a schedule")
+        if self._sigmas is None or self._sigmas[0] is not sigmas:
+            self._sigmas = (sigmas, [float(x) for x in sigmas.detach().float().cpu().tolist()])
+        values = self._sigmas[1]
+        if not 0 <= step < len(values):
+            raise ModelError(f"step {step} is outside the {len(values)} sigmas of {type(scheduler).__name__}")
+        sigma = values[step]
+        try:
+            return self.plan.segment_of(sigma)
+        except ValueError:
+            raise ModelError(f"{type(scheduler).__name__} is at noise level sigma={sigma!r} (step {step}), outside "
+                             "[0, 1] where head-set schedules are defined; use a flow-matching scheduler or a head "
+                             "set without a schedule") from None
+
     def _batched_run(self, groups: tuple[int, ...], rows: int, cond: slice, n: int, strengths: Any,
-                     hidden: Tensor) -> Any:
-        """The fan-out of this batch layout (built on the host once per layout), or None if nothing is shared."""
+                     hidden: Tensor, segment: int = 0) -> Any:
+        """The fan-out of this batch layout in this segment (built on the host once per layout and segment), or
+        None if nothing is shared."""
         plan = self.plan
 
         def layout() -> tuple[list[int], list[int], Any, dict[str, int]]:
             firsts, sources = [-1] * n, list(range(n))
             for j in groups[n // rows:]:
-                firsts += [plan.first_block(hs) for hs in plan.branches[j].row_headsets(rows)]
+                firsts += [plan.first_block(hs) for hs in plan.branch_rows(j, rows, segment)]
                 sources += list(range(cond.start, cond.stop))
             return firsts, sources, strengths, plan.site_block
 
-        key = (groups, rows, cond.start, n, str(hidden.device), hidden.dtype)
+        key = (groups, rows, cond.start, n, str(hidden.device), hidden.dtype, segment)
         return self.fanout.batched(key, layout)
 
     def _stop_fanout(self) -> Any:
@@ -381,12 +422,12 @@ class GuidanceHandle:
         self._inner = True
         try:
             for j in call.active:
-                start = self.plan.branch_start(j, rows)
+                start = self.plan.branch_start(j, rows, call.segment)
                 if self.fallback is None and start >= blocks:
                     outs.append(sample[call.cond])
                     self.shared_row_blocks += rows * blocks
                     continue
-                self.installation.set_strengths(self.plan.strengths((j,), rows, sample.device, sample.dtype))
+                self.installation.set_strengths(self._strengths((j,), rows, sample, call.segment))
                 if recorder is not None and start in recorder.recorded:
                     self.fanout.run = self.fanout.resumer(start, recorder.recorded[start])
                     self.shared_row_blocks += rows * start
@@ -514,6 +555,11 @@ def _no_fanout_reason(given: Any, transformer: Any, plan: Plan) -> str | None:
     if given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None:
         return "the transformer is compiled (torch.compile)"
     return None
+
+
+def _is_compiled(given: Any, transformer: Any) -> bool:
+    """Whether the pipeline's transformer is compiled: a `torch.compile(module)` wrapper, or compiled in place."""
+    return given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None
 
 
 def _sample_of(output: Any) -> Tensor:

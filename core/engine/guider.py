@@ -433,10 +433,29 @@ class HeadHunterGuidance(BaseGuidance):
         return not off and self._in_window(self._start, self._stop)
 
     def _active_branches(self) -> list[int]:
-        """The branches guiding this step (w != 0, inside their window): only these get a perturbed pass."""
+        """The branches guiding this step (w != 0, inside their window, and, for a head set with a schedule,
+        with heads at this step's noise level sigma): only these get a perturbed pass."""
         if not self._enabled:
             return []
-        return [k for k, b in enumerate(self.branches) if b.guides and self._in_window(b.start, b.stop)]
+        sigma = self._sigma()
+        return [k for k, b in enumerate(self.branches) if b.guides and self._in_window(b.start, b.stop)
+                and (sigma is None or not b.headset.scheduled or len(b.headset.at(sigma)) > 0)]
+
+    def _sigma(self) -> float | None:
+        """This step's noise level sigma when a head set holds a schedule (None otherwise, or before
+        `set_state`): the timestep diffusers' denoise loop hands `set_state`, over 1000 (flow-matching
+        schedulers step through `timestep = 1000 sigma`, `num_train_timesteps = 1000`). The timestep is a
+        tensor: reading it is one scalar device read per step, and only for head sets with a schedule."""
+        if self._timestep is None or not any(b.headset.scheduled for b in self.branches):
+            return None
+        t = self._timestep
+        value = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+        sigma = value / 1000.0
+        if not 0.0 <= sigma <= 1.0:
+            raise ModelError(f"HeadHunterGuidance: timestep {value:g} is not 1000 sigma for a noise level sigma in "
+                             "[0, 1]; head sets with a schedule need a flow-matching scheduler with "
+                             "num_train_timesteps=1000")
+        return sigma
 
     @property
     def num_conditions(self) -> int:
@@ -554,7 +573,9 @@ class HeadHunterGuidance(BaseGuidance):
                 raise ModelError(f"a batch of {n} rows does not split into {len(blocks)} equal blocks "
                                  "(cond, uncond, perturbed ...); give every guider input the same batch size")
             groups = tuple(-1 if k is None else k for k in blocks)
-            strengths = plan.strengths(groups, n // len(blocks), hidden.device, hidden.dtype)  # built once per layout
+            sigma = self._sigma() if plan.scheduled else None
+            segment = 0 if sigma is None else plan.segment_of(sigma)
+            strengths = plan.strengths(groups, n // len(blocks), hidden.device, hidden.dtype, segment)  # once per layout
             strengths.prepared.clear()  # one installation per forward: nothing to reuse, nothing to keep alive
             self._installation.set_strengths(strengths)
 

@@ -11,7 +11,14 @@ and the search's batched loop without ever being re-derived:
   host once per layout and cached (a `StrengthMap`, so the attention processors know which samples and
   heads are non-zero without reading device memory);
 - each row's first perturbed block (`Plan.first_block`), from the blocks the adapter declares, so rows
-  equal up to a block are computed once (docs/engine.md, "Rows computed once").
+  equal up to a block are computed once (docs/engine.md, "Rows computed once");
+- head sets with a schedule (strengths over intervals of the noise level sigma, docs/format.md): the
+  plan's **segments** are the common refinement of every head set's intervals (`Plan.bounds`), and every
+  per-step question above takes the step's segment (`Plan.segment_of(sigma)`, decided on the host from the
+  scheduler's sigma): the strengths, the active branches and the first perturbed blocks are those of the
+  head sets acting in that segment. `Plan.stable_strengths` gives a layout's strengths for every segment
+  at once over the union of their sites, heads and rows, so a compiled transformer sees the same tensors
+  at every step and a change of interval is an in-place copy (no recompilation).
 
 Settings are validated once, by the schema's types (`headhunter.format.schema.validated`); a head set's fit to
 the model (architecture, sites, head counts) is checked once, in `compile_plan`; strengths were
@@ -29,6 +36,7 @@ import torch
 
 from headhunter.errors import HeadSetError, ModelError
 from headhunter.format.headset import HeadSet
+from headhunter.format.schedule import FULL, interval_index, refine
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.format.sites import Site
 from headhunter.plan.strengths import check_scope
@@ -106,29 +114,89 @@ class Plan:
         self.site_block = _site_blocks(self.sites, self.blocks)
         self._dense: dict[int, dict[str, np.ndarray]] = {}  # id(head set) -> dense rows; the plan holds them
         self._cache: dict[tuple, Any] = {}
+        given = [hs for b in self.branches for hs in (b.per_row or (b.headset,)) if hs is not None]
+        #: The segments of sigma in [0, 1]: the common refinement of every head set's schedule ((0, 1): none).
+        self.bounds = refine(FULL, *(hs.bounds for hs in given))
+        self._pieces: dict[tuple[int, int], HeadSet | None] = {}  # (id(head set), segment) -> what acts there
+
+    # ----- schedules -------------------------------------------------------------------------------------------
+    @property
+    def scheduled(self) -> bool:
+        """Whether any head set of the plan holds a schedule (more than one segment)."""
+        return len(self.bounds) > 2
+
+    @property
+    def segments(self) -> int:
+        """Number of segments of sigma (1 without schedules)."""
+        return len(self.bounds) - 1
+
+    def segment_of(self, sigma: float) -> int:
+        """The segment holding noise level `sigma` in [0, 1] (0 without schedules). ValueError outside [0, 1]."""
+        return interval_index(self.bounds, sigma) if self.scheduled else 0
+
+    def piece(self, headset: HeadSet | None, segment: int = 0) -> HeadSet | None:
+        """The head set (without a schedule) `headset` acts with in `segment`; None when it has no heads there."""
+        if headset is None or not headset.scheduled:
+            return headset
+        key = (id(headset), segment)
+        if key not in self._pieces:
+            at = headset.at(self.bounds[segment])
+            self._pieces[key] = at if len(at) else None
+        return self._pieces[key]
+
+    def branch_rows(self, j: int, rows: int, segment: int = 0) -> list[HeadSet | None]:
+        """The head set acting on each of branch j's `rows` rows in `segment` (None: unperturbed there)."""
+        return [self.piece(hs, segment) for hs in self.branches[j].row_headsets(rows)]
 
     # ----- what runs at a step -----------------------------------------------------------------------
-    def active(self, step: int, total: int) -> tuple[int, ...]:
-        """Indices of the branches that run at step `step` of `total` (w != 0, inside their window)."""
-        return tuple(j for j, b in enumerate(self.branches) if b.guides and in_window(step, total, b.start, b.stop))
+    def active(self, step: int, total: int, segment: int = 0, *, every_segment: bool = False) -> tuple[int, ...]:
+        """Indices of the branches that run at step `step` of `total` (w != 0, inside their window) in
+        `segment` of the schedule: a branch whose head sets have no heads in that segment does not run,
+        unless `every_segment` (a compiled transformer: the batch keeps its size across intervals)."""
+        return tuple(j for j, b in enumerate(self.branches) if b.guides and in_window(step, total, b.start, b.stop)
+                     and (every_segment or not self.scheduled or self._acts(j, segment)))
 
-    def group_rows(self, groups: Sequence[int], rows: int) -> list[HeadSet | None]:
+    def _acts(self, j: int, segment: int) -> bool:
+        key = ("acts", j, segment)
+        if key not in self._cache:
+            b = self.branches[j]
+            self._cache[key] = any(self.piece(hs, segment) is not None for hs in (b.per_row or (b.headset,)))
+        return self._cache[key]
+
+    def group_rows(self, groups: Sequence[int], rows: int, segment: int = 0) -> list[HeadSet | None]:
         """The head set of every row of a batch made of `len(groups)` groups of `rows` rows each: group g is
-        perturbed by branch `groups[g]`, or by nothing when it is -1."""
+        perturbed by branch `groups[g]` (what acts in `segment`), or by nothing when it is -1."""
         per_row: list[HeadSet | None] = []
         for j in groups:
-            per_row += [None] * rows if j < 0 else self.branches[j].row_headsets(rows)
+            per_row += [None] * rows if j < 0 else self.branch_rows(j, rows, segment)
         return per_row
 
     def strengths(self, groups: Sequence[int], rows: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Any:
-        """`{site: Tensor[len(groups) * rows, H]}` (a `StrengthMap`) for the batch layout of `group_rows`;
-        built on the host once per layout, device and dtype, then reused (no per-step allocation or sync)."""
-        key = ("strengths", tuple(groups), rows, str(device), dtype)
+                  dtype: torch.dtype = torch.float32, segment: int = 0) -> Any:
+        """`{site: Tensor[len(groups) * rows, H]}` (a `StrengthMap`) for the batch layout of `group_rows` in
+        `segment`; built on the host once per layout, segment, device and dtype, then reused (no per-step
+        allocation or sync)."""
+        key = ("strengths", tuple(groups), rows, str(device), dtype, segment)
         if key not in self._cache:
 
-            dense = [{} if hs is None else self._dense_of(hs) for hs in self.group_rows(groups, rows)]
+            dense = [{} if hs is None else self._dense_of(hs) for hs in self.group_rows(groups, rows, segment)]
             self._cache[key] = strength_map(dense, self.sites, device=device, dtype=dtype)
+        return self._cache[key]
+
+    def stable_strengths(self, groups: Sequence[int], rows: int, device: torch.device | str | None = None,
+                         dtype: torch.dtype = torch.float32) -> Any:
+        """The layout's strengths for every segment at once (a `SegmentedStrengthMap`): its sites, heads and
+        samples are the union over the segments, `tables[site]` is `[segments, B, H]`, and `select(segment)`
+        picks the one the next forwards use; the installation copies it in place into the same tensors. Built
+        on the host once per layout; what a compiled transformer is given, so changing intervals recompiles
+        nothing."""
+        key = ("stable", tuple(groups), rows, str(device), dtype)
+        if key not in self._cache:
+            from headhunter.plan.strengths import segmented_strength_map
+
+            dense = [[{} if hs is None else self._dense_of(hs) for hs in self.group_rows(groups, rows, k)]
+                     for k in range(self.segments)]
+            self._cache[key] = segmented_strength_map(dense, self.sites, device=device, dtype=dtype)
         return self._cache[key]
 
     def row_scale(self, j: int, rows: int, like: torch.Tensor) -> float | torch.Tensor:
@@ -153,15 +221,19 @@ class Plan:
             return len(self.blocks)
         if not self.blocks:
             return 0
+        if headset.scheduled:
+            raise HeadSetError(f"first_block takes what acts in one segment (Plan.piece), not the scheduled head set "
+                               f"{headset.name!r}")
         dense = self._dense_of(headset)
         firsts = [self.site_block[site] for site, vec in dense.items() if vec.any()]
         return min(firsts) if firsts else len(self.blocks)
 
-    def branch_start(self, j: int, rows: int) -> int:
-        """The earliest first perturbed block over branch j's `rows` rows (`len(blocks)`: none perturbs)."""
-        key = ("start", j, rows)
+    def branch_start(self, j: int, rows: int, segment: int = 0) -> int:
+        """The earliest first perturbed block over branch j's `rows` rows in `segment` (`len(blocks)`: none
+        perturbs)."""
+        key = ("start", j, rows, segment)
         if key not in self._cache:
-            self._cache[key] = min(self.first_block(hs) for hs in self.branches[j].row_headsets(rows))
+            self._cache[key] = min(self.first_block(hs) for hs in self.branch_rows(j, rows, segment))
         return self._cache[key]
 
     def _dense_of(self, headset: HeadSet) -> dict[str, np.ndarray]:
@@ -175,6 +247,8 @@ class Plan:
         for b in self.branches:
             name = b.headset.name if b.headset is not None else f"{len(b.per_row or ())} per-sample head sets"
             parts.append(f"{name} (w={b.scale:g}, window [{b.start:g}, {b.stop:g}))")
+        if self.scheduled:
+            parts.append(f"{self.segments} segments of sigma")
         return f"Plan({self.architecture}: {'; '.join(parts)}; {self.perturbation!r}, scope={self.scope})"
 
 

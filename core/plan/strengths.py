@@ -108,6 +108,61 @@ def strength_map(
     return StrengthMap(data, heads, samples)
 
 
+class SegmentedStrengthMap(StrengthMap):
+    """A layout's strengths for every segment of a plan's schedule (`Plan.stable_strengths`).
+
+    As a `StrengthMap` it holds the union over the segments: every site, head and sample that is non-zero in
+    some segment, with the values of segment 0. `tables[site]` is the float32 `[segments, B, H]` stack of
+    every segment's values (host). `select(k)` (host) says which segment the next forwards use; the
+    installation then copies that segment's values, once on the device, into the same preallocated tensors
+    (`Installation.set_strengths`): same tensors, same shapes, same sites at every step, so a compiled
+    transformer recompiles nothing when the interval changes, and no host-device sync happens.
+    """
+
+    def __init__(self, data: Mapping[str, torch.Tensor], heads: Mapping[str, list[int]],
+                 samples: Mapping[str, list[int]], tables: Mapping[str, torch.Tensor]) -> None:
+        super().__init__(data, heads, samples)
+        self.tables = dict(tables)
+        self.segment = 0
+        #: per installation key: (device tables of applied u, of u_sub, the segment now in the tensors)
+        self.device_tables: dict[Any, list[Any]] = {}
+
+    def select(self, segment: int) -> None:
+        """Use `segment` (0 <= segment < segments) for the following forwards."""
+        segments = next(iter(self.tables.values())).shape[0] if self.tables else 1
+        if isinstance(segment, bool) or not isinstance(segment, int) or not 0 <= segment < segments:
+            raise HeadSetError(f"segment {segment!r} out of range; this map has segments 0..{segments - 1}")
+        self.segment = segment
+
+
+def segmented_strength_map(
+    dense_by_segment: Sequence[Sequence[Mapping[str, np.ndarray]]],
+    sites: Sequence[Site],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SegmentedStrengthMap:
+    """`strength_map` for every segment at once: `dense_by_segment[k]` is segment k's rows (one
+    `{site: float32 [H]}` per row group, as `strength_map` takes them, already validated). Sites, heads and
+    samples are the union over the segments; see `SegmentedStrengthMap`."""
+    rows = len(dense_by_segment[0])
+    data, heads, samples, tables = {}, {}, {}, {}
+    for site in sites:
+        table = np.zeros((len(dense_by_segment), rows, site.num_heads), dtype=np.float32)
+        for k, dense_rows in enumerate(dense_by_segment):
+            for i, d in enumerate(dense_rows):
+                if site.name in d:
+                    table[k, i] = d[site.name]
+        nonzero = table.any(axis=0)
+        if not nonzero.any():
+            continue
+        heads[site.name] = np.flatnonzero(nonzero.any(axis=0)).tolist()
+        samples[site.name] = np.flatnonzero(nonzero.any(axis=1)).tolist()
+        tables[site.name] = torch.from_numpy(table)
+        first = torch.from_numpy(table[0].copy())
+        data[site.name] = first.to(device=device, dtype=dtype) if device is not None else first.to(dtype)
+    return SegmentedStrengthMap(data, heads, samples, tables)
+
+
 def check_scope(perturbation: Perturbation, scope: str) -> None:
     """HeadSetError for an unknown scope, PluginError for one the perturbation does not define."""
     if scope not in SCOPES:
@@ -119,4 +174,5 @@ def check_scope(perturbation: Perturbation, scope: str) -> None:
         )
 
 
-__all__ = ["SiteStrength", "StrengthMap", "batch_strengths", "check_scope", "strength_map"]
+__all__ = ["SegmentedStrengthMap", "SiteStrength", "StrengthMap", "batch_strengths", "check_scope",
+           "segmented_strength_map", "strength_map"]
