@@ -125,6 +125,8 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["atlas", "export", str(root / "edited-atlas"), "--effect", "x", "-o", "o.json"], 1, "edited-atlas/atlas.json is damaged: model is required"),
         (["atlas", "export", str(root), "--effect", "x", "-o", "o.json", "--top", "0"], 2, "out of range"),
         (["atlas", "push", str(root / "no-atlas"), "me/x"], 1, "no atlas at"),
+        (["comfyui", "install", str(root)], 1, "is not a ComfyUI tree: no comfy/model_patcher.py"),
+        (["comfyui", "install", good], 2, "is a file"),
     ]
 
 
