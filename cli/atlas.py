@@ -51,10 +51,13 @@ def atlas() -> None:
 def build(model, prompts, seeds, heads, layers, objectives, out_dir, no_resume, push_repo, private, token, **values) -> None:
     """Build (or resume) the atlas of MODEL: `digits` (default, embedded) or a diffusers model id / path."""
     from headhunter import load_pipeline
-    from headhunter.workflow.atlas import atlas as run_atlas
+    from headhunter.format.preflight import check_before_loading
     from headhunter.plugin_system.registry import get_registry
 
-    prompt_list, layer_list = read_prompts(prompts), _layers(layers)  # cheap checks before the model loads
+    prompt_list, layer_list = read_prompts(prompts), _layers(layers)  # cheap checks before torch and the model load
+    check_before_loading(model, prompts=prompt_list)
+    from headhunter.workflow.atlas import atlas as run_atlas
+
     registered = model in get_registry().names("model")
     result = run_atlas(
         model if registered else load_pipeline(model), prompt_list, seeds, out_dir=out_dir, resume=not no_resume,

@@ -59,11 +59,15 @@ def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], ne
              height: int | None, width: int | None, out: Path, compare: bool, sequential: bool,
              device: str | None, dtype: str | None) -> None:
     """Generate images from MODEL (default `digits`) guided by head sets; writes PNGs and generate.json."""
-    import torch
-
-    from headhunter import apply, load_headset
+    from headhunter import load_headset
+    from headhunter.format.preflight import check_before_loading
 
     loaded = [load_headset(source) for source in headsets]
+    check_before_loading(model, prompts=prompts, headsets=loaded)  # prompts and head-set fit, before torch loads
+    import torch
+
+    from headhunter import apply
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe, dtype = load_pipeline(model, device, dtype)
     if cfg is None:

@@ -58,13 +58,16 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
     """Find the heads that serve an objective (HeadHunter). MODEL: `digits` (default, embedded) or a
     diffusers model id / local path. With no arguments this runs the demo on the embedded model.
     Under `torchrun --nproc-per-node N` the ranks share the work and rank 0 writes (docs/search.md)."""
-    from headhunter.search.distributed import context
-    from headhunter.workflow.hunt import hunt as run_hunt
+    from headhunter.format.preflight import check_before_loading
 
     if (values["candidates_from"] is None) != (values["effect"] is None):
         raise click.UsageError("--candidates-from and --effect go together")
 
-    prompt_list = read_prompts(prompts)  # cheap checks before the model loads
+    prompt_list = read_prompts(prompts)  # cheap checks before torch and the model load
+    check_before_loading(model, prompts=prompt_list)
+    from headhunter.search.distributed import context
+    from headhunter.workflow.hunt import hunt as run_hunt
+
     candidates = values.pop("candidates")
     settings = options.collect(values, (*options.GENERATION_KEYS, "rounds", "top_k", "candidates_from", "effect",
                                         "allocation", "budget", "first_pairs", "recipe", "eval_seeds"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import click
 
@@ -12,9 +13,9 @@ import click
 @click.option("--origin", type=click.Choice(["paper", "search", "manual"]), help="Only presets of this origin: paper-named, found by a search, or made by hand.")
 @click.option("--json", "as_json", is_flag=True, help="Print the index entries as JSON.")
 def presets(model: str | None, origin: str | None, as_json: bool) -> None:
-    """List shipped presets: name, origin (paper = named in the paper, search = found by headhunter,
-    manual = made by hand), model, effect, heads and source. Load one with `load_headset("preset:NAME")` or `preset:NAME@1`
-    for full strength (presets store SoftPAG u = 0.5)."""
+    """List shipped presets by model: name, origin (paper = named in the paper, search = found by
+    headhunter, manual = made by hand), heads and effect; --json adds each source. Load one with
+    `load_headset("preset:NAME")`, or `preset:NAME@1` for full strength (presets store SoftPAG u = 0.5)."""
     from headhunter.format.presets import list_presets
 
     entries = list_presets(model=model, origin=origin)
@@ -22,13 +23,41 @@ def presets(model: str | None, origin: str | None, as_json: bool) -> None:
         click.echo(json.dumps([p.model_dump() for p in entries], indent=2, ensure_ascii=False))
         return
     if not entries:
-        click.echo("no presets match" if (model or origin) else "no presets shipped yet")
+        if model and not list_presets(model=model):
+            known = sorted({p.model for p in list_presets()} | {p.architecture for p in list_presets()})
+            click.echo(f"no presets for model {model!r}; models and families with presets: {', '.join(known)}")
+        else:
+            click.echo("no presets match" if (model or origin) else "no presets shipped yet")
         return
-    rows = [(p.name, p.origin, p.model, p.effect, _short(p.heads), p.source) for p in entries]
-    header = ("name", "origin", "model", "effect", "heads", "source")
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        click.echo("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[-1])
+    for line in table(entries, width=min(MAX_WIDTH, max(60, shutil.get_terminal_size((MAX_WIDTH, 24)).columns))):
+        click.echo(line)
+    click.echo("use one as preset:NAME (preset:NAME@1: every u = 1); sources, full effects: presets --json")
+
+
+#: The table fits this many columns (narrower terminals get a narrower table).
+MAX_WIDTH = 100
+
+
+def table(entries: list, width: int = MAX_WIDTH) -> list[str]:
+    """The presets grouped by model (one heading line each), one row per preset: name, origin, heads and
+    the effect, cut at a word to fit `width` columns (the source is in --json)."""
+    name_w = max(len(p.name) for p in entries)
+    heads = {p.name: _short(p.heads, 18) for p in entries}
+    heads_w = max(len(h) for h in heads.values())
+    lines: list[str] = []
+    for model in dict.fromkeys(p.model for p in entries):
+        group = [p for p in entries if p.model == model]
+        lines.append(f"{model} ({group[0].architecture})" if group[0].architecture != model else model)
+        for p in group:
+            left = f"  {p.name:<{name_w}}  {p.origin:<6}  {heads[p.name]:<{heads_w}}  "
+            lines.append(left + _fit(p.effect, max(10, width - len(left))))
+    return lines
+
+
+def _fit(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."
 
 
 def _short(heads: str, limit: int = 28) -> str:

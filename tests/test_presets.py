@@ -131,10 +131,12 @@ def test_cli_presets_shows_origin_model_effect_source():
     out = runner.invoke(make_cli(pm), ["presets"])
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert lines[0].split() == ["name", "origin", "model", "effect", "heads", "source"]
-    golden = next(line for line in lines if line.startswith("flux-golden-hour "))
-    for text in ("paper", FLUX1_DEV, "golden-hour light", "L38H18@0.5", "paper Figs. 33, 35"):
+    assert lines[0] == "stabilityai/stable-diffusion-3-medium-diffusers (sd3)"  # grouped by model, a heading each
+    golden = next(line for line in lines if line.startswith("  flux-golden-hour "))
+    for text in ("paper", "golden-hour light", "L38H18@0.5"):
         assert text in golden
+    assert lines.index(f"{FLUX1_DEV} (flux)") < lines.index(golden)
+    assert "presets --json" in lines[-1]  # the sources are there
     out = runner.invoke(make_cli(pm), ["presets", "--model", "flux", "--json"])
     assert {p["architecture"] for p in json.loads(out.output)} == {"flux"}
     assert "no presets match" in runner.invoke(make_cli(pm), ["presets", "--origin", "manual"]).output

@@ -397,8 +397,24 @@ class HeadSet:
         data["format_version"], data["intervals"] = CONSTANT_FORMAT_VERSION, None  # set again from the schedule
         return self._remade(self._bounds, self._maps, HeadSetMetadata.model_validate(data))
 
-    def validate_against(self, sites: Sequence[Site], architecture: str | None = None) -> None:
-        """Check this head set fits a model with these sites; raise HeadSetError naming the first mismatch."""
+    def validate_against(self, sites: Sequence[Site], architecture: str | None = None, base_model: str | None = None) -> None:
+        """Check this head set fits a model with these sites; raise HeadSetError naming the first mismatch.
+
+        `base_model`: the model's name (a Hub id, or a registered name like `digits`), when known. A head
+        set made for another base model that does not fit says so first ("this head set is for X; the model
+        is Y"), with the mismatch in brackets; one that fits is accepted (a fine-tune has its base's sites)."""
+        try:
+            self._validate_sites(sites, architecture)
+        except HeadSetError as err:
+            mine = self._meta.base_model
+            if base_model and mine and mine != base_model:
+                raise HeadSetError(
+                    f"head set {self.name!r} is for {mine}; the model is {base_model} ({err}): use a head set made "
+                    f"for {base_model} (`headhunter presets --model {base_model}`, or one found on it)"
+                ) from None
+            raise
+
+    def _validate_sites(self, sites: Sequence[Site], architecture: str | None) -> None:
         if architecture is not None and architecture != self._meta.architecture:
             raise HeadSetError(
                 f"head set {self.name!r} was made for architecture {self._meta.architecture!r}, "

@@ -50,11 +50,28 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata_json:
     write_atomic(path, data)
 
 
+#: What a head-set source may be, for messages about a file that is not one.
+ACCEPTED = ("a head set is a .safetensors file written by headhunter (e.g. runs/demo/headset.safetensors), its .json "
+            "rendering, a folder holding headset.safetensors, `preset:NAME` or a Hub repo id 'user/repo'")
+
+
+def not_safetensors(source: str, first: bytes) -> str:
+    """The message for a file whose first bytes are no safetensors header (a CSV, a PNG, text): what it
+    starts with and what is accepted, instead of the absurd header size its first 8 bytes would give."""
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in first[:16])
+    suffix = Path(source).suffix
+    kind = f"a {suffix} file, " if suffix and suffix != ".safetensors" else ""
+    return (f"{source} is not a head set: {kind}not a safetensors file (it starts with {printable!r}, not a "
+            f"safetensors header); {ACCEPTED}")
+
+
 def read_header(data: bytes, source: str) -> dict[str, Any]:
     """Parse and validate a safetensors header from the file's first bytes (or the whole file)."""
     if len(data) < 8:
         raise HeadSetError(f"{source} is not a safetensors file: {len(data)} bytes, too short for a header")
     (size,) = struct.unpack("<Q", data[:8])
+    if data[8:9] not in (b"{", b"") and size > len(data) - 8:
+        raise HeadSetError(not_safetensors(source, data))
     if size > MAX_HEADER_BYTES:
         raise HeadSetError(f"{source} is not a head-set file: header size {size} bytes exceeds {MAX_HEADER_BYTES}")
     if len(data) < 8 + size:
@@ -93,6 +110,12 @@ def read_safetensors(path: Path) -> tuple[str, dict[str, np.ndarray]]:
         if len(first) < 8:
             raise HeadSetError(f"{source} is not a safetensors file: {len(first)} bytes, too short for a header")
         (size,) = struct.unpack("<Q", first)
+        if size > min(MAX_HEADER_BYTES, handle.size - 8):
+            start = first + handle.read(16)
+            if start[8:9] != b"{":  # no safetensors file starts like this: its header is a JSON object
+                raise HeadSetError(not_safetensors(source, start))
+            if size <= MAX_HEADER_BYTES:
+                raise HeadSetError(f"{source} is truncated: header needs {size} bytes, file has {handle.size - 8}")
         if size > MAX_HEADER_BYTES:
             raise HeadSetError(f"{source} is not a head-set file: header size {size} bytes exceeds {MAX_HEADER_BYTES}")
         if handle.size < 8 + size:

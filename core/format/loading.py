@@ -9,6 +9,7 @@ from headhunter.errors import HeadSetError
 import headhunter.format.hub as hub
 from headhunter.format.headset import HeadSet, load_headset_file
 from headhunter.format.presets import load_preset
+from headhunter.format.sites import parse_notation
 
 PRESET_PREFIX = "preset:"
 
@@ -33,10 +34,26 @@ def load_headset(
         return load_preset(text[len(PRESET_PREFIX) :])
     if looks_like_repo_id(text):
         return load_from_hub(text, weight_name=weight_name, revision=revision, **hub_kwargs)
+    if _is_notation(text):
+        raise HeadSetError(
+            f"head set {text!r} not found: it reads as heads in paper notation, but a head set is a file, a folder, "
+            f"'preset:NAME' or a Hub repo id. Make a file of those heads first: "
+            f"`HeadSet.from_notation({text!r}, base_model=MODEL).save('mine.safetensors')` (MODEL e.g. 'digits'; "
+            "docs/format.md), then pass mine.safetensors"
+        )
     raise HeadSetError(
         f"head set {text!r} not found: not an existing file or folder, not 'preset:NAME' "
         "(see `headhunter presets`), not a Hub repo id 'user/repo'"
     )
+
+
+def _is_notation(text: str) -> bool:
+    """Whether `text` is a comma-separated list of heads in paper notation ('L0H1, L2H7@0.5')."""
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        return bool(parts) and all(parse_notation(p) for p in parts)
+    except HeadSetError:
+        return False
 
 
 def looks_like_repo_id(text: str) -> bool:

@@ -68,11 +68,18 @@ def format_notation(layer: int, head: int, strength: float | None = None) -> str
 
 
 class KnownModel(NamedTuple):
-    """A published model described without loading it: its architecture family and its sites in paper order.
+    """A model described without loading it: its architecture family, its sites in paper order and, for a
+    model with a closed vocabulary, the prompts it accepts.
 
-    Adapter plugins register these with the `register_base_models` hook (built-ins: the SD3/SD3.5 and FLUX.1
-    checkpoints), keyed by Hub id; `HeadSet.from_heads(..., base_model=...)` reads them.
+    Plugins register these with the `register_base_models` hook (built-ins: the SD3/SD3.5, FLUX.1, FLUX.2,
+    Qwen-Image and Wan checkpoints keyed by Hub id, and the embedded demo model keyed by its registered name
+    `digits`); `HeadSet.from_heads(..., base_model=...)` reads them, and the checks that run before a model
+    loads (`headhunter.format.preflight`) compare head sets and prompts with them.
+
+    prompts: every prompt the model accepts (the digits model: '0'..'9' and '' for unconditional), or None
+    when any text is a prompt.
     """
 
     architecture: str
     sites: tuple[Site, ...]
+    prompts: tuple[str, ...] | None = None

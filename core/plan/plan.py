@@ -40,7 +40,7 @@ from headhunter.format.schedule import FULL, interval_index, refine
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.format.sites import Site
 from headhunter.plan.strengths import check_scope
-from headhunter.plugin_system.registry import get_registry
+from headhunter.plugin_system.registry import get_registry, model_name
 from headhunter.plan.strengths import strength_map
 
 _WINDOW = ("scale", "start", "stop")
@@ -302,7 +302,7 @@ def compile_plan(
     sites = adapter.sites(model)
     given = _unique([hs for hs in items if hs is not None])
     for hs in given:  # the one fit check
-        hs.validate_against(sites, adapter.architecture)
+        hs.validate_against(sites, adapter.architecture, base_model=model_name(model))
     names = [hs.name for hs in given]
     if isinstance(settings, GuidanceSettings):
         settings = [settings] * (1 if per_sample else len(items))

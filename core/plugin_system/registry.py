@@ -63,6 +63,15 @@ def model_of(model: Any) -> Any:
     return unwrap(getattr(model, "transformer", model))
 
 
+def model_name(model: Any) -> str | None:
+    """The name a model goes by: diffusers' `name_or_path` of a pipeline (the Hub id or folder it was loaded
+    from; `headhunter.load_model` sets a registered model's name, e.g. `digits`), else its config's
+    `_name_or_path`, else None. The one place a loaded model's name is read: the found head set's base
+    model, the report and the fit check all use it."""
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if isinstance(name, str) and name else None
+
+
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -218,6 +227,12 @@ class Registry:
                 "(register_base_models)."
             )
         return entry.obj
+
+    def known_model(self, name: str) -> Any:
+        """The `KnownModel` registered under `name` (a Hub id or a registered model name), or None: what can be
+        checked before a model loads (headhunter.format.preflight)."""
+        entry = self._entries["base_model"].get(name)
+        return None if entry is None else entry.obj
 
     def adapter_for(self, model: Any, name: str | None = None) -> Any:
         """The adapter (an instance) that recognises `model` (a pipeline or a transformer).

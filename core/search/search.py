@@ -27,7 +27,7 @@ from headhunter.format.headset import HeadSet
 from headhunter.search.checkpoint import FIX, Checkpoint
 from headhunter.search.distributed import context
 from headhunter.objective.expr import components, expression, leaves
-from headhunter.plugin_system.registry import get_registry
+from headhunter.plugin_system.registry import get_registry, model_name
 from headhunter.search.allocation import REFERENCE, run_round
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
 from headhunter.format.sites import Site, format_notation, parse_notation
@@ -188,8 +188,7 @@ def resolve_model(model: Any) -> tuple[Any, str]:
     if isinstance(model, str):
 
         return load_model(model), model
-    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", {}), "_name_or_path", None)
-    return model, str(name or type(model).__name__)
+    return model, model_name(model) or type(model).__name__
 
 
 def resolve_objective(objective: Any) -> tuple[Any, str]:

@@ -17,6 +17,7 @@ from headhunter.engine.runner import auto_batch_size
 from headhunter.errors import SearchError
 from pydantic import BaseModel, ConfigDict
 
+from headhunter.format.preflight import check_before_loading
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.plugin_system.registry import get_registry
 from headhunter.search.defaults import model_defaults
@@ -85,6 +86,7 @@ def atlas(
         raise SearchError(f"alpha must be in (0, 1), got {alpha}")
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
+    check_before_loading(model, prompts=prompts)  # a registered model's prompts, before it loads
     pipe, model_name = resolve_model(model)
     defaults = model_defaults(pipe)
     own = defaults.atlas

@@ -19,6 +19,7 @@ from headhunter.errors import SearchError
 from headhunter.search.evaluation import evaluate_result, evaluation_summary
 from headhunter.plugin_system.registry import get_registry
 from headhunter.search.defaults import SearchDefaults, model_defaults
+from headhunter.format.preflight import check_before_loading
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from headhunter.search.search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
@@ -120,6 +121,7 @@ def hunt(
     # Settings that do not depend on the model are checked before it loads (and before anything is written).
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
+    check_before_loading(model, prompts=prompts)  # a registered model's prompts, before it loads
     pipe, model_name = resolve_model(model)
     defaults = model_defaults(pipe)
     objective_obj, objective_text = resolve_objective(objective if objective is not None else defaults.objective)

@@ -55,6 +55,12 @@ ATLAS_DEFAULTS: dict[str, Any] = {
     "words": {"brightness": ("brighter (thicker strokes)", "darker (thinner strokes)")},
 }
 
+#: The demo transformer's shape (model.TRANSFORMER_CONFIG: num_layers, num_attention_heads) and its prompts
+#: (data.ALLOWED_PROMPTS), here without torch so the model can be described before it loads; a test checks
+#: that they match the loaded model.
+LAYERS, HEADS = 6, 8
+PROMPTS: tuple[str, ...] = tuple(str(d) for d in range(10)) + ("",)
+
 _CLASSIFIER: Any = None
 
 
@@ -109,6 +115,17 @@ def _objective_factory(class_name: str) -> Callable[..., Any]:
 def register_models(register: Register) -> None:
     register("digits", "headhunter.plugins.digits.model:load_digits_pipeline",
              description="embedded demo: SD3 MMDiT (6 x 8 heads) trained on real 16x16 digits; prompts '0'..'9', ''")
+
+
+@hookimpl
+def register_base_models(register: Register) -> None:
+    # The same name as the loadable model: a head set for the demo says base model `digits`, and
+    # `HeadSet.from_notation("L1H3", base_model="digits")` builds one without loading anything.
+    from headhunter.format.sites import KnownModel
+    from headhunter.plugins.sd3.sites import sd3_sites
+
+    register("digits", KnownModel("sd3", tuple(sd3_sites(LAYERS, HEADS)), prompts=PROMPTS),
+             description=f"embedded demo: sd3, {LAYERS} joint blocks x {HEADS} heads; prompts '0'..'9', ''")
 
 
 @hookimpl
