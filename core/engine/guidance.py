@@ -632,6 +632,10 @@ def apply(
     - `per_sample`: `headsets` has one entry per conditional row of the later call (prompts x
       num_images_per_prompt), all in one perturbed branch; a None entry leaves its row unguided. This is
       how a search scores many candidate head sets in one forward.
+    - Head sets may hold a schedule (strengths over intervals of the noise level sigma, docs/format.md):
+      step i uses the heads of the interval holding sigma_i = `scheduler.sigmas[i]` (read on the host once
+      per call), inside the step window; a branch with no heads at sigma_i is not computed (docs/guidance.md,
+      "Schedules").
 
     Everything is compiled once into an execution plan (`handle.plan`, `headhunter.plan.plan.compile_plan`).
     CFG is the pipeline's own (`guidance_scale=s` for SD3 and digits, `true_cfg_scale` for FLUX), so the

@@ -292,6 +292,8 @@ def compile_plan(
       recommendation is used; a per-sample branch and the scope need the head sets to agree.
     - `perturbation`: a registered name (with `perturbation_params`), a `PerturbationSpec` or a
       Perturbation instance; None takes the head sets' metadata (which must agree).
+    - Head sets with a schedule compile into the plan's segments (`Plan.bounds`, `Plan.segment_of`); the
+      step's segment selects the strengths (module docstring).
 
     Raises HeadSetError naming the bad value (and what is allowed) or the mismatching head set, and
     PluginError for an unknown perturbation or bad parameters, before anything is installed.
