@@ -17,6 +17,7 @@ exits with 1; an unexpected exception (a bug) prints one `Error: internal error 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -56,6 +57,7 @@ def error_line(err: BaseException) -> str:
         what = err.strerror or str(err)
         where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
         text = f"{where}: {what}" if where else what
+        text += _OS_HINTS.get(err.errno, "")
     elif _is_validation_error(err):
         first = err.errors()[0]  # type: ignore[attr-defined]
         loc = ".".join(str(p) for p in first.get("loc", ())) or "value"
@@ -63,6 +65,14 @@ def error_line(err: BaseException) -> str:
     else:
         text = str(err) or type(err).__name__
     return safe_line(" ".join(text.split()))  # a message may quote text from a file or a plugin
+
+
+#: What to do about an OSError that means the disk, not the input: a run with an out folder resumes.
+_OS_HINTS = {
+    errno.ENOSPC: "; free some space, then rerun the same command (a run with --out resumes from its checkpoint)",
+    errno.EDQUOT: "; free some space, then rerun the same command (a run with --out resumes from its checkpoint)",
+    errno.EROFS: "; the folder is on a read-only file system: pass an --out folder you can write to",
+}
 
 
 def _is_validation_error(err: BaseException) -> bool:
@@ -76,7 +86,18 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
     click.echo(f"Warning: {safe_line(' '.join(str(message).split()))}", err=True)
 
 
+def _close_progress_bars() -> None:
+    """Close every open tqdm bar (a failure mid-run leaves the search's or the atlas's bar open), so the
+    `Error:` line starts on a line of its own and no bar is redrawn after it."""
+    module = sys.modules.get("tqdm.std")
+    if module is None:
+        return
+    for bar in list(getattr(module.tqdm, "_instances", ())):
+        bar.close()
+
+
 def _fail(err: BaseException, message: str, code: int) -> None:
+    _close_progress_bars()
     if debug_enabled():
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
     click.echo(f"Error: {message}", err=True)
