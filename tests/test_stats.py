@@ -100,3 +100,31 @@ def test_dominance_verdict_names_layers_better_on_both_axes():
     text = "\n".join(_pareto_section(evaluation, None))
     assert "**layer L1 dominates the found set beyond noise**" in text
     assert "layer L2 dominates the found set on point estimates only" in text and "L3" not in text
+    assert "within the 95 % intervals" in text  # a point-estimate dominance says it is not a finding
+
+
+def test_verdict_leads_with_the_cost_and_names_the_unconditional_prompt():
+    """The verdict sentence that beats no guidance also says, in the same sentence, which yardstick got
+    worse (with both intervals and whether they overlap); the prompt phrase names "" as unconditional."""
+    from headhunter.report.report import prompts_phrase, verdict
+    from headhunter.search.evaluation import Evaluation, SettingResult, bootstrap_mean
+    from headhunter.search.stats import Estimate
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=64)
+    fd, conf = "FD-digits (lower is better)", "digit-confidence"
+
+    def setting(name, shift, fd_value, conf_value):
+        scores = list(base + shift + 0.01 * rng.normal(size=64))
+        return SettingResult(name, bootstrap_mean(scores), scores,
+                             {fd: Estimate(fd_value, fd_value - 60, fd_value + 60, 64),
+                              conf: Estimate(conf_value, conf_value - 0.01, conf_value + 0.01, 64)})
+
+    evaluation = Evaluation({s.name: s for s in [setting("no guidance", 0.0, 109, 0.80),
+                                                 setting("found head set", 0.1, 177, 0.90)]}, [""], list(range(64)), "obj")
+    line = verdict(evaluation, "found head set", "no guidance")
+    assert line.startswith("**found head set beats no guidance** on fresh seeds")
+    assert "; but **FD-digits (lower is better) is worse**: 177 [117, 237] vs 109 [49, 169] (the intervals overlap: within noise)" in line
+    assert "digit-confidence" not in line  # better, so no cost
+    assert prompts_phrase([""]) == '1 prompt ("" (unconditional))'
+    assert prompts_phrase(list("0123456789")) == "10 prompts ('0', '1', '2', '3', ...)"

@@ -18,6 +18,7 @@ import torch
 
 from headhunter.format.headset_io import write_atomic
 from headhunter.search.evaluation import Evaluation
+from headhunter.format.preflight import describe_prompt
 from headhunter.format.sites import parse_notation
 
 
@@ -194,7 +195,44 @@ def verdict(evaluation: Evaluation, found: str, rival: str) -> str:
         outcome = "is worse than"
     else:
         outcome = "is not distinguishable from"
-    return f"**{found} {outcome} {rival}** on fresh seeds: difference {diff.mean:+.4g} (95 % CI [{diff.low:+.4g}, {diff.high:+.4g}], n = {diff.n})."
+    return (f"**{found} {outcome} {rival}** on fresh seeds: difference {diff.mean:+.4g} (95 % CI [{diff.low:+.4g}, "
+            f"{diff.high:+.4g}], n = {diff.n})" + cost(evaluation, found, rival) + ".")
+
+
+def cost(evaluation: Evaluation, found: str, rival: str) -> str:
+    """The price of `found` against `rival` in the same sentence: every other metric on which it is worse
+    (point estimates; "lower is better" read from the metric's name), with both intervals and whether they
+    overlap (within noise) or not; "" when it is worse on none."""
+    if found not in evaluation.settings or rival not in evaluation.settings:
+        return ""
+    mine, theirs = evaluation.settings[found].metrics, evaluation.settings[rival].metrics
+    parts = []
+    for name in [m for m in mine if m in theirs]:
+        a, b, lower = mine[name], theirs[name], "lower is better" in name
+        if not _better(b.mean, a.mean, lower):
+            continue
+        apart = (a.low > b.high) if lower else (a.high < b.low)
+        parts.append(f"**{name} is worse**: {a.mean:.4g} [{a.low:.4g}, {a.high:.4g}] vs {b.mean:.4g} "
+                     f"[{b.low:.4g}, {b.high:.4g}] ({'beyond noise' if apart else 'the intervals overlap: within noise'})")
+    return "; but " + "; ".join(parts) if parts else ""
+
+
+def prompts_phrase(prompts: list[str]) -> str:
+    """'1 prompt ("" (unconditional))', '10 prompts ('0', '1', ...)': how many and which, the empty prompt
+    named as unconditional."""
+    shown = ", ".join(describe_prompt(p) for p in prompts[:4]) + (", ..." if len(prompts) > 4 else "")
+    return f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''} ({shown})"
+
+
+def images_phrase(result: Any) -> str:
+    """The search's images as docs/benchmarks.md counts them: each round's candidate images, plus the
+    reference (no guidance and every whole layer on the same pairs), and the sum."""
+    s = result.settings
+    rounds = [r.images for r in result.rounds]
+    reference = (1 + len(result.layer_scores)) * len(s.prompts) * len(s.seeds)
+    per_round = ", ".join(f"round {r.index}: {r.images:,}" for r in result.rounds)
+    return (f"{sum(rounds):,} candidate images in the rounds ({per_round}) + {reference:,} for no guidance and the "
+            f"{len(result.layer_scores)} whole layers = {sum(rounds) + reference:,} search images")
 
 
 def _round_stats(r: Any, top_k: int) -> str:
@@ -221,16 +259,20 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
     lines = [
         f"# HeadHunter report: {result.headset.name}",
         "",
-        f"Model `{s.model}`, objective `{s.objective}`, {len(s.prompts)} prompts x {len(s.seeds)} seeds, "
+        f"Model `{s.model}`, objective `{s.objective}`, {prompts_phrase(s.prompts)} x {len(s.seeds)} seeds, "
         f"{s.steps} steps, perturbation `{s.perturbation.name}` (u = {s.strength:g}), scope `{s.guidance.scope}`, "
         f"w = {s.guidance.scale:g}, CFG {s.guidance.cfg if s.guidance.cfg is not None else 'off/pipeline default'}, "
         f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads, schedule `{s.schedule}`"
         + (f" (budget {s.budget:g} of the exhaustive images per round, first stage {s.first_pairs} pairs)" if s.schedule == "racing" else "")
-        + f"; {sum(r.images for r in result.rounds)} candidate images in all (rounds).",
+        + f"; {images_phrase(result)}.",
         "",
         f"**Found head set:** {result.headset.notation()}  ([headset.safetensors](headset.safetensors), "
         f"[headset.json](headset.json))",
         "",
+    ]
+    if evaluation is not None and {"found head set", "no guidance"} <= set(evaluation.settings):
+        lines += [f"**Verdict:** {verdict(evaluation, 'found head set', 'no guidance')}", ""]
+    lines += [
         "## On the search seeds",
         "",
         f"- no guidance: {result.baseline_score:.4g}",
@@ -254,7 +296,9 @@ def _evaluation_section(evaluation: Evaluation, grid: Path | None) -> list[str]:
     names = list(evaluation.settings)
     metric_names = sorted({m for r in evaluation.settings.values() for m in r.metrics})
     header = "| setting | " + " | ".join([evaluation.objective, *metric_names]) + " |"
-    lines = ["", f"## On fresh seeds ({len(evaluation.prompts)} prompts x {len(evaluation.seeds)} seeds, never seen by the search)", "",
+    images = len(evaluation.settings) * len(evaluation.prompts) * len(evaluation.seeds)
+    lines = ["", f"## On fresh seeds ({prompts_phrase(evaluation.prompts)} x {len(evaluation.seeds)} seeds, never seen "
+                 f"by the search: {len(evaluation.settings)} settings, {images:,} images)", "",
              "Means with 95 % bootstrap intervals over samples.", "", header, "|" + "---|" * (1 + 1 + len(metric_names))]
     for name in names:
         r = evaluation.settings[name]
@@ -347,10 +391,12 @@ def _pareto_section(evaluation: Evaluation, pareto: Path | None) -> list[str]:
     rivals = dominance(evaluation)
     layers = [d for d in rivals if d["setting"].startswith("layer ")]
     if not layers:
-        lines.append(f"**No whole layer dominates the found head set**: none is better on both {evaluation.objective} and {name}.")
+        lines.append(f"**No whole layer dominates the found head set**: none is better on both {evaluation.objective} and "
+                     f"{name}, even on point estimates.")
     for d in layers:
         diff, m, f = d["objective_diff"], d["yardstick"], d["found_yardstick"]
-        how = "beyond noise" if d["beyond_noise"] else "on point estimates only (within noise)"
+        how = ("beyond noise" if d["beyond_noise"] else
+               "on point estimates only: the differences are within the 95 % intervals (not a finding)")
         lines.append(f"- **{d['setting']} dominates the found set {how}**: objective {diff.mean:+.4g} (95 % CI "
                      f"[{diff.low:+.4g}, {diff.high:+.4g}]), {name} {m.mean:.4g} [{m.low:.4g}, {m.high:.4g}] vs "
                      f"{f.mean:.4g} [{f.low:.4g}, {f.high:.4g}].")
