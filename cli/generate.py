@@ -203,7 +203,9 @@ def write_outputs(out: Path, images: dict[str, list[Any]], prompts: tuple[str, .
             names.append(name)
         files[run] = names
     if "unguided" in images:
-        labels = [f"{prompts[i // num_images]!r} seed {seeds[i]}" for i in range(len(seeds))]
+        from headhunter.format.preflight import describe_prompt
+
+        labels = [f"{describe_prompt(prompts[i // num_images])} seed {seeds[i]}" for i in range(len(seeds))]
         grid = comparison_grid(images["unguided"], images["guided"], labels, _guided_label(handle))
         _save_png(grid, out / GRID)
         files["grid"] = GRID
@@ -215,17 +217,20 @@ def comparison_grid(unguided: list[Any], guided: list[Any], labels: list[str], g
     """One row per image: [unguided | guided], cells upscaled (nearest) to at least `min_cell` pixels."""
     from PIL import Image, ImageDraw
 
+    from headhunter.report.labels import fit_text, label_font, text_width
+
     w, h = guided[0].size
     factor = max(1, -(-min_cell // min(w, h)))
-    cw, ch, pad, head, side = w * factor, h * factor, 4, 18, 0
-    side = min(220, max(len(label) for label in labels) * 6 + 8)
+    cw, ch, pad, head = w * factor, h * factor, 4, 18
+    side = int(min(260, max(text_width(label) for label in labels) + 10))
     grid = Image.new("RGB", (side + 2 * cw + 3 * pad, head + len(guided) * (ch + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
-    draw.text((side + pad, 3), "unguided", fill="black")
-    draw.text((side + cw + 2 * pad, 3), guided_label, fill="black")
+    font = label_font()
+    draw.text((side + pad, 3), "unguided", fill="black", font=font)
+    draw.text((side + cw + 2 * pad, 3), fit_text(guided_label, cw), fill="black", font=font)
     for row, (a, b, label) in enumerate(zip(unguided, guided, labels)):
         y = head + row * (ch + pad)
-        draw.text((4, y + ch // 2 - 5), label[: side // 6], fill="black")
+        draw.text((4, y + ch // 2 - 6), fit_text(label, side - 6), fill="black", font=font)
         for col, image in enumerate((a, b)):
             cell = image.convert("RGB").resize((cw, ch), Image.NEAREST)
             grid.paste(cell, (side + pad + col * (cw + pad), y))

@@ -19,6 +19,8 @@ import numpy as np
 from headhunter.format.headset_io import write_atomic
 from headhunter.atlases.atlas import Atlas
 from headhunter.atlases.effects import NONE, Measure
+from headhunter.format.preflight import describe_prompt
+from headhunter.report.labels import LABEL_SIZE, fit_text, label_font
 
 CELL = 64  # smallest cell side in the contact sheets, pixels
 LABEL_WIDTH = 260
@@ -49,19 +51,20 @@ def contact_sheet(atlas: Atlas, layer: int) -> Any:
     gap, top = 3, 18
     sheet = Image.new("RGB", (LABEL_WIDTH + len(cols) * (cw + gap), top + len(rows) * (ch + gap)), "white")
     draw = ImageDraw.Draw(sheet)
+    font, small = label_font(), label_font(LABEL_SIZE - 1)
     for c, pair in enumerate(cols):
         prompt, seed = atlas.pairs[pair]
-        caption = f"seed {seed}" + (f" '{prompt[:10]}'" if len(atlas.settings.prompts) > 1 else "")
-        draw.text((LABEL_WIDTH + c * (cw + gap) + 2, 3), caption, fill="black")
+        caption = f"seed {seed}" + (f" {describe_prompt(prompt[:10])}" if len(atlas.settings.prompts) > 1 else "")
+        draw.text((LABEL_WIDTH + c * (cw + gap) + 2, 3), fit_text(caption, cw, LABEL_SIZE - 1), fill="black", font=small)
     for r, unit in enumerate(rows):
         y = top + r * (ch + gap)
         name = "no guidance" if unit == NONE else (f"{unit} (whole layer)" if "H" not in unit else unit)
         words = atlas.labels(unit) if unit != NONE else []
         lines = _wrap(", ".join(words), 42)[:3]
         y0 = y + max(2, ch // 2 - 7 * (len(lines) + 1))
-        draw.text((4, y0), name, fill="black")
+        draw.text((4, y0), fit_text(name, LABEL_WIDTH - 8), fill="black", font=font)
         for i, line in enumerate(lines):
-            draw.text((4, y0 + 13 * (i + 1)), line, fill=(90, 90, 90))
+            draw.text((4, y0 + 13 * (i + 1)), fit_text(line, LABEL_WIDTH - 8, LABEL_SIZE - 1), fill=(90, 90, 90), font=small)
         for c, pair in enumerate(cols):
             thumb = atlas.thumbs.get((unit, pair))
             if thumb is not None:

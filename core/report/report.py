@@ -19,6 +19,7 @@ import torch
 from headhunter.format.headset_io import write_atomic
 from headhunter.search.evaluation import Evaluation
 from headhunter.format.preflight import describe_prompt
+from headhunter.report.labels import fit_text, label_font, spread_labels
 from headhunter.format.sites import parse_notation
 
 
@@ -119,8 +120,9 @@ def write_grid(evaluation: Evaluation, path: Path, cell: int = 64, gap: int = 3)
     pitch = cell + gap
     grid = Image.new("RGB", (label_w + cols * pitch, len(names) * pitch), "white")
     draw = ImageDraw.Draw(grid)
+    font = label_font()
     for row, (name, batch) in enumerate(zip(names, images)):
-        draw.text((4, row * pitch + cell // 2 - 6), name[:24], fill="black")
+        draw.text((4, row * pitch + cell // 2 - 7), fit_text(name, label_w - 8), fill="black", font=font)
         for col in range(cols):
             grid.paste(_to_pil(batch[col]).resize((cell, cell), Image.NEAREST), (label_w + col * pitch, row * pitch))
     buffer = _io.BytesIO()
@@ -361,7 +363,7 @@ def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
 
     name, lower = yardstick(evaluation)
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
-    points = []
+    points, labels = [], []
     for setting, r in evaluation.settings.items():
         if name not in r.metrics or setting.startswith("best layer"):
             continue
@@ -370,7 +372,9 @@ def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
             "gray" if setting == "no guidance" else "tab:red"
         ax.errorbar(o.mean, m.mean, xerr=[[o.mean - o.low], [o.high - o.mean]], yerr=[[m.mean - m.low], [m.high - m.mean]],
                     fmt="o", color=color, capsize=2, markersize=5)
-        ax.annotate(setting.replace("layer ", ""), (o.mean, m.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        labels.append(ax.annotate(setting.replace("layer ", ""), (o.mean, m.mean), fontsize=7, xytext=(3, 3),
+                                  textcoords="offset points",
+                                  bbox={"boxstyle": "square,pad=0.1", "fc": "white", "alpha": 0.75, "lw": 0}))
         points.append((o.mean, m.mean if not lower else -m.mean))
     front = sorted(p for p in points if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in points))
     if len(front) > 1:
@@ -379,6 +383,7 @@ def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
     ax.set_xlabel(f"{evaluation.objective} (higher is better)")
     ax.set_ylabel(name)
     ax.set_title("fresh seeds: objective vs independent yardstick (blue: found set, green: earlier rounds, red: layers)", fontsize=8)
+    spread_labels(ax, labels)  # close points (the found set beside an earlier round's) keep readable labels
     return _save_figure(fig, path)
 
 
