@@ -86,7 +86,7 @@ def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], ne
 
     files = write_outputs(out, images, prompts, num_images, seeds, handle)
     record = settings(model, pipe, headsets, loaded, handle, prompts, cfg, distilled_guidance, steps, seed,
-                      seeds, num_images, height, width, device, dtype, compare, files, call)
+                      seeds, num_images, height, width, device, dtype, compare, files, call, out=out)
     write_atomic(out / SIDECAR, (json.dumps(record, indent=2) + "\n").encode())
     for kind in ("guided", "unguided"):
         for name in files.get(kind, []):
@@ -253,7 +253,7 @@ def _save_png(image: Any, path: Path) -> None:
 def settings(model: str, pipe: Any, sources: tuple[str, ...], loaded: list[Any], handle: Any,
              prompts: tuple[str, ...], cfg: float | None, distilled_guidance: float | None, steps: int, seed: int,
              seeds: list[int], num_images: int, height: int | None, width: int | None, device: str, dtype: str,
-             compare: bool, files: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
+             compare: bool, files: dict[str, Any], call: dict[str, Any], out: Path | str = "generated") -> dict[str, Any]:
     """Every setting of the run, resolved, and the command that makes the same images again."""
     import diffusers
     import torch
@@ -278,6 +278,7 @@ def settings(model: str, pipe: Any, sources: tuple[str, ...], loaded: list[Any],
         if value is not None:
             args += [flag, f"{value:g}"]
     args += (["--compare"] if compare else []) + (["--sequential"] if not handle.batched else [])
+    args += ["--out", str(out)]
     return {
         "command": "headhunter generate " + shlex.join(args),
         "model": model,

@@ -30,8 +30,12 @@ def inspect(model: str, height: int | None, width: int | None, revision: str | N
     """
     from headhunter.plugin_system.registry import get_registry
 
-    obj, source = resolve_model(model, revision, cache_dir)
     registry = get_registry()
+    known = registry.known_model(model) if model in registry.names("model") else None
+    if known is not None and known.layout is not None and height is None and width is None:
+        _print_table(model, known, as_json)  # described by its plugin: nothing to load (no torch, no weights)
+        return
+    obj, source = resolve_model(model, revision, cache_dir)
     try:
         adapter = registry.adapter_for(obj)
     except ModelError as err:
@@ -50,6 +54,24 @@ def inspect(model: str, height: int | None, width: int | None, revision: str | N
         return
     click.echo(f"model:        {model} ({source})")
     click.echo(f"transformer:  {type(transformer).__name__}  adapter: {adapter.name}  architecture: {adapter.architecture}")
+    _print_sites(sites, layout)
+
+
+def _print_table(model: str, known: Any, as_json: bool) -> None:
+    """A registered model from the table its plugin registered (sites, layout), without loading it."""
+    sites, source = list(known.sites), "registered model; described by its plugin, nothing loaded"
+    if as_json:
+        click.echo(json.dumps({
+            "model": model, "source": source, "transformer": None, "adapter": None, "architecture": known.architecture,
+            "sites": [{"layer": i, **s.model_dump()} for i, s in enumerate(sites)], "layout": list(known.layout),
+        }, indent=2))
+        return
+    click.echo(f"model:        {model} ({source})")
+    click.echo(f"architecture: {known.architecture}")
+    _print_sites(sites, known.layout)
+
+
+def _print_sites(sites: list[Any], layout: Any) -> None:
     click.echo(f"sites:        {len(sites)} ({sum(s.num_heads for s in sites)} heads); heads are LkHh, 0-based")
     width_name = max(len(s.name) for s in sites)
     for i, site in enumerate(sites):

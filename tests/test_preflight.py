@@ -145,3 +145,21 @@ def test_a_model_that_is_not_on_this_machine_says_so_in_whole_words(monkeypatch,
                            "folder or the local Hugging Face cache")
     assert f"`hf download {SD3}`" in text and text.endswith("(registered models: digits)")
     assert "local_files_o." not in text
+
+
+def test_inspect_digits_reads_the_registered_table_without_loading():
+    """`inspect digits` is a light command: the table its plugin registered, no torch; and the table is what
+    the loaded model says (sites; image tokens; the label encoder's two text tokens)."""
+    script = ("import sys; from click.testing import CliRunner; from headhunter.cli import make_cli; "
+              "r = CliRunner().invoke(make_cli(), ['inspect', 'digits', '--json']); print(r.output); "
+              "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    *body, imported = done.stdout.strip().splitlines()
+    assert imported == "False"
+    shown = json.loads("\n".join(body))
+    pipe = hh.load_model("digits")
+    adapter = get_registry().adapter_for(pipe)
+    assert [s["name"] for s in shown["sites"]] == [s.name for s in adapter.sites(pipe)]
+    live = adapter.layout_summary(pipe, None, None)
+    assert shown["layout"][1] in live  # the image-token line is the adapter's own
+    assert f"text tokens: {pipe.label_encoder.config.num_tokens} " in shown["layout"][2]

@@ -77,9 +77,11 @@ class KnownModel(NamedTuple):
     loads (`headhunter.format.preflight`) compare head sets and prompts with them.
 
     prompts: every prompt the model accepts (the digits model: '0'..'9' and '' for unconditional), or None
-    when any text is a prompt.
+    when any text is a prompt. layout: the lines `headhunter inspect` prints for the token layout at the
+    model's own image size, for a model it can then describe without loading (None: inspect reads configs).
     """
 
     architecture: str
     sites: tuple[Site, ...]
     prompts: tuple[str, ...] | None = None
+    layout: tuple[str, ...] | None = None

@@ -60,6 +60,13 @@ ATLAS_DEFAULTS: dict[str, Any] = {
 #: that they match the loaded model.
 LAYERS, HEADS = 6, 8
 PROMPTS: tuple[str, ...] = tuple(str(d) for d in range(10)) + ("",)
+#: What `headhunter inspect digits` prints for the token layout, without loading torch (a test compares it
+#: with the loaded model: sample_size 16, patch 2, the label encoder's num_tokens 2).
+LAYOUT: tuple[str, ...] = (
+    "token order: [image | text] (joint sites)",
+    "image grid at 16x16 px: 8 x 8 = 64 image tokens (1 px per latent, patch 2)",
+    "text tokens: 2 (the label encoder's embedding of the prompt '0'..'9', or '' for unconditional)",
+)
 
 _CLASSIFIER: Any = None
 
@@ -124,7 +131,7 @@ def register_base_models(register: Register) -> None:
     from headhunter.format.sites import KnownModel
     from headhunter.plugins.sd3.sites import sd3_sites
 
-    register("digits", KnownModel("sd3", tuple(sd3_sites(LAYERS, HEADS)), prompts=PROMPTS),
+    register("digits", KnownModel("sd3", tuple(sd3_sites(LAYERS, HEADS)), prompts=PROMPTS, layout=LAYOUT),
              description=f"embedded demo: sd3, {LAYERS} joint blocks x {HEADS} heads; prompts '0'..'9', ''")
 
 
