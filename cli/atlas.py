@@ -43,12 +43,15 @@ def atlas() -> None:
 @click.option("--layers", help="Whole layers measured: '0,3' or 'none'. Default: every layer.")
 @options.generation
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
+@click.option("--intervals", type=click.IntRange(min=2), default=None,
+              help="Also measure every head and layer acting only in each of K equal intervals of the noise level sigma.")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @options.resume
 @click.option("--push", "push_repo", metavar="REPO", help="Also publish the atlas to this Hub repo.")
 @click.option("--private", is_flag=True, default=None, help="With --push: create the repo private.")
 @click.option("--token", help="With --push: Hub token.")
-def build(model, prompts, seeds, heads, layers, objectives, out_dir, no_resume, push_repo, private, token, **values) -> None:
+def build(model, prompts, seeds, heads, layers, objectives, intervals, out_dir, no_resume, push_repo, private, token,
+          **values) -> None:
     """Build (or resume) the atlas of MODEL: `digits` (default, embedded) or a diffusers model id / path."""
     from headhunter import load_pipeline
     from headhunter.format.preflight import check_before_loading
@@ -62,7 +65,7 @@ def build(model, prompts, seeds, heads, layers, objectives, out_dir, no_resume, 
     result = run_atlas(
         model if registered else load_pipeline(model), prompt_list, seeds, out_dir=out_dir, resume=not no_resume,
         heads=[h.strip() for h in heads.split(",") if h.strip()] if heads else None, layers=layer_list,
-        objectives=list(objectives) or None, **options.collect(values, options.GENERATION_KEYS),
+        objectives=list(objectives) or None, intervals=intervals, **options.collect(values, options.GENERATION_KEYS),
     )
     _summary(result)
     click.echo(f"page: {Path(out_dir) / 'index.html'}")
@@ -96,6 +99,12 @@ def _summary(result: Any) -> None:
         click.echo(f"  {unit}: {words}")
     for g in result.groups:
         click.echo(f"group '{g.name}': {' '.join(g.heads)}")
+    if result.settings.intervals:
+        found = [d for d in result.interval_differences if d.significant]
+        click.echo(f"per noise interval: {len(result.interval_units)} units x intervals; effects that differ between "
+                   f"intervals (Bonferroni over {len(result.interval_differences)} tests): {len(found)}")
+        for d in found[:20]:
+            click.echo(f"  {d.unit} {d.measure}: interval {d.a} - interval {d.b} = {d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}]")
 
 
 @atlas.command()

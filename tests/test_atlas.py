@@ -368,3 +368,48 @@ def test_effect_words_match_a_relabelled_direction_by_its_words():
         a.heads_with("strokes")
     with pytest.raises(SearchError, match="not measured"):
         a.heads_with("thin")  # whole words only
+
+
+# ----- per noise interval (issue 26) ----------------------------------------------------------------------------
+def test_atlas_per_noise_interval_measures_each_unit_inside_each_interval(tmp_path):
+    """intervals=2: every unit is also generated acting only for sigma in [0, 0.5) and in [0.5, 1]; its values
+    equal the restricted head set made alone; the effects share one Bonferroni family with the units; the
+    between-interval differences are paired t statistics of the two restricted runs; a saved atlas loads back
+    to the same figures; an atlas without intervals writes no 'intervals' setting (old checkpoints resume)."""
+    pipe = tiny_pipe()
+    steps = 4
+    result = atlas(pipe, heads=["L0H1"], layers=[1], batch_size=5, intervals=2, out_dir=tmp_path / "a",
+                   **{**SMALL, "steps": steps})
+    names = [name for _, _, name in result.interval_units]
+    assert names == ["L1@[0,0.5)", "L1@[0.5,1]", "L0H1@[0,0.5)", "L0H1@[0.5,1]"]
+    assert result.images == (3 + 4) * 3 and set(result.interval_effects) == set(names)
+    from headhunter import get_registry
+
+    sites = get_registry().adapter_for(pipe).sites(pipe)
+    gen = GenerationSettings(guidance={"scale": 2.0}, steps=steps)
+    head = HeadSet.from_heads([(0, 1, 1.0)], sites=sites, architecture="sd3")
+    for name, (lo, hi) in (("L0H1@[0,0.5)", (0.0, 0.5)), ("L0H1@[0.5,1]", (0.5, 1.0))):
+        image = (generate_rows(pipe, [Row(head.restricted(lo, hi), "3", 1)], gen)[0].clamp(0, 1) * 255).round() / 255
+        assert result.values[name][1]["brightness"] == pytest.approx(float(image.mean()), abs=2e-3)
+    assert result.values["L0H1@[0,0.5)"] != result.values["L0H1@[0.5,1]"]
+    live = [m for m in result.measures if m.name not in result.skipped]
+    tests = len(live) * (len(result.units) - 1 + len(names))
+    for per in [*result.effects.values(), *result.interval_effects.values()]:
+        for e in per.values():
+            assert not e.significant or e.p < result.alpha / tests
+    diffs = [d for d in result.interval_differences if d.unit == "L0H1" and d.measure == "brightness"]
+    assert len(diffs) == 1 and (diffs[0].a, diffs[0].b) == (0, 1)
+    x = np.array([v["brightness"] for v in result.values["L0H1@[0,0.5)"]])
+    y = np.array([v["brightness"] for v in result.values["L0H1@[0.5,1]"]])
+    mean, low, high, _, p, _ = paired_effect(x - y, 1.0, 1, 0.05, 0.0)
+    assert (diffs[0].mean, diffs[0].low, diffs[0].high, diffs[0].p) == pytest.approx((mean, low, high, p))
+    assert len(result.interval_differences) == len(live) * 2  # 2 units x 1 pair of intervals x measures
+    back = load_atlas(tmp_path / "a")
+    assert back.interval_differences == result.interval_differences
+    assert json.loads((tmp_path / "a" / "atlas.json").read_text())["settings"]["intervals"] == [[0, 0.5], [0.5, 1]]
+    assert "L0H1@[0.5,1]" in (tmp_path / "a" / "effects.csv").read_text()
+    assert "intervals" not in AtlasSettings(model="m", prompts=["3"], seeds=[0], heads=[], layers=[], measures=[],
+                                            batch_size=1).model_dump()
+    for bad in (1, [[0, 0.4], [0.5, 1]], [[0, 1]]):
+        with pytest.raises(SearchError, match="intervals"):
+            atlas(pipe, heads=["L0H1"], layers=[], intervals=bad, **SMALL)

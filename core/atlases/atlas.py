@@ -28,17 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import headhunter.format.headset_io as io
 from headhunter.format.files import read_json
 from headhunter.engine.runner import Row, run_batches
 from headhunter._version import __version__
-from headhunter.errors import SearchError
+from headhunter.errors import HeadSetError, SearchError
 from headhunter.format.headset import HeadSet
+from headhunter.format.schedule import bounds_of, format_interval
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed, validated
 from headhunter.format.sites import Site, format_notation, parse_notation
-from headhunter.atlases.effects import NONE, Effect, Group, Measure, analyse
+from headhunter.atlases.effects import NONE, Effect, Group, IntervalDifference, Measure, analyse
 from headhunter.atlases.measures import Measurer
 from headhunter.search.checkpoint import FIX, STATE_NAME, Checkpoint
 
@@ -69,6 +70,28 @@ class AtlasSettings(GenerationSettings):
     classes: str | None = Field(default=None, description="name of the model's classifier for 'changes the class'")
     batch_size: int = Field(ge=1)
     sheet_pairs: int = Field(default=8, ge=1, description="prompt-seed pairs shown in the contact sheets")
+    intervals: list[tuple[float, float]] | None = Field(
+        default=None, exclude_if=lambda value: value is None,  # atlases without intervals keep their checkpoints
+        description="intervals of the noise level sigma ([[0, b1], ..., [b(K-1), 1]], K >= 2): every head and layer "
+                    "is also measured acting only inside each of them (docs/atlas.md, 'Per noise interval')")
+
+    @field_validator("intervals")
+    @classmethod
+    def _partition(cls, intervals: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if intervals is None:
+            return None
+        try:
+            bounds = bounds_of(intervals)
+        except HeadSetError as exc:
+            raise ValueError(str(exc)) from None
+        if len(bounds) < 3:
+            raise ValueError("intervals= needs at least 2 intervals (one full-range interval is the atlas itself)")
+        return intervals
+
+
+def interval_unit(unit: str, interval: tuple[float, float]) -> str:
+    """The name of `unit` (`L3H2`, `L3`) measured only inside `interval` of sigma: `L3H2@[0,0.4)`."""
+    return f"{unit}@{format_interval(interval)}"
 
 
 @dataclass
@@ -91,6 +114,9 @@ class Atlas:
     timing: dict[str, float] = field(default_factory=dict)
     out_dir: Path | None = None
     thumbs: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    #: with `settings.intervals`: effects of every unit acting only in one interval, keyed `interval_unit(...)`
+    interval_effects: dict[str, dict[str, Effect]] = field(default_factory=dict)
+    interval_differences: list[IntervalDifference] = field(default_factory=list)
 
     # ----- reading -------------------------------------------------------------------------------------
     @property
@@ -99,13 +125,19 @@ class Atlas:
         return unit_names(self.settings)
 
     @property
+    def interval_units(self) -> list[tuple[str, int, str]]:
+        """With `settings.intervals`: (unit, interval index, name) for every layer and head in every interval,
+        in generation order (after the units); empty without intervals."""
+        return interval_units(self.settings)
+
+    @property
     def pairs(self) -> list[tuple[str, int]]:
         return [(p, s) for p in self.settings.prompts for s in self.settings.seeds]
 
     @property
     def images(self) -> int:
-        """Images this atlas is made of: (heads + layers + 1) x prompts x seeds."""
-        return len(self.units) * len(self.pairs)
+        """Images this atlas is made of: ((heads + layers) x (1 + intervals) + 1) x prompts x seeds."""
+        return (len(self.units) + len(self.interval_units)) * len(self.pairs)
 
     def labels(self, unit: str) -> list[str]:
         """The words for `unit`'s significant effects, strongest first."""
@@ -210,16 +242,19 @@ class Atlas:
             "effects": {u: {m: _jsonable(asdict(e)) for m, e in per.items()} for u, per in self.effects.items()},
             "labels": {u: self.labels(u) for u in self.units[1:] if self.labels(u)},
             "groups": [asdict(g) for g in self.groups],
+            "interval_effects": {u: {m: _jsonable(asdict(e)) for m, e in per.items()}
+                                 for u, per in self.interval_effects.items()},
+            "interval_differences": [_jsonable(asdict(d)) for d in self.interval_differences],
             "values": self.values,
         }
 
     def effect_rows(self) -> list[dict[str, Any]]:
         """One row per (unit, measure) for effects.csv."""
         rows = []
-        for unit in self.units[1:]:
+        for unit in self.units[1:] + [name for _, _, name in self.interval_units]:
             layer, head = _unit_position(unit)
             for m in self.measures:
-                e = self.effects.get(unit, {}).get(m.name)
+                e = self.effects.get(unit, self.interval_effects.get(unit, {})).get(m.name)
                 if e is not None:
                     rows.append({"unit": unit, "layer": layer, "head": "" if head is None else head, "measure": m.name,
                                  "mean": e.mean, "ci_low": e.low, "ci_high": e.high, "d": e.d, "p": e.p, "n": e.n,
@@ -233,7 +268,8 @@ class Atlas:
         io.write_atomic(out / ATLAS_NAME, json.dumps(self.to_dict(), indent=1, allow_nan=True).encode())
         io.write_atomic(out / "effects.csv", _csv(self.effect_rows()))
         value_rows = [{"unit": unit, "prompt": p, "seed": s, "measure": k, "value": v}
-                      for unit in self.units for (p, s), values in zip(self.pairs, self.values.get(unit, []))
+                      for unit in self.units + [name for _, _, name in self.interval_units]
+                      for (p, s), values in zip(self.pairs, self.values.get(unit, []))
                       for k, v in values.items()]
         io.write_atomic(out / "values.csv", _csv(value_rows))
         return out / ATLAS_NAME
@@ -243,7 +279,16 @@ def unit_names(settings: AtlasSettings) -> list[str]:
     return [NONE, *(f"L{i}" for i in settings.layers), *settings.heads]
 
 
+def interval_units(settings: AtlasSettings) -> list[tuple[str, int, str]]:
+    """(unit, interval index, name) for every layer and head unit in every interval of `settings.intervals`."""
+    if not settings.intervals:
+        return []
+    return [(unit, k, interval_unit(unit, tuple(iv))) for unit in unit_names(settings)[1:]
+            for k, iv in enumerate(settings.intervals)]
+
+
 def _unit_position(unit: str) -> tuple[int, int | None]:
+    unit = unit.split("@", 1)[0]  # an interval unit: `L3H2@[0,0.4)`
     if "H" in unit:
         layer, head, _ = parse_notation(unit)
         return layer, head
@@ -394,6 +439,11 @@ def measure_units(pipe: Any, sites: list[Site], architecture: str, settings: Atl
     for h in settings.heads:
         layer, head, _ = parse_notation(h)
         headsets[h] = HeadSet.from_heads([(layer, head, u)], sites=sites, architecture=architecture, name=h)
+    for unit, k, name in interval_units(settings):  # a unit acting only for sigma in one interval
+        lo, hi = settings.intervals[k]
+        headsets[name] = headsets[unit].restricted(lo, hi).with_metadata(name=name)
+    units = units + [name for _, _, name in interval_units(settings)]
+    shown = set(unit_names(settings))  # contact sheets show the units, not every interval
     pairs = [(p, s) for p in settings.prompts for s in settings.seeds]
     m = len(pairs)
     rows = [Row(headsets[k], p, s) for k in units for p, s in pairs]
@@ -416,7 +466,7 @@ def measure_units(pipe: Any, sites: list[Site], architecture: str, settings: Atl
             if unit == NONE:
                 base[pair] = images[offset]
                 keep[f"base|{pair}"] = (images[offset] * 255).round().to(torch.uint8)
-            if pair < settings.sheet_pairs:
+            if pair < settings.sheet_pairs and unit in shown:
                 thumbs[(unit, pair)] = _thumb(images[offset])
                 keep[f"{unit}|{pair}"] = thumbs[(unit, pair)]
         reference = torch.stack([base[(start + o) % m] for o in range(len(images))])

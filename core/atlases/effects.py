@@ -62,6 +62,25 @@ class Effect:
 
 
 @dataclass
+class IntervalDifference:
+    """Does a unit's effect differ between two intervals of sigma? The paired difference of the measure between
+    the unit acting only in interval `a` and only in interval `b` (same prompt-seed pairs; the unguided image
+    cancels): mean, 95 % t interval, two-sided p, significant after Bonferroni over every (unit, measure,
+    interval pair) of the atlas."""
+
+    unit: str
+    measure: str
+    a: int
+    b: int
+    mean: float
+    low: float
+    high: float
+    p: float
+    n: int
+    significant: bool
+
+
+@dataclass
 class Group:
     """Heads with similar standardized effect vectors (average-linkage clustering)."""
 
@@ -106,9 +125,11 @@ def analyse(atlas: Atlas) -> Atlas:
             skipped.append(m.name)
         else:
             live.append(m)
-    tests = len(live) * (len(atlas.units) - 1)
-    effects: dict[str, dict[str, Effect]] = {}
-    for unit in atlas.units[1:]:
+    in_intervals = list(getattr(atlas, "interval_units", []))
+    # one Bonferroni family: every (unit, measure) effect, the per-interval ones included
+    tests = len(live) * (len(atlas.units) - 1 + len(in_intervals))
+
+    def effect_of(unit: str) -> dict[str, Effect]:
         per: dict[str, Effect] = {}
         for m in live:
             deltas = [u[m.name] - b[m.name] for u, b in zip(atlas.values[unit], base)]
@@ -116,10 +137,39 @@ def analyse(atlas: Atlas) -> Atlas:
             mean, low, high, d, p, sig = paired_effect(deltas, base_sd, tests, atlas.alpha, atlas.min_effect, m.min_abs)
             word = (m.words[0] if mean > 0 else m.words[1]) if sig else None
             per[m.name] = Effect(unit, m.name, mean, low, high, d, p, len(deltas), sig, word)
-        effects[unit] = per
+        return per
+
+    effects = {unit: effect_of(unit) for unit in atlas.units[1:]}
     atlas.effects, atlas.skipped = effects, skipped
+    if in_intervals:
+        atlas.interval_effects = {name: effect_of(name) for _, _, name in in_intervals}
+        atlas.interval_differences = interval_differences(atlas, live, in_intervals)
     atlas.groups = group_heads(atlas, [m for m in live if m.kind != "paired" or m.words != (None, None)])
     return atlas
+
+
+def interval_differences(atlas: Atlas, measures: Sequence[Measure],
+                         in_intervals: Sequence[tuple[str, int, str]]) -> list[IntervalDifference]:
+    """For every unit, measure and pair of intervals (a < b): the paired difference of the measure between the
+    unit acting only in interval a and only in interval b, on the same prompt-seed pairs (95 % t interval,
+    two-sided p). Significant: p below alpha / (units x measures x interval pairs), Bonferroni over this whole
+    family, and for a statistic or objective |mean| / sd(unguided) >= min_effect (min_abs for a paired measure),
+    the thresholds of the effects themselves."""
+    by_unit: dict[str, dict[int, str]] = {}
+    for unit, k, name in in_intervals:
+        by_unit.setdefault(unit, {})[k] = name
+    base = atlas.values[NONE]
+    comparisons = [(unit, a, b) for unit, names in by_unit.items() for a in sorted(names) for b in sorted(names) if a < b]
+    tests = len(comparisons) * len(measures)
+    out = []
+    for unit, a, b in comparisons:
+        for m in measures:
+            first, second = atlas.values[by_unit[unit][a]], atlas.values[by_unit[unit][b]]
+            deltas = [x[m.name] - y[m.name] for x, y in zip(first, second)]
+            base_sd = float(np.std([v[m.name] for v in base], ddof=1)) if len(base) > 1 and m.kind != "paired" else 0.0
+            mean, low, high, _, p, sig = paired_effect(deltas, base_sd, tests, atlas.alpha, atlas.min_effect, m.min_abs)
+            out.append(IntervalDifference(unit, m.name, a, b, mean, low, high, p, len(deltas), sig))
+    return out
 
 
 def group_heads(atlas: Atlas, measures: Sequence[Measure], max_groups: int = 8) -> list[Group]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from headhunter.format.headset_io import write_atomic
+from headhunter.format.schedule import format_interval
 from headhunter.atlases.atlas import Atlas
 from headhunter.atlases.effects import NONE, Measure
 from headhunter.format.preflight import describe_prompt
@@ -240,7 +241,9 @@ def render_html(atlas: Atlas, pictures: dict[str, bytes]) -> str:
             ("seeds", esc(", ".join(map(str, s.seeds[:24])) + (" ..." if len(s.seeds) > 24 else ""))),
             ("guidance", f"{esc(s.perturbation.name)} u={s.strength:g}, w={s.guidance.scale:g}, scope {esc(s.guidance.scope)}, "
                          f"cfg {'off' if s.guidance.cfg is None else f'{s.guidance.cfg:g}'}, {s.steps} steps"),
-            ("images", f"{atlas.images} = ({len(s.heads)} + {len(s.layers)} + 1) x {len(s.prompts)} x {len(s.seeds)}; "
+            ("images", (f"{atlas.images} = (({len(s.heads)} + {len(s.layers)}) x (1 + {len(s.intervals)} noise intervals) + 1)"
+                        if s.intervals else f"{atlas.images} = ({len(s.heads)} + {len(s.layers)} + 1)")
+                       + f" x {len(s.prompts)} x {len(s.seeds)}; "
                        f"generated into this folder: {made} in {seconds:.0f} s ({per_image})"),
             ("labels", f"significant after Bonferroni over every (unit, measure) test (alpha {atlas.alpha:g}) and "
                        f"|d| &ge; {atlas.min_effect:g} (d = mean difference / sd of the unguided images); "
@@ -279,6 +282,8 @@ def render_html(atlas: Atlas, pictures: dict[str, bytes]) -> str:
     for g in atlas.groups:
         out.append(f"<tr><td>{esc(g.name)}</td><td>{' '.join(f'<span class=tag>{esc(h)}</span>' for h in g.heads)}</td></tr>")
     out.append("</table><p class=muted>Average-linkage clustering of the labelled heads' standardized effect vectors.</p>")
+    if s.intervals:
+        out.extend(_interval_section(atlas, esc))
     out.append("<h2>Heatmaps</h2><p>Colour: d (or the mean difference where the unguided sd is 0), scaled to the "
                "heads (a stronger whole layer saturates); last column: the whole layer; thin box: significant; "
                "thick box: labelled.</p>")
@@ -298,6 +303,31 @@ def render_html(atlas: Atlas, pictures: dict[str, bytes]) -> str:
                    f"<td class=num>{row['p']:.2g}</td><td>{esc(row['label'])}</td></tr>")
     out.append("</table></details></body></html>")
     return "\n".join(out)
+
+
+def _interval_section(atlas: Atlas, esc: Any) -> list[str]:
+    """The per-noise-interval part of the page: which units' effects differ between intervals of sigma."""
+    s = atlas.settings
+    names = [format_interval(tuple(iv)) for iv in s.intervals]
+    found = [d for d in atlas.interval_differences if d.significant]
+    out = [f"<h2>Per noise interval</h2><p>Every unit was also generated acting only while the noise level sigma "
+           f"(1 = pure noise, the first step) is in one of {len(names)} intervals: "
+           + ", ".join(f"<code>{esc(n)}</code>" for n in names)
+           + ". Its per-interval effects are in <code>effects.csv</code> (units like <code>L3H2@[0,0.5)</code>), in "
+           "the same Bonferroni family as the units. Below: effects that <b>differ between two intervals</b> "
+           f"(paired difference of the two restricted runs, Bonferroni over all {len(atlas.interval_differences)} "
+           "unit x measure x interval-pair tests, same size threshold as the labels).</p>"]
+    if not found:
+        out.append("<p class=muted>No unit's effect differs significantly between intervals at these settings.</p>")
+        return out
+    out.append("<table><tr><th>unit</th><th>measure</th><th>intervals</th><th>difference [95 % interval]</th>"
+               "<th>p</th></tr>")
+    for d in sorted(found, key=lambda d: d.p)[:100]:
+        out.append(f"<tr><td><code>{esc(d.unit)}</code></td><td>{esc(d.measure)}</td><td><code>{esc(names[d.a])}</code> "
+                   f"&minus; <code>{esc(names[d.b])}</code></td><td class=num>{_fmt(d.mean)} [{_fmt(d.low)}, "
+                   f"{_fmt(d.high)}]</td><td class=num>{d.p:.2g}</td></tr>")
+    out.append("</table>")
+    return out
 
 
 def write_page(atlas: Atlas, out_dir: str | Path) -> Path:

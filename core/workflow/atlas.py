@@ -49,6 +49,16 @@ class AtlasOptions(BaseModel):
     alpha: float = 0.05
     min_effect: float = 0.2
     pipeline_kwargs: dict[str, Any] | None = None
+    #: also measure every unit acting only inside each interval of the noise level sigma: K (K >= 2 equal
+    #: intervals of [0, 1]) or the intervals themselves, [[0, b1], ..., [b(K-1), 1]]; None: not
+    intervals: int | list[tuple[float, float]] | None = None
+
+
+def equal_intervals(k: int) -> list[tuple[float, float]]:
+    """K equal intervals of sigma in [0, 1]: [(0, 1/K), ..., ((K-1)/K, 1)]. SearchError for K < 2."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise SearchError(f"intervals={k!r}: give a number of intervals >= 2, or the intervals themselves")
+    return [(i / k, (i + 1) / k if i + 1 < k else 1.0) for i in range(k)]
 
 
 def atlas(
@@ -73,6 +83,9 @@ def atlas(
     expressions also measured (default: the model's atlas objectives). With `out_dir` the state is
     checkpointed after every batch (resumed when the settings are equal, else SearchError naming the
     difference), and with `render` the page, PNGs, CSV and JSON are written there.
+    intervals: also measure every head and layer acting only inside each interval of the noise level sigma
+    (K equal intervals, or a list), with the same Bonferroni correction, and test whether each unit's
+    effect differs between intervals (`Atlas.interval_effects`, `Atlas.interval_differences`).
     The other settings are `AtlasOptions` fields, as `options=` or keywords (`atlas("digits", heads=["L0H1"])`).
     Returns the Atlas. Raises SearchError for unknown heads/layers, empty prompts, bad thresholds.
     """
@@ -82,6 +95,7 @@ def atlas(
     perturbation, perturbation_params, scope = o.perturbation, o.perturbation_params, o.scope
     objectives, measures, batch_size, sheet_pairs = o.objectives, o.measures, o.batch_size, o.sheet_pairs
     alpha, min_effect, pipeline_kwargs = o.alpha, o.min_effect, o.pipeline_kwargs
+    intervals = equal_intervals(o.intervals) if isinstance(o.intervals, int) else o.intervals
     if not 0 < alpha < 1:
         raise SearchError(f"alpha must be in (0, 1), got {alpha}")
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
@@ -117,6 +131,7 @@ def atlas(
         guidance=dict(scale=scale, cfg=cfg, scope=scope), perturbation=dict(name=perturbation, params=perturbation_params or {}),
         steps=steps, measures=measure_names, objectives=objective_texts, classes=class_name,
         batch_size=batch_size or auto_batch_size(pipe), sheet_pairs=sheet_pairs, pipeline_kwargs=pipeline_kwargs or {},
+        **({"intervals": intervals} if intervals is not None else {}),
     )
     measurer, measure_list = build_measures(settings, own.words, classify)
     out = Path(out_dir) if out_dir else None
