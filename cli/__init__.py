@@ -44,6 +44,23 @@ EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
 
 _debug_flag = False
+#: The output folder of the resumable run in progress (`hunt`/`atlas --out`), for the interrupted message.
+_resumable: str | None = None
+
+
+def note_resumable(out_dir: Any) -> None:
+    """Called by a command whose work is checkpointed in `out_dir`: Ctrl-C then says that rerunning resumes."""
+    global _resumable
+    _resumable = str(out_dir)
+
+
+def interrupted_message() -> str:
+    """The one line printed for Ctrl-C: that the run was interrupted and, for a checkpointed run, that the
+    same command resumes it."""
+    if _resumable is None:
+        return "interrupted"
+    return (f"interrupted; rerun the same command to resume: finished batches are kept in {_resumable}/state.json "
+            "(--no-resume starts over)")
 
 
 def debug_enabled() -> bool:
@@ -131,8 +148,8 @@ class _Group(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
-        global _debug_flag
-        _debug_flag = False
+        global _debug_flag, _resumable
+        _debug_flag, _resumable = False, None
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -140,10 +157,11 @@ class _Group(click.Group):
                 if not debug_enabled():
                     warnings.showwarning = _warning_line
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Abort as err:
-            _fail(err, "aborted", EXIT_INTERRUPTED)
+        except click.exceptions.Abort as err:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+            ctrl_c = isinstance(err.__cause__ or err.__context__, KeyboardInterrupt)
+            _fail(err, interrupted_message() if ctrl_c else "aborted", EXIT_INTERRUPTED)
         except KeyboardInterrupt as err:
-            _fail(err, "interrupted", EXIT_INTERRUPTED)
+            _fail(err, interrupted_message(), EXIT_INTERRUPTED)
         except click.ClickException as err:  # usage errors (2) and ClickExceptions raised by commands (1)
             if debug_enabled():
                 traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)

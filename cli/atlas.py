@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from headhunter.cli.hunt import read_prompts
-from headhunter.cli import options
+from headhunter.cli import note_resumable, options
 from headhunter.cli.params import POSITIVE_INT, STRENGTH, WritableDir
 
 DEFAULT_OUT = "runs/atlas"
@@ -59,6 +59,7 @@ def build(model, prompts, seeds, heads, layers, objectives, intervals, out_dir, 
 
     prompt_list, layer_list = read_prompts(prompts), _layers(layers)  # cheap checks before torch and the model load
     check_before_loading(model, prompts=prompt_list)
+    note_resumable(out_dir)
     from headhunter.workflow.atlas import atlas as run_atlas
 
     registered = model in get_registry().names("model")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from headhunter.errors import HeadhunterError
-from headhunter.cli import options
+from headhunter.cli import note_resumable, options
 from headhunter.cli.params import POSITIVE_INT, Seeds, WritableDir
 
 
@@ -65,6 +65,7 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
 
     prompt_list = read_prompts(prompts)  # cheap checks before torch and the model load
     check_before_loading(model, prompts=prompt_list)
+    note_resumable(out_dir)
     from headhunter.search.distributed import context
     from headhunter.workflow.hunt import hunt as run_hunt
 

@@ -261,3 +261,56 @@ def test_racing_drops_what_is_confidently_behind_and_reports_its_evidence():
     assert d.n == 16 and d.low < d.mean < d.high
     assert f.set_vs_baseline.mean == pytest.approx(f.set_score - full.baseline_score, abs=1e-9)
     assert all(0.0 <= v <= 1.0 for v in f.frequency.values()) and np.isclose(sum(f.frequency.values()), 1.0)
+
+
+def test_a_resumed_search_says_so_and_its_bar_names_the_stage_and_ends_at_100(tmp_path, capsys):
+    """Long work says what it is doing: the bar's description names the phase (round and stage), the bar ends
+    at 100 % even where racing's total was a cap, and a rerun says it resumed and counts the resumed images."""
+    import headhunter.search.search as search_module
+
+    bars = []
+    real = search_module.tqdm
+
+    described = []
+
+    def recording(*args, **kwargs):
+        bar = real(*args, **{**kwargs, "disable": False})
+        bars.append(bar)
+        shown = bar.set_description_str
+        bar.set_description_str = lambda text, refresh=True: (described.append(text), shown(text, refresh))[1]
+        return bar
+
+    pipe = tiny_digits_pipe()
+    settings = {**SETTINGS, "progress": True}
+    search_module.tqdm = recording
+    try:
+        first = hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=4, **settings)
+        first_err = capsys.readouterr().err
+        again = hunt(pipe, Brightness(), out_dir=tmp_path, report=False, batch_size=4, **settings)
+    finally:
+        search_module.tqdm = real
+    err = capsys.readouterr().err
+    assert f"resuming the search in {tmp_path}:" in err and "are not made again" in err
+    assert again.resumed > 0 and first.resumed == 0 and again.headset == first.headset
+    for bar in bars:
+        assert bar.n == bar.total and bar.desc == "headhunter: search done"
+    assert described[:2] == ["headhunter: no guidance + 2 layers", "headhunter: round 1/1"], described
+    assert "headhunter:" in first_err
+
+
+def test_ctrl_c_says_interrupted_and_that_the_same_command_resumes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import headhunter.workflow.hunt as workflow
+    from headhunter.cli import make_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "hunt", interrupted)
+    monkeypatch.setattr("headhunter.cli.hunt._load", lambda model: model)
+    out = CliRunner().invoke(make_cli(), ["hunt", "--out", str(tmp_path / "run")])
+    assert out.exit_code == 130
+    lines = [x for x in out.output.splitlines() if x.strip()]
+    assert lines == [f"Error: interrupted; rerun the same command to resume: finished batches are kept in "
+                     f"{tmp_path / 'run'}/state.json (--no-resume starts over)"]

@@ -129,7 +129,8 @@ def evaluate_result(pipe: Any, result: Any, objective: Any, seeds: Sequence[int]
     if not isinstance(metrics, Mapping):
         metrics = {m: get_registry().objective(m) for m in metrics}
     prompts = result.settings.prompts
-    bar = tqdm(total=len(settings) * len(prompts) * len(seeds), desc="evaluation", unit="img", disable=not progress)
+    bar = tqdm(total=len(settings) * len(prompts) * len(seeds), unit="img", disable=not progress,
+               desc=f"evaluation: {len(settings)} settings x {len(prompts) * len(seeds)} fresh pairs")
     evaluation = evaluate(pipe, settings, objective, prompts, seeds, result.generation(),
                           batch_size=result.settings.batch_size, metrics=metrics, set_metrics=set_metrics or {},
                           progress=bar.update)

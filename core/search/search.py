@@ -9,6 +9,7 @@ interrupted search resumes exactly where it stopped.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,7 @@ class HuntResult:
     sites: list[Site]
     out_dir: Path | None
     evaluation: Any = None  #: the fresh-seed Evaluation, when `headhunter.hunt` made one
+    resumed: int = 0  #: images whose scores came from out_dir's checkpoint (not made again)
 
     def score_table(self) -> list[dict[str, Any]]:
         """One row per (round, candidate head): layer, head, score, whether it was added."""
@@ -173,6 +175,7 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
     loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
     result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
+    result.resumed = loop.resumed
     return result
 
 
@@ -291,6 +294,25 @@ class _Search:
         total_units += settings.rounds if settings.top_k > 1 else 0
         self.bar = tqdm(total=int(total_units * len(self.pairs)), desc="headhunter", unit="img",
                         disable=not (progress and ctx.is_main))
+        self.resumed = 0  #: images whose scores came from the checkpoint instead of being made again
+        done = sum(len(per_pair) for per_pair in state.data["units"].values())
+        if done and progress and ctx.is_main and state.path is not None:
+            self.bar.write(f"resuming the search in {state.path.parent}: {done:,} images are scored in "
+                           f"{state.path.name} and are not made again (--no-resume, resume=False: start over)",
+                           file=sys.stderr)
+
+    def describe(self, phase: str) -> str:
+        """What a phase is, for the progress bar: 'no guidance + 6 layers', 'round 1/2, 16 of 64 pairs'."""
+        s, m = self.settings, len(self.pairs)
+        if phase == "reference":
+            return f"no guidance + {len(self.sites)} layers" if s.layer_baselines else "no guidance"
+        if phase.startswith("round"):
+            index, _, pairs = phase[len("round"):].partition(":")
+            stage = f", {pairs} of {m} pairs" if s.schedule == "racing" else ""
+            return f"round {int(index) + 1}/{s.rounds}{stage}"
+        if phase.startswith("set"):
+            return f"round {int(phase[3:]) + 1}/{s.rounds}, the new set"
+        return phase
 
     def headset(self, heads: Sequence[str], name: str = "candidate") -> HeadSet:
         u = self.settings.strength
@@ -317,7 +339,12 @@ class _Search:
                     keys.append((unit, index))
         self.covered.update(keys)
         size = self.settings.batch_size
+        self.bar.set_description_str(f"headhunter: {self.describe(phase)}", refresh=False)
         pending = [start for start in range(0, len(rows), size) if not self.state.batch_done(phase, start)]
+        skipped = len(rows) - sum(min(size, len(rows) - start) for start in pending)
+        if skipped:  # finished before an interruption: counted, not made again
+            self.resumed += skipped
+            self.bar.update(skipped)
         world, rank = self.ctx.world, self.ctx.rank
         for group in range(0, len(pending), world):
             starts = pending[group : group + world]
@@ -395,6 +422,9 @@ class _Search:
                                       stability=outcome.stability, frequency=outcome.frequency,
                                       images=outcome.images, candidate_images=outcome.images,
                                       stages=outcome.stages, set_vs_baseline=set_vs_baseline))
+        self.bar.total = self.bar.n  # racing's total was its cap: the work is done, so the bar ends at 100 %
+        self.bar.set_description_str("headhunter: search done", refresh=False)
+        self.bar.refresh()
         self.bar.close()
         return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, layer_scores, s, self.sites, None)
 

@@ -167,6 +167,11 @@ def hunt(
     if ctx.is_main:
         save_headset(result, out)  # what took time is on disk first
     if report:
+        if result.resumed and progress and ctx.is_main:
+            import sys
+
+            print(f"the fresh-seed evaluation is not checkpointed: its {len(prompts) * len(fresh) * len(result.comparison_headsets()):,} "
+                  "images are made again (the search's were resumed)", file=sys.stderr)
         try:
             # every rank evaluates (the evaluation is sharded); rank 0 alone writes
             evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.metrics,
