@@ -132,7 +132,7 @@ def _fake_tree(root: Path) -> Path:
     (root / "comfy").mkdir(parents=True)
     (root / "comfy" / "model_patcher.py").write_text("")
     (root / "nodes.py").write_text("")
-    (root / "custom_nodes").mkdir()
+    (root / "main.py").write_text("")
     return root
 
 
@@ -175,6 +175,23 @@ def test_docs_show_the_shim_and_a_workflow_with_the_real_node_inputs():
             choices = allowed[key][0]
             if isinstance(choices, list) and not isinstance(value, list):
                 assert value in choices, (cls, key, value)
+
+
+def test_the_docs_workflow_uses_comfyui_nodes_that_exist(comfy):
+    """The workflow's ComfyUI core nodes exist in the ComfyUI source with those input names (read as text:
+    ComfyUI's `nodes` module needs its server's dependencies to import)."""
+    doc = (ROOT / "docs" / "comfyui.md").read_text()
+    (workflow,) = re.findall(r"```json\n(.*?)```", doc, flags=re.S)
+    sources = [Path(comfy, "nodes.py").read_text(), *(f.read_text() for f in sorted(Path(comfy, "comfy_extras").glob("*.py")))]
+    for node in json.loads(workflow).values():
+        cls = node["class_type"]
+        if cls.startswith("HeadHunter"):
+            continue
+        body = next((src.split(f"class {cls}", 1)[1][:6000] for src in sources if f"class {cls}(" in src or f"class {cls}:" in src), None)
+        assert body is not None, f"{cls} is not a ComfyUI node"
+        for key in node["inputs"]:
+            assert f'"{key}"' in body, (cls, key)
+    assert inst.check_tree(comfy) == Path(comfy)  # the install verb accepts the real tree (nothing written)
 
 
 def test_params_widget_is_checked():

@@ -25,8 +25,8 @@ from headhunter.plugins.comfyui.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_N
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 '''
-#: Files whose presence makes a folder a ComfyUI tree.
-TREE_MARKERS = ("comfy/model_patcher.py", "nodes.py", "custom_nodes")
+#: Files whose presence makes a folder a ComfyUI tree (custom_nodes/ is made if it is missing).
+TREE_MARKERS = ("comfy/model_patcher.py", "nodes.py", "main.py")
 
 
 class ComfyUIError(HeadhunterError, ValueError):
@@ -37,16 +37,17 @@ def check_tree(path: str | Path) -> Path:
     """`path` as a ComfyUI tree (its root); ComfyUIError naming what is missing otherwise."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ComfyUIError(f"{root} is not a folder; give the ComfyUI folder (the one with main.py and custom_nodes/)")
+        raise ComfyUIError(f"{root} is not a folder; give the ComfyUI folder (the one with main.py, nodes.py and comfy/)")
     missing = [m for m in TREE_MARKERS if not (root / m).exists()]
     if missing:
         raise ComfyUIError(f"{root} is not a ComfyUI tree: no {', '.join(missing)} there; give the ComfyUI folder "
-                           "(the one with main.py, nodes.py, comfy/ and custom_nodes/)")
+                           "(the one with main.py, nodes.py and comfy/)")
     return root
 
 
 def install(path: str | Path) -> Path:
-    """Write `custom_nodes/headhunter/__init__.py` (atomically) in the ComfyUI tree `path`; return its path.
+    """Write `custom_nodes/headhunter/__init__.py` (atomically, making the folders it needs) in the ComfyUI
+    tree `path`; return its path.
 
     Rewriting the shim is fine (idempotent); a `custom_nodes/headhunter/` that holds anything else (another
     package of that name, or an `__init__.py` this command did not write) is refused with ComfyUIError."""
