@@ -14,7 +14,7 @@ import click
 
 from headhunter.cli.hunt import read_prompts
 from headhunter.cli import note_resumable, options
-from headhunter.cli.params import POSITIVE_INT, STRENGTH, WritableDir
+from headhunter.cli.params import POSITIVE_INT, STRENGTH, BoundedInt, WritableDir
 
 DEFAULT_OUT = "runs/atlas"
 
@@ -43,12 +43,12 @@ def atlas() -> None:
 @click.option("--layers", help="Whole layers measured: '0,3' or 'none'. Default: every layer.")
 @options.generation
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
-@click.option("--intervals", type=click.IntRange(min=2), default=None,
+@click.option("--intervals", type=BoundedInt(min=2), default=None,
               help="Also measure every head and layer acting only in each of K equal intervals of the noise level sigma.")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @options.resume
 @click.option("--push", "push_repo", metavar="REPO", help="Also publish the atlas to this Hub repo.")
-@click.option("--private", is_flag=True, default=None, help="With --push: create the repo private.")
+@options.visibility
 @click.option("--token", help="With --push: Hub token.")
 def build(model, prompts, seeds, heads, layers, objectives, intervals, out_dir, no_resume, push_repo, private, token,
           **values) -> None:
@@ -112,7 +112,7 @@ def _summary(result: Any) -> None:
 @click.argument("atlas_dir", type=click.Path(file_okay=False))
 @click.option("--effect", required=True, help="A label word of the atlas, e.g. 'darker', 'sharper', 'higher digit confidence'.")
 @click.option("--top", default=3, show_default=True, type=POSITIVE_INT, help="How many heads (strongest first).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Head-set file (.safetensors or .json).")
+@options.output_file("Head-set file to write (.safetensors or .json).", True)
 @click.option("--strength", type=STRENGTH, help="Strength of each head (default: the atlas's u).")
 @click.option("--name", help="Head-set name (default: atlas-EFFECT-topN).")
 def export(atlas_dir, effect, top, output, strength, name) -> None:
@@ -131,7 +131,7 @@ def export(atlas_dir, effect, top, output, strength, name) -> None:
 @atlas.command()
 @click.argument("atlas_dir", type=click.Path(file_okay=False))
 @click.argument("repo")
-@click.option("--private", is_flag=True, default=None, help="Create the repo private.")
+@options.visibility
 @click.option("--token", help="Hub token.")
 def push(atlas_dir, repo, private, token) -> None:
     """Publish an atlas folder to the Hub (page, PNGs, numbers and a card naming the base model)."""

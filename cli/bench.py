@@ -8,7 +8,7 @@ Cases, timed side by side on the same model object in interleaved rounds (median
   pag_mask   the same heads with scope pag_mask.
 Default models are CPU-sized random-weight SD3 and FLUX transformers; `--full-size sd3-medium|flux-dev`
 builds the published architectures with random weights (speed does not depend on weight values) for a GPU:
-`headhunter bench --full-size sd3-medium --device cuda --dtype bf16 --batch 2`.
+`headhunter bench --full-size sd3-medium --device cuda --dtype bfloat16 --batch 2`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import click
 
-from headhunter.cli.params import BoundedInt, Device, FiniteFloat, IntList
+from headhunter.cli import options
+from headhunter.cli.params import BoundedInt, Device, DType, FiniteFloat, IntList
 
 SD3_SMALL = dict(sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=6, attention_head_dim=16,
                  num_attention_heads=8, joint_attention_dim=64, caption_projection_dim=128,
@@ -59,7 +60,7 @@ MODELS: dict[str, BenchModel] = {
     "sd3-medium": BenchModel("sd3", SD3_MEDIUM, (64, 64), 333, "SD3-medium 1024^2: 24 x 24 heads, 4096 + 333 tokens"),
     "flux-dev": BenchModel("flux", FLUX_DEV, (32, 32), 512, "FLUX.1-dev 512^2: 19 + 38 x 24 heads, 1024 + 512 tokens"),
 }
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = {name: name for name in DType.NAMES}  #: --dtype name -> torch attribute
 CASES = ("stock", "installed", "heads", "pag_mask")
 
 
@@ -291,19 +292,18 @@ def format_row(row: dict[str, Any]) -> str:
               help="Published architecture with random weights (for a GPU).")
 @click.option("--batch", "batches", default="1,2,16", show_default=True, type=IntList(1, 4096),
               help="Comma-separated batch sizes, each in [1, 4096].")
-@click.option("--heads", default=24, show_default=True, type=BoundedInt(0, 100_000),
-              help="Heads perturbed in the 'heads' and 'pag_mask' cases.")
+@click.option("--num-heads", "--heads", "heads", default=24, show_default=True, type=BoundedInt(0, 100_000),
+              help="How many heads are perturbed in the 'heads' and 'pag_mask' cases (--heads is the old name).")
 @click.option("--rounds", default=7, show_default=True, type=BoundedInt(1, 1000),
               help="Interleaved rounds per case (the median is reported).")
 @click.option("--min-time", default=0.05, show_default=True, type=FiniteFloat(0.0, 60.0),
               help="Seconds per timed sample (sets repetitions), in [0, 60].")
 @click.option("--device", default="cpu", show_default=True, type=Device(), help="cpu, cuda, cuda:1, mps")
-@click.option("--dtype", "dtype_name", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True,
-              help="Weights and activations dtype of the timed models.")
+@options.dtype("Weights and activations dtype of the timed models:", default="float32")
 @click.option("--threads", type=BoundedInt(1, 1024), default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--clock", type=click.Choice(["auto", "wall", "cpu"]), default="auto", show_default=True,
               help="wall time, or this process's CPU time (auto: cpu on a CPU device, wall on a GPU).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write results here.")
+@options.output_file("Also write the results here, as JSON (--json FILE is the old spelling).", False, "--json")
 @click.option("--suite", default="forward", show_default=True,
               help="Comma-separated: forward (perturbed vs stock forward), guided (guided step vs floor vs "
                    "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time), "
@@ -312,7 +312,7 @@ def format_row(row: dict[str, Any]) -> str:
                    "and the flux-golden-hour layers, CFG off/on; --full-size for the published architectures).")
 def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int], heads: int, rounds: int,
           min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
-          json_path: str | None, suite: str) -> None:
+          output: str | None, suite: str) -> None:
     """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search, start-up."""
     suites = [s.strip() for s in suite.split(",") if s.strip()]
     unknown = sorted(set(suites) - {"forward", "guided", "search", "startup", "fanout"})
@@ -353,7 +353,7 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int
     results = []
     for name in names:
         results += bench_model(MODELS[name], sizes, heads, rounds, min_time, device, dtype_name, click.echo, clock)
-    if json_path:
+    if output:
         from headhunter.format.files import write_atomic
 
-        write_atomic(Path(json_path), (json.dumps(results, indent=1) + "\n").encode())
+        write_atomic(Path(output), (json.dumps(results, indent=1) + "\n").encode())

@@ -18,13 +18,14 @@ from typing import Any
 import click
 
 from headhunter.format.files import write_atomic  # the one atomic writer: temp file + fsync + rename
+from headhunter.cli import options
 from headhunter.cli.params import (
-    NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, FiniteFloat, Scope, WritableDir,
+    NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, DType, FiniteFloat, Scope, WritableDir,
 )
 
 SIDECAR = "generate.json"
 GRID = "compare.png"
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = DType.NAMES
 
 
 @click.command()
@@ -52,12 +53,12 @@ DTYPES = ("float32", "float16", "bfloat16")
 @click.option("--compare", is_flag=True, help="Also make the unguided images (same seeds) and compare.png.")
 @click.option("--sequential", is_flag=True, help="Run the perturbed pass as its own forward (less memory).")
 @click.option("--device", type=Device(), help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, else cpu).")
-@click.option("--dtype", type=click.Choice(DTYPES), help="Weights dtype (default: bfloat16 on cuda, float32 on cpu).")
+@options.dtype("Weights dtype (default: bfloat16 on cuda, float32 on cpu; a registered model keeps its own):")
 def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], negative_prompt: str | None,
              scale: float | None, cfg: float | None, distilled_guidance: float | None, start: float | None,
              stop: float | None, scope: str | None, steps: int | None, seed: int, num_images: int,
              height: int | None, width: int | None, out: Path, compare: bool, sequential: bool,
-             device: str | None, dtype: str | None) -> None:
+             device: str | None, dtype_name: str | None) -> None:
     """Generate images from MODEL (default `digits`) guided by head sets; writes PNGs and generate.json."""
     from headhunter import load_headset
     from headhunter.format.preflight import check_before_loading
@@ -69,7 +70,7 @@ def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], ne
     from headhunter import apply
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe, dtype = load_pipeline(model, device, dtype)
+    pipe, dtype = load_pipeline(model, device, dtype_name)
     if cfg is None:
         cfg = next((hs.metadata.guidance.cfg for hs in loaded if hs.metadata.guidance.cfg is not None), None)
     call, steps = call_kwargs(pipe, list(prompts), negative_prompt, cfg, distilled_guidance, steps, num_images,

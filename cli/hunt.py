@@ -8,7 +8,7 @@ import click
 
 from headhunter.errors import HeadhunterError
 from headhunter.cli import note_resumable, options
-from headhunter.cli.params import POSITIVE_INT, Seeds, WritableDir
+from headhunter.cli.params import FRACTION, POSITIVE_INT, BoundedInt, Seeds, WritableDir
 
 
 class _PromptFileError(HeadhunterError):
@@ -47,8 +47,8 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
 @click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")
 @click.option("--allocation", "--schedule", "allocation", type=click.Choice(["exhaustive", "racing"]), help="How a round spends its images. exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest (default: the model's, else exhaustive). --schedule is the old name.")
-@click.option("--budget", type=click.FloatRange(0, 1, min_open=True), help="racing: most images per round, as a fraction of the exhaustive round's.")
-@click.option("--first-pairs", type=click.IntRange(min=2), help="racing: prompt-seed pairs every candidate gets first (default 8).")
+@click.option("--budget", type=FRACTION, help="racing: most images per round, as a fraction of the exhaustive round's.")
+@click.option("--first-pairs", type=BoundedInt(min=2), help="racing: prompt-seed pairs every candidate gets first (default 8).")
 @click.option("--recipe", type=click.Choice(["greedy", "quality"]), default="greedy", show_default=True, help="quality: the paper's general-quality recipe (one round, top 4 heads at u = 0.25).")
 @click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
 @click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, PluginName, Scope, Seeds
+from headhunter.cli.params import NON_NEGATIVE, POSITIVE_INT, STEPS, STRENGTH, DType, PluginName, Scope, Seeds
 
 
 def _group(*options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -42,6 +42,25 @@ generation = _group(
                  help="Rows the perturbation replaces: joint, image or pag_mask (docs/engine.md)."),
     click.option("--batch-size", type=POSITIVE_INT, help="Images per pipeline call (default: from memory)."),
 )
+
+#: The Hub visibility of a repo a verb creates (`push`, `atlas --push`, `atlas push`): one pair, everywhere.
+visibility = _group(
+    click.option("--private/--public", default=None,
+                 help="Visibility of the repo when it is created (default: the Hub's; an existing repo keeps its own)."),
+)
+
+
+def dtype(help: str, default: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--dtype` with the one set of names (float32, float16, bfloat16; fp32, fp16, bf16 accepted)."""
+    return click.option("--dtype", "dtype_name", type=DType(), default=default, show_default=default is not None,
+                        help=help + " float32, float16 or bfloat16 (fp32, fp16, bf16 also accepted).")
+
+
+def output_file(help: str, required: bool = False, *old_names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`-o/--output FILE`: where a verb writes one file (`--out DIR` is always a folder)."""
+    return click.option("-o", "--output", *old_names, "output", required=required, metavar="FILE",
+                        type=click.Path(dir_okay=False), help=help)
+
 
 #: Resuming a checkpointed run.
 resume = _group(

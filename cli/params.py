@@ -225,8 +225,24 @@ class Scope(click.Choice):
         pass
 
 
+class DType(click.Choice):
+    """A torch dtype by its torch name: float32, float16, bfloat16 (the one spelling of every verb's
+    `--dtype`); the short spellings fp32, fp16, bf16 that `bench` used are accepted and mean the same."""
+
+    NAMES = ("float32", "float16", "bfloat16")
+    OLD = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+    def __init__(self) -> None:
+        super().__init__(self.NAMES, case_sensitive=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip().lower()
+        return super().convert(self.OLD.get(text, text), param, ctx)
+
+
 #: Shared instances of the common ranges (help texts stay in the commands).
 UNIT = FiniteFloat(0.0, 1.0)
+FRACTION = FiniteFloat(0.0, 1.0, min_open=True)
 NON_NEGATIVE = FiniteFloat(min=0.0)
 STRENGTH = FiniteFloat(0.0, 1.0, min_open=True)
 POSITIVE_INT = BoundedInt(min=1)

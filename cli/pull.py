@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from headhunter.cli import options
+
 
 @click.command()
 @click.argument("repo_id")
@@ -13,7 +15,7 @@ import click
 @click.option("--revision", help="Branch, tag or commit id; a commit id pins the exact file.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache folder (default: the Hugging Face cache).")
 @click.option("--offline", is_flag=True, help="Use only the local cache (like HF_HUB_OFFLINE=1).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also save a copy here (.safetensors or .json).")
+@options.output_file("Also save a copy here (.safetensors or .json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON rendering instead of the summary.")
 @click.option("--token", help="Hub token for private or gated repos.")
 def pull(repo_id: str, weight_name: str | None, revision: str | None, cache_dir: str | None, offline: bool,

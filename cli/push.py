@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from headhunter.cli import options
+
 
 @click.command()
 @click.argument("source")
 @click.argument("repo_id")
 @click.option("--weight-name", help="File name in the repo (default headset.safetensors; must end in .safetensors).")
-@click.option("--private/--public", default=None, help="Visibility when the repo is created (default: the Hub's).")
+@options.visibility
 @click.option("-m", "--message", "commit_message", help="Commit message.")
 @click.option("--revision", help="Branch to commit to (default main).")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from headhunter.cli.params import BoundedInt
+
 
 @click.command()
 @click.option("--model", "base_model", help="Base model Hub id, e.g. stabilityai/stable-diffusion-3-medium-diffusers.")
 @click.option("--tag", "tags", multiple=True, help="Only repos with this tag (repeatable; all must match).")
 @click.option("--author", help="Only repos of this user or organisation.")
 @click.option("-q", "--query", help="Text to match in the repo name.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000), help="At most this many results.")
+@click.option("--limit", default=20, show_default=True, type=BoundedInt(1, 1000), help="At most this many results.")
 @click.option("--atlas", "atlases", is_flag=True, help="Only head atlases (repos tagged `head-atlas`, from `headhunter atlas --push`).")
 @click.option("--details", is_flag=True, help="Also read each head set's metadata from its file header (no tensors).")
 @click.option("--token", help="Hub token (to include private repos).")

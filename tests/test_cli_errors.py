@@ -104,7 +104,7 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["pull", "not/a/valid"], 1, "is not a valid Hub repo id"),
         (["pull", "me/x", "--weight-name", "x.bin"], 1, "is not a .safetensors file"),
         (["pull", "me/never-pulled", "--offline"], 1, "is not in the local cache"),
-        (["search", "--limit", "0"], 2, "0 is not in the range"),
+        (["search", "--limit", "0"], 2, "'0' is out of range; allowed: [1, 1000]"),
         (["bench", "--batch", "0"], 2, "0 is out of range; allowed: [1, 4096]"),
         (["bench", "--batch", "1,x"], 2, "'x' is not an integer"),
         (["bench", "--batch", ","], 2, "holds no integers"),
