@@ -189,6 +189,23 @@ def test_report_files_are_written(tmp_path):
         hunt(pipe, Brightness(), out_dir=tmp_path / "b", eval_seeds=[0, 5], batch_size=16, **SETTINGS)
 
 
+def test_verdicts_against_controls_and_on_unseen_prompts_are_reported(tmp_path):
+    """The found set is judged on fresh seeds against random head sets of its size and every layer, and,
+    with eval_prompts, on prompts the search never saw; the report and the head set's metadata say so."""
+    pipe = tiny_digits_pipe()
+    result = hunt(pipe, Brightness(), out_dir=tmp_path, eval_seeds=[100, 101, 102], batch_size=16, controls=3,
+                  eval_prompts=["5", "6"], **SETTINGS)
+    randoms = [n for n in result.evaluation.settings if n.startswith("random set ")]
+    assert len(randoms) == 3 and result.unseen_evaluation.prompts == ["5", "6"]
+    assert set(result.unseen_evaluation.settings) == set(result.evaluation.settings)
+    summary = result.headset.metadata.search.evaluation
+    assert {"vs_no_guidance", "vs_random", "unseen_prompts"} <= set(summary)
+    assert 0.0 <= summary["vs_random"]["beats_fraction"] <= 1.0 and summary["vs_no_guidance"]["mde"] > 0
+    index = (tmp_path / "index.md").read_text()
+    assert "Verdicts against the controls" in index and "Verdicts on prompts the search never saw" in index
+    assert "detectable at 80 % power" in index and "random set 1 |" not in index  # summarised, not listed
+
+
 class Darkness(Objective):
     name = "test-darkness"
 

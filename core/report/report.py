@@ -18,6 +18,7 @@ import torch
 
 from headhunter.format.headset_io import write_atomic
 from headhunter.search.evaluation import Evaluation
+from headhunter.search.verdicts import RANDOM_PREFIX, verdicts
 from headhunter.format.preflight import describe_prompt
 from headhunter.report.labels import fit_text, label_font, spread_labels
 from headhunter.format.sites import parse_notation
@@ -110,10 +111,11 @@ def plot_curve(result: Any, path: Path, evaluation: Evaluation | None = None) ->
 
 
 def write_grid(evaluation: Evaluation, path: Path, cell: int = 64, gap: int = 3) -> Path:
-    """PNG grid: one row per setting, one column per fresh sample (same seeds down each column)."""
+    """PNG grid: one row per setting (the random control sets left out), one column per fresh sample (same
+    seeds down each column)."""
     from PIL import Image, ImageDraw
 
-    names = list(evaluation.settings)
+    names = [n for n in evaluation.settings if not n.startswith(RANDOM_PREFIX)]
     images = [evaluation.settings[n].images for n in names]
     cols = min(len(i) for i in images)
     label_w = 150
@@ -287,6 +289,10 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
     lines += ["", f"![score curve]({curve.name})", ""]
     lines += [f"![round {i} heatmap]({p.name})" for i, p in enumerate(heatmaps)]
     if evaluation is not None:
+        lines += _controls_section(evaluation, "Verdicts against the controls (fresh seeds, search prompts)")
+        unseen = getattr(result, "unseen_evaluation", None)
+        if unseen is not None:
+            lines += _controls_section(unseen, "Verdicts on prompts the search never saw (fresh seeds)")
         lines += _evaluation_section(evaluation, grid)
         lines += _pareto_section(evaluation, pareto)
     lines += ["", "Files: [scores.csv](scores.csv), [scores.json](scores.json)"
@@ -294,14 +300,36 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
     return "\n".join(lines)
 
 
+def _controls_section(evaluation: Evaluation, title: str) -> list[str]:
+    """The verdicts against the controls (headhunter.search.verdicts): no guidance, the random head sets of
+    the found set's size, every whole layer; each with its minimum detectable effect."""
+    if "found head set" not in evaluation.settings:
+        return []
+    found = verdicts(evaluation)
+    lines = ["", f"## {title}", "",
+             f"Paired differences of the objective on {found['pairs']} fresh pairs ({prompts_phrase(found['prompts'])}), "
+             "95 % bootstrap intervals; 'detectable' is the smallest difference these pairs find with 80 % power.", ""]
+    if "vs_no_guidance" in found:
+        lines.append(f"- {found['vs_no_guidance']['sentence']}")
+    if "vs_random" in found:
+        r = found["vs_random"]
+        lines.append(f"- {r['sentence']}; it beats {r['beats_fraction']:.0%} of the {r['random_sets']} random sets one by one")
+    for layer in found["vs_layers"]:
+        lines.append(f"- {layer['sentence']}")
+    return lines
+
+
 def _evaluation_section(evaluation: Evaluation, grid: Path | None) -> list[str]:
-    names = list(evaluation.settings)
+    names = [n for n in evaluation.settings if not n.startswith(RANDOM_PREFIX)]
+    randoms = len(evaluation.settings) - len(names)
     metric_names = sorted({m for r in evaluation.settings.values() for m in r.metrics})
     header = "| setting | " + " | ".join([evaluation.objective, *metric_names]) + " |"
     images = len(evaluation.settings) * len(evaluation.prompts) * len(evaluation.seeds)
     lines = ["", f"## On fresh seeds ({prompts_phrase(evaluation.prompts)} x {len(evaluation.seeds)} seeds, never seen "
                  f"by the search: {len(evaluation.settings)} settings, {images:,} images)", "",
-             "Means with 95 % bootstrap intervals over samples.", "", header, "|" + "---|" * (1 + 1 + len(metric_names))]
+             "Means with 95 % bootstrap intervals over samples"
+             + (f" ({randoms} random head sets of the found set's size are summarised below, not listed)" if randoms else "")
+             + ".", "", header, "|" + "---|" * (1 + 1 + len(metric_names))]
     for name in names:
         r = evaluation.settings[name]
         cells = [str(r.objective)] + [str(r.metrics[m]) if m in r.metrics else "-" for m in metric_names]
@@ -342,7 +370,7 @@ def dominance(evaluation: Evaluation, found: str = "found head set") -> list[dic
     f = evaluation.settings[found].metrics[name]
     out = []
     for other, r in evaluation.settings.items():
-        if other == found or other.startswith("best layer") or name not in r.metrics:
+        if other == found or other.startswith(("best layer", RANDOM_PREFIX)) or name not in r.metrics:
             continue
         diff = evaluation.difference(other, found)
         m = r.metrics[name]
@@ -365,7 +393,7 @@ def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     points, labels = [], []
     for setting, r in evaluation.settings.items():
-        if name not in r.metrics or setting.startswith("best layer"):
+        if name not in r.metrics or setting.startswith(("best layer", RANDOM_PREFIX)):
             continue
         o, m = r.objective, r.metrics[name]
         color = "tab:blue" if setting == "found head set" else "tab:green" if setting.startswith("round") else \

@@ -18,6 +18,7 @@ from headhunter.engine.runner import Row
 from headhunter.format.schema import GenerationSettings
 from headhunter.errors import SearchError
 from headhunter.search.stats import Estimate
+from headhunter.search.verdicts import RANDOM_PREFIX, verdicts
 import headhunter.engine.runner as _runner
 from headhunter.search.distributed import context
 from headhunter.plugin_system.registry import get_registry
@@ -119,16 +120,17 @@ def _score(name, images, prompts, objective, metrics, set_metrics, keep) -> Sett
 
 def evaluate_result(pipe: Any, result: Any, objective: Any, seeds: Sequence[int], *,
                     metrics: Sequence[str] | Mapping[str, Any] = (), set_metrics: Mapping[str, SetMetric] | None = None,
-                    progress: bool = True) -> Evaluation:
+                    progress: bool = True, prompts: Sequence[str] | None = None, controls: int = 0) -> Evaluation:
     """Fresh-seed comparison of a search result (`headhunter.search.search.HuntResult`): no guidance, the best
-    layer, the found head set, each earlier round's set and every whole layer (`result.comparison_headsets()`),
-    on the search's prompts and generation settings. metrics: per-image objective names (or name -> Objective)."""
+    layer, the found head set, each earlier round's set, every whole layer and `controls` random head sets
+    of its size (`result.comparison_headsets(controls)`), on the search's prompts (or `prompts`, e.g. ones
+    the search never saw) and generation settings. metrics: per-image objective names (or name -> Objective)."""
     from tqdm.auto import tqdm
 
-    settings = result.comparison_headsets()
+    settings = result.comparison_headsets(controls)
     if not isinstance(metrics, Mapping):
         metrics = {m: get_registry().objective(m) for m in metrics}
-    prompts = result.settings.prompts
+    prompts = list(prompts) if prompts is not None else result.settings.prompts
     bar = tqdm(total=len(settings) * len(prompts) * len(seeds), unit="img", disable=not progress,
                desc=f"evaluation: {len(settings)} settings x {len(prompts) * len(seeds)} fresh pairs")
     evaluation = evaluate(pipe, settings, objective, prompts, seeds, result.generation(),
@@ -141,7 +143,16 @@ def evaluate_result(pipe: Any, result: Any, objective: Any, seeds: Sequence[int]
 def evaluation_summary(evaluation: Evaluation) -> dict[str, Any]:
     """The figures stored in the found head set's metadata: means, 95 % intervals, metrics per setting
     (whole layers other than the best one are left out)."""
-    return {"seeds": evaluation.seeds,
-            **{name: {"objective": r.objective.mean, "ci95": [r.objective.low, r.objective.high],
-                      **{m: e.mean for m, e in r.metrics.items()}}
-               for name, r in evaluation.settings.items() if not name.startswith("layer ")}}
+    summary = {"seeds": evaluation.seeds,
+               **{name: {"objective": r.objective.mean, "ci95": [r.objective.low, r.objective.high],
+                         **{m: e.mean for m, e in r.metrics.items()}}
+                  for name, r in evaluation.settings.items() if not name.startswith(("layer ", RANDOM_PREFIX))}}
+    if "found head set" in evaluation.settings:
+        found = verdicts(evaluation)
+        for key in ("vs_no_guidance", "vs_random"):
+            if key in found:
+                d = found[key]["difference"]
+                summary[key] = {"difference": d["mean"], "ci95": [d["low"], d["high"]], "n": d["n"],
+                                "mde": found[key]["mde"] if math.isfinite(found[key]["mde"]) else None,
+                                **({"beats_fraction": found[key]["beats_fraction"]} if key == "vs_random" else {})}
+    return summary

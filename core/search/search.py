@@ -8,6 +8,8 @@ interrupted search resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import zlib
+
 import math
 import sys
 from collections.abc import Sequence
@@ -33,6 +35,7 @@ from headhunter.search.allocation import REFERENCE, run_round
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
 from headhunter.format.sites import Site, format_notation, parse_notation
 from headhunter.search.stats import Estimate, objective_value, paired_difference
+from headhunter.search.verdicts import random_headsets
 from headhunter.engine.models import load_model
 from headhunter.objective.expr import parse_objective
 
@@ -107,6 +110,7 @@ class HuntResult:
     out_dir: Path | None
     evaluation: Any = None  #: the fresh-seed Evaluation, when `headhunter.hunt` made one
     resumed: int = 0  #: images whose scores came from out_dir's checkpoint (not made again)
+    unseen_evaluation: Any = None  #: the Evaluation on prompts the search never saw (`eval_prompts`)
 
     def score_table(self) -> list[dict[str, Any]]:
         """One row per (round, candidate head): layer, head, score, whether it was added."""
@@ -140,10 +144,11 @@ class HuntResult:
         return HeadSet.from_heads([(*parse_notation(h)[:2], self.settings.strength) for h in heads], sites=self.sites,
                                   architecture=self.headset.metadata.architecture, name=f"round {index}")
 
-    def comparison_headsets(self) -> dict[str, HeadSet | None]:
+    def comparison_headsets(self, controls: int = 0) -> dict[str, HeadSet | None]:
         """What a fair comparison of this result needs, by display name: no guidance, the best whole layer
-        (chosen on the search seeds, as the head set was), the found set, each earlier round's set, and
-        every whole layer. None means unguided."""
+        (chosen on the search seeds, as the head set was), the found set, each earlier round's set, every
+        whole layer, and `controls` random head sets of the found set's size from the candidate pool
+        (`headhunter.search.verdicts.random_headsets`; seed fixed by the candidates). None means unguided."""
         out: dict[str, HeadSet | None] = {"no guidance": None}
         best = self.best_layer
         if best is not None:
@@ -152,6 +157,11 @@ class HuntResult:
         for r in self.rounds[:-1]:
             out[f"round {r.index} set"] = self.round_headset(r.index)
         out.update({f"layer {name}": self.layer_headset(int(name[1:])) for name in self.layer_scores})
+        if controls:
+            found = [str(h).split("@")[0] for h in self.headset]
+            seed = zlib.crc32(",".join(self.settings.candidates).encode())
+            out.update(random_headsets(list(self.settings.candidates), len(found), controls, self.sites,
+                                       self.settings.strength, self.headset.metadata.architecture, seed, set(found)))
         return out
 
 

@@ -17,6 +17,7 @@ from headhunter.engine.runner import auto_batch_size
 from headhunter.search.distributed import DistributedError, context
 from headhunter.errors import SearchError
 from headhunter.search.evaluation import evaluate_result, evaluation_summary
+from headhunter.search.verdicts import DEFAULT_CONTROLS
 from headhunter.plugin_system.registry import get_registry
 from headhunter.search.defaults import SearchDefaults, model_defaults
 from headhunter.format.preflight import check_before_loading
@@ -64,6 +65,8 @@ class HuntOptions(BaseModel):
     first_pairs: int | None = None
     confidence: float = 0.95
     recipe: str = "greedy"
+    controls: int = DEFAULT_CONTROLS
+    eval_prompts: list[str] | None = None
 
 
 def hunt_options(options: HuntOptions | None = None, **overrides: Any) -> HuntOptions:
@@ -105,7 +108,9 @@ def hunt(
     allocation (old name: schedule): "exhaustive" (every candidate on every pair: Algorithm 1) or "racing" (adaptive: drop what is
     confidently behind, add pairs to the rest; default: the model's, else exhaustive); budget: racing's
     most images per round as a fraction of the exhaustive round's; first_pairs: racing's first stage;
-    confidence: level of every paired interval. recipe: "greedy" (R rounds of top_k, the default) or
+    confidence: level of every paired interval. controls: random head sets of the found set's size
+    evaluated beside it on the fresh seeds (default 20; 0 for none); eval_prompts: prompts the search never
+    saw, on which the found set is judged too (the paper's generalisation claim). recipe: "greedy" (R rounds of top_k, the default) or
     "quality" (the paper's general-quality recipe, App. D.1: one round, the top k heads (default 4) combined
     at u = 0.25, unless rounds, top_k or strength are given). Under torchrun every rank runs this same
     call: batches are shared out, rank 0 alone writes files (docs/search.md).
@@ -170,14 +175,22 @@ def hunt(
         if result.resumed and progress and ctx.is_main:
             import sys
 
-            print(f"the fresh-seed evaluation is not checkpointed: its {len(prompts) * len(fresh) * len(result.comparison_headsets()):,} "
+            print(f"the fresh-seed evaluation is not checkpointed: its {len(prompts) * len(fresh) * len(result.comparison_headsets(o.controls)):,} "
                   "images are made again (the search's were resumed)", file=sys.stderr)
         try:
             # every rank evaluates (the evaluation is sharded); rank 0 alone writes
             evaluation = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.metrics,
-                                         set_metrics=defaults.set_metrics, progress=progress and ctx.is_main)
+                                         set_metrics=defaults.set_metrics, progress=progress and ctx.is_main,
+                                         controls=o.controls)
+            summary = evaluation_summary(evaluation)
+            if o.eval_prompts:  # the paper's generalisation claim: prompts the search never saw
+                unseen = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.metrics,
+                                         set_metrics=defaults.set_metrics, progress=progress and ctx.is_main,
+                                         prompts=o.eval_prompts, controls=o.controls)
+                summary["unseen_prompts"] = evaluation_summary(unseen)
+                result.unseen_evaluation = unseen
             result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
-                update={"evaluation": evaluation_summary(evaluation)}))
+                update={"evaluation": summary}))
             result.evaluation = evaluation
             if ctx.is_main:
                 save_headset(result, out)

@@ -1,0 +1,67 @@
+"""Verdicts against controls: paired differences with their minimum detectable effect, random head sets of
+the found set's size, whole layers; and the hunt's evaluation on prompts the search never saw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from headhunter.format.sites import Site
+from headhunter.search.evaluation import Evaluation, SettingResult, bootstrap_mean
+from headhunter.search.verdicts import MDE_Z, RANDOM_PREFIX, compare, mde, random_headsets, verdicts
+
+
+def test_mde_is_the_80_percent_power_distance_and_has_that_power():
+    """Simulated: a true effect equal to the MDE is detected (paired t-style test at 5 %) about 80 % of the time."""
+    rng = np.random.default_rng(0)
+    n, sd = 64, 1.0
+    effect = MDE_Z * sd / np.sqrt(n)
+    hits = 0
+    for _ in range(400):
+        d = rng.normal(effect, sd, n)
+        hits += compare(d, np.zeros(n), "zero").outcome == "beats"
+    assert 0.70 <= hits / 400 <= 0.90
+    assert mde(rng.normal(0, sd, 10_000)) == pytest.approx(MDE_Z * sd / 100, rel=0.05)
+
+
+def test_random_sets_are_fixed_distinct_and_never_the_found_heads():
+    sites = [Site(name=f"b{i}", num_heads=4, kind="joint") for i in range(3)]
+    pool = [f"L{i}H{h}" for i in range(3) for h in range(4)]
+    a = random_headsets(pool, 2, 20, sites, 0.5, "sd3", seed=7, exclude={"L0H1", "L2H3"})
+    b = random_headsets(pool, 2, 20, sites, 0.5, "sd3", seed=7, exclude={"L0H1", "L2H3"})
+    assert list(a) == [f"{RANDOM_PREFIX}{i}" for i in range(1, 21)]
+    assert [hs.notation() for hs in a.values()] == [hs.notation() for hs in b.values()]
+    notations = {hs.notation() for hs in a.values()}
+    assert len(notations) == 20 and not any("L0H1" in n.split(", ") or "L2H3" in n for n in notations)
+    assert all(len(hs) == 2 and {u for heads in hs.strengths().values() for u in heads.values()} == {0.5}
+               for hs in a.values())
+    assert random_headsets(pool[:2], 3, 5, sites, 0.5, "sd3", seed=1, exclude=set()) == {}
+
+
+def _evaluation(found_shift: float, n: int = 128, randoms: int = 20) -> Evaluation:
+    rng = np.random.default_rng(3)
+    pair = rng.normal(0, 1, n)  # what every setting shares on a pair (the seed)
+
+    def setting(name, shift):
+        scores = (pair + shift + rng.normal(0, 0.3, n)).tolist()
+        return SettingResult(name, bootstrap_mean(scores), scores)
+
+    settings = {"no guidance": setting("no guidance", 0.0), "found head set": setting("found head set", found_shift),
+                "layer L0": setting("layer L0", found_shift)}
+    settings.update({f"{RANDOM_PREFIX}{i}": setting(f"{RANDOM_PREFIX}{i}", 0.0) for i in range(1, randoms + 1)})
+    return Evaluation(settings, [""], list(range(n)), "toy")
+
+
+def test_a_real_effect_beats_no_guidance_and_the_random_sets_and_ties_an_equal_layer():
+    v = verdicts(_evaluation(0.3))
+    assert v["vs_no_guidance"]["outcome"] == "beats" and v["vs_no_guidance"]["mde"] < 0.3
+    assert v["vs_random"]["outcome"] == "beats" and v["vs_random"]["beats_fraction"] >= 0.9
+    assert v["vs_layers"][0]["outcome"] == "is not distinguishable from"
+    assert "detectable at 80 % power" in v["vs_no_guidance"]["sentence"]
+
+
+def test_no_effect_is_not_distinguishable_from_its_controls():
+    v = verdicts(_evaluation(0.0))
+    assert v["vs_no_guidance"]["outcome"] == "is not distinguishable from"
+    assert v["vs_random"]["outcome"] == "is not distinguishable from"
+    assert v["vs_random"]["beats_fraction"] <= 0.2
