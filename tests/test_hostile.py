@@ -345,3 +345,29 @@ def test_a_good_prompt_file_gives_its_prompts():
     path = pathlib.Path(tempfile.mkdtemp()) / "p.txt"
     path.write_bytes("a cat\r\n\n  a dog\twith a hat  \n3\n".encode())
     assert read_prompt_file(path, error=HeadhunterError) == ["a cat", "a dog\twith a hat", "3"]
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"done": "0,2"}, "done: Input should be a valid list"),
+    ({"done": [0, 0]}, "must list distinct batch starts >= 0"),
+    ({"done": [-4]}, "must list distinct batch starts >= 0"),
+    ({"done": [True]}, "done.0: Input should be a valid integer"),
+    ({"values": {"base": {"0": {"brightness": "x"}}}}, "values.base.0.brightness"),
+    ({"timing": None}, "timing: Input should be a valid dictionary"),
+])
+def test_a_damaged_atlas_checkpoint_is_refused_naming_the_field(tmp_path, change, expected):
+    from headhunter import SearchError
+    from headhunter.atlases.atlas import AtlasCheckpoint
+
+    good = {"settings": {"model": "digits"}, "library_version": "0.1.0", "values": {}, "done": [0, 2],
+            "timing": {"images": 4, "seconds": 1.5, "cpu_seconds": 1.0}}
+    (tmp_path / "state.json").write_text(json.dumps(good))
+    assert AtlasCheckpoint.read(tmp_path / "state.json")["done"] == [0, 2]
+    (tmp_path / "state.json").write_text(json.dumps({**good, **change}))
+    with pytest.raises(SearchError, match="atlas checkpoint .* is damaged") as caught:
+        AtlasCheckpoint.read(tmp_path / "state.json")
+    assert expected in str(caught.value)
+    for key in good:  # every key is required
+        (tmp_path / "state.json").write_text(json.dumps({k: v for k, v in good.items() if k != key}))
+        with pytest.raises(SearchError, match=f"{key}: Field required"):
+            AtlasCheckpoint.read(tmp_path / "state.json")
