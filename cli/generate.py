@@ -32,7 +32,7 @@ DTYPES = DType.NAMES
 @click.argument("model", required=False, default="digits")
 @click.option("--headset", "headsets", multiple=True, required=True,
               help="Head set: a file, a folder, `preset:NAME` or a Hub repo id. Repeat for several branches.")
-@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable; digits: '0'..'9').")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt (repeatable; digits: '0'..'9', or \"\" for unconditional).")
 @click.option("--negative-prompt", help="Negative prompt for CFG (default: the pipeline's, usually '').")
 @click.option("--scale", type=NON_NEGATIVE, help="Perturbation guidance scale w (default: the head set's).")
 @click.option("--cfg", type=NON_NEGATIVE,

@@ -26,7 +26,9 @@ def _group(*options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Call
 
 #: Which images: prompts and seeds.
 pairs = _group(
-    click.option("--prompt", "prompts", multiple=True, help="A prompt, or @FILE with one per line. Repeatable."),
+    click.option("--prompt", "prompts", multiple=True,
+                 help="A prompt, or @FILE with one per line. Repeatable. Default: the model's (digits: \"\", "
+                      "unconditional; it also takes '0'..'9')."),
     click.option("--seeds", type=Seeds(), help="Seeds: '0-99', '3,5,8'. Default: the model's."),
 )
 

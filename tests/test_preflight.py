@@ -4,6 +4,7 @@ messages that say what a thing is and what is accepted (issue 27, items 2-4)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -64,14 +65,24 @@ def test_presets_table_fits_100_columns():
 
 
 # ----- checks before the model loads -------------------------------------------------------------------
-def test_checks_need_only_the_name():
+def test_checks_need_only_the_name(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    import headhunter.format.preflight as preflight
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelError, match=rf"model '{SD3}' is not on this machine: .*`hf download {SD3}`"):
+        check_before_loading(SD3, prompts=["a cat"])
+    with pytest.raises(ModelError, match=r"model './some/local/folder' not found: not a registered model \(digits\)"):
+        check_before_loading("./some/local/folder", prompts=["anything"])
+    check_before_loading(str(tmp_path), prompts=["anything"])  # a folder: not described, checked after loading
+    monkeypatch.setattr(preflight, "check_model_available", lambda model: None)  # as if SD3 were cached
     with pytest.raises(ModelError, match=r"""prompt '12' is not one the digits model accepts; allowed: '0', .*'9', "" \(unconditional\)"""):
         check_before_loading("digits", prompts=["3", "12"])
     with pytest.raises(HeadSetError, match=rf"is for {SD3}; the model is digits"):
         check_before_loading("digits", headsets=[hh.load_headset("preset:sd3-dark-lighting")])
     check_before_loading("digits", prompts=["", "7"], headsets=[hh.load_headset("preset:digits-uncond-greedy")])
     check_before_loading(SD3, prompts=["a cat"], headsets=[hh.load_headset("preset:sd3-dark-lighting")])
-    check_before_loading("./some/local/folder", prompts=["anything"])  # not described: checked after loading
     with pytest.raises(HeadSetError, match=rf"is for digits; the model is {SD3}"):
         check_before_loading(SD3, headsets=[hh.load_headset("preset:digits-uncond-greedy")])
 
@@ -89,6 +100,8 @@ def test_cli_mistakes_are_refused_before_torch_or_the_model_loads(tmp_path):
         "atlas-prompt": ["atlas", "--prompt", "11", "--out", str(tmp_path / "a")],
         "notation": ["generate", "--headset", "L0H1,L2H7", "--prompt", "3", "--out", str(tmp_path / "g")],
         "csv": ["generate", "--headset", str(csv), "--prompt", "3", "--out", str(tmp_path / "g")],
+        "missing-model": ["hunt", "nobody/nothing", "--out", str(tmp_path / "h")],
+        "unknown-model": ["hunt", "nothing", "--out", str(tmp_path / "h")],
     }
     script = textwrap.dedent(f"""
         import json, sys
@@ -100,7 +113,8 @@ def test_cli_mistakes_are_refused_before_torch_or_the_model_loads(tmp_path):
         out["imported"] = sorted(m for m in ("torch", "diffusers") if m in sys.modules)
         print(json.dumps(out))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True, env=env)
     result = json.loads(done.stdout.splitlines()[-1])
     assert result.pop("imported") == []
     lines = {}
@@ -115,6 +129,8 @@ def test_cli_mistakes_are_refused_before_torch_or_the_model_loads(tmp_path):
     assert "reads as heads in paper notation" in lines["notation"] and "HeadSet.from_notation('L0H1,L2H7'" in lines["notation"]
     assert "is not a head set: a .csv file, not a safetensors file (it starts with 'head,score" in lines["csv"]
     assert "header size" not in lines["csv"]
+    assert "model 'nobody/nothing' is not on this machine" in lines["missing-model"]
+    assert "model 'nothing' not found: not a registered model (digits)" in lines["unknown-model"]
 
 
 # ----- messages that mislead ---------------------------------------------------------------------------

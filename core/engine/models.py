@@ -6,6 +6,7 @@ from typing import Any
 
 from headhunter.errors import ModelError
 from headhunter.format.loading import looks_like_repo_id
+from headhunter.format.preflight import not_on_this_machine
 from headhunter.plugin_system.registry import get_registry
 
 
@@ -39,11 +40,7 @@ def load_pipeline(name_or_path: str, torch_dtype: Any = None) -> Any:
         extra = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
         pipe = DiffusionPipeline.from_pretrained(name_or_path, local_files_only=True, use_safetensors=True, **extra)
     except LocalEntryNotFoundError:  # the cause is known: it is not on this machine, and headhunter never downloads
-        raise ModelError(
-            f"model {name_or_path!r} is not on this machine: headhunter loads a diffusers model only from a local "
-            f"folder or the local Hugging Face cache, never downloading it. Fetch it first with "
-            f"`hf download {name_or_path}`, or give a local folder ({registered})"
-        ) from None
+        raise ModelError(not_on_this_machine(name_or_path)) from None
     except (OSError, ValueError) as err:
         fetch = f" or fetch it first with `hf download {name_or_path}`" if looks_like_repo_id(name_or_path) else ""
         raise ModelError(

@@ -50,11 +50,42 @@ def check_headsets(model: str, headsets: Sequence[Any], known: Any = None) -> No
         headset.validate_against(known.sites, known.architecture, base_model=model)
 
 
+def not_on_this_machine(model: str) -> str:
+    """The message for a diffusers model that is neither a local folder nor in the local Hugging Face cache
+    (headhunter never downloads a model); `headhunter.load_pipeline` gives the same one."""
+    registered = ", ".join(get_registry().names("model")) or "(none)"
+    return (f"model {model!r} is not on this machine: headhunter loads a diffusers model only from a local folder or "
+            f"the local Hugging Face cache, never downloading it. Fetch it first with `hf download {model}`, or give "
+            f"a local folder (registered models: {registered})")
+
+
+def check_model_available(model: str) -> None:
+    """ModelError, before anything heavy loads, for a model name that cannot be loaded here: not a registered
+    model, not an existing path, and not a Hub repo id whose pipeline (model_index.json) is in the local
+    Hugging Face cache."""
+    from pathlib import Path
+
+    from headhunter.format.loading import looks_like_repo_id
+
+    if model in get_registry().names("model") or Path(model).exists():
+        return
+    if not looks_like_repo_id(model):
+        registered = ", ".join(get_registry().names("model")) or "(none)"
+        raise ModelError(f"model {model!r} not found: not a registered model ({registered}), not an existing folder, "
+                         "and not a Hub repo id 'org/name'")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+        raise ModelError(not_on_this_machine(model))
+
+
 def check_before_loading(model: Any, *, prompts: Iterable[str] | None = None, headsets: Sequence[Any] = ()) -> None:
-    """Every check that needs only the model's name: its prompts and the head sets' fit. `model` that is not
-    a name (a pipeline object) is checked after loading instead, by the same rules."""
+    """Every check that needs only the model's name: that it can be loaded here, its prompts and the head
+    sets' fit. `model` that is not a name (a pipeline object) is checked after loading instead, by the same
+    rules."""
     if not isinstance(model, str):
         return
+    check_model_available(model)
     known = get_registry().known_model(model)
     if known is None:
         return
@@ -62,4 +93,5 @@ def check_before_loading(model: Any, *, prompts: Iterable[str] | None = None, he
     check_headsets(model, headsets, known)
 
 
-__all__ = ["check_before_loading", "check_headsets", "check_prompts", "describe_prompt"]
+__all__ = ["check_before_loading", "check_headsets", "check_model_available", "check_prompts", "describe_prompt",
+           "not_on_this_machine"]
