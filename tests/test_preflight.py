@@ -179,3 +179,11 @@ def test_inspect_digits_reads_the_registered_table_without_loading():
     live = adapter.layout_summary(pipe, None, None)
     assert shown["layout"][1] in live  # the image-token line is the adapter's own
     assert f"text tokens: {pipe.label_encoder.config.num_tokens} " in shown["layout"][2]
+
+
+def test_a_missing_head_set_file_says_it_does_not_exist_and_how_it_is_made(tmp_path):
+    with pytest.raises(HeadSetError, match=r"head-set file .*runs/demo/headset.safetensors does not exist \(a hunt writes "
+                                           r"it: `headhunter hunt --out runs/demo`, or `make demo`\)"):
+        hh.load_headset(str(tmp_path / "runs/demo/headset.safetensors"))
+    with pytest.raises(HeadSetError, match=r"head-set file .*mine.json does not exist$"):
+        hh.load_headset(str(tmp_path / "mine.json"))

@@ -34,6 +34,12 @@ def load_headset(
         return load_preset(text[len(PRESET_PREFIX) :])
     if looks_like_repo_id(text):
         return load_from_hub(text, weight_name=weight_name, revision=revision, **hub_kwargs)
+    if text.endswith((".safetensors", ".json")):
+        raise HeadSetError(
+            f"head-set file {text} does not exist" + (
+                " (a hunt writes it: `headhunter hunt --out runs/demo`, or `make demo`)"
+                if Path(text).name.startswith("headset.") else "")
+        )
     if _is_notation(text):
         raise HeadSetError(
             f"head set {text!r} not found: it reads as heads in paper notation, but a head set is a file, a folder, "
