@@ -172,7 +172,7 @@ def test_hunt_candidates_from_an_atlas(tmp_path):
 
 # ----- checkpoint and resume ----------------------------------------------------------------------------
 @pytest.mark.slow
-def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch, capsys):
     import headhunter.atlases.atlas as atlas_module
 
     pipe = tiny_pipe()
@@ -199,7 +199,10 @@ def test_interrupted_atlas_resumes_to_the_same_numbers(tmp_path, monkeypatch):
         return real_generate(pipe_, rows, gen, batch_size, lambda s, im: (generated.append(s), on_batch(s, im)), skip)
 
     monkeypatch.setattr(atlas_module, "run_batches", counting)
-    resumed = atlas(pipe, heads=["L0H0", "L1H1"], layers=[], batch_size=2, out_dir=tmp_path / "b", render=False, **SMALL)
+    capsys.readouterr()
+    resumed = atlas(pipe, heads=["L0H0", "L1H1"], layers=[], batch_size=2, out_dir=tmp_path / "b", render=False,
+                    **{**SMALL, "progress": True})
+    assert f"resuming the atlas in {tmp_path / 'b'}: 4 of " in capsys.readouterr().err  # a rerun says it resumed
     assert generated == [4, 6, 8]  # only the slices not checkpointed
     assert resumed.values == whole.values
     assert set(resumed.thumbs) == set(whole.thumbs)

@@ -452,8 +452,14 @@ def measure_units(pipe: Any, sites: list[Site], architecture: str, settings: Atl
     kept = state.kept_images()
     base: dict[int, torch.Tensor] = {int(k.split("|")[1]): v.float() / 255 for k, v in kept.items() if k.startswith("base|")}
     thumbs = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in kept.items() if not k.startswith("base|")}
-    bar = tqdm(total=len(rows), desc="atlas", unit="img", disable=not progress)
-    bar.update(sum(len(v) for v in state.data["values"].values()))
+    bar = tqdm(total=len(rows), desc=f"atlas: {len(units)} units x {m} pairs", unit="img", disable=not progress)
+    done = sum(len(v) for v in state.data["values"].values())
+    if done and progress and state.path is not None:
+        import sys
+
+        bar.write(f"resuming the atlas in {state.path.parent}: {done:,} of {len(rows):,} images are measured in "
+                  f"{state.path.name} and are not made again (--no-resume, resume=False: start over)", file=sys.stderr)
+    bar.update(done)
     clock = {"t": time.perf_counter(), "cpu": time.process_time()}
 
     def on_batch(start: int, images: torch.Tensor) -> None:
