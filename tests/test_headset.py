@@ -264,7 +264,9 @@ def test_failed_save_keeps_previous_file_intact(tmp_path, monkeypatch):
 
 def test_unknown_source_error_lists_the_forms():
     with pytest.raises(HeadSetError, match="not an existing file.*preset:NAME.*user/repo"):
-        hh.load_headset("no-such-file.safetensors")
+        hh.load_headset("no-such-source")
+    with pytest.raises(HeadSetError, match="^head-set file no-such-file.safetensors does not exist$"):
+        hh.load_headset("no-such-file.safetensors")  # a file name: it is the file that is missing
 
 
 def test_metadata_input_is_strict():
