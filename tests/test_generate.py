@@ -95,7 +95,8 @@ def test_errors_are_clean_and_leave_no_files(saved, tmp_path):
     out = tmp_path / "out"
     result = invoke(str(tmp_path / "missing"), "--headset", str(root / "tiny.safetensors"), "--prompt", "x",
                     "--out", str(out))
-    assert result.exit_code != 0 and "cannot load model" in result.output and "local diffusers" in result.output
+    assert result.exit_code != 0 and f"model folder {tmp_path / 'missing'} does not exist" in result.output
+    assert "local diffusers folder" in result.output  # refused before the model (or torch) loads
     result = invoke("someone/not-cached", "--headset", str(root / "tiny.safetensors"), "--prompt", "x",
                     "--out", str(out))
     assert result.exit_code != 0 and "hf download someone/not-cached" in result.output

@@ -73,7 +73,7 @@ def test_checks_need_only_the_name(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelError, match=rf"model '{SD3}' is not on this machine: .*`hf download {SD3}`"):
         check_before_loading(SD3, prompts=["a cat"])
-    with pytest.raises(ModelError, match=r"model './some/local/folder' not found: not a registered model \(digits\)"):
+    with pytest.raises(ModelError, match=r"model folder ./some/local/folder does not exist; .*registered model \(digits\)"):
         check_before_loading("./some/local/folder", prompts=["anything"])
     check_before_loading(str(tmp_path), prompts=["anything"])  # a folder: not described, checked after loading
     monkeypatch.setattr(preflight, "check_model_available", lambda model: None)  # as if SD3 were cached

@@ -69,8 +69,11 @@ def check_model_available(model: str) -> None:
 
     if model in get_registry().names("model") or Path(model).exists():
         return
+    registered = ", ".join(get_registry().names("model")) or "(none)"
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:  # meant as a path
+        raise ModelError(f"model folder {model} does not exist; give a local diffusers folder, a Hub repo id "
+                         f"'org/name' in the local cache, or a registered model ({registered})")
     if not looks_like_repo_id(model):
-        registered = ", ".join(get_registry().names("model")) or "(none)"
         raise ModelError(f"model {model!r} not found: not a registered model ({registered}), not an existing folder, "
                          "and not a Hub repo id 'org/name'")
     from huggingface_hub import try_to_load_from_cache
