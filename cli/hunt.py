@@ -38,7 +38,7 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 
 @click.command()
 @click.argument("model", default="digits")
-@click.option("--objective", help="Objective name or expression (default: the model's, digit-logprob for digits).")
+@click.option("--objective", help="Objective name or expression (default: the model's, digit-sharpness for digits).")
 @options.pairs
 @click.option("--rounds", type=POSITIVE_INT, help="Greedy rounds R (default: the model's, else 1).")
 @click.option("--top-k", type=POSITIVE_INT, help="Heads added per round (default: the model's, else 1).")

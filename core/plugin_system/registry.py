@@ -88,7 +88,7 @@ _HOOK_OF_KIND = {
 #: Keys a `search_defaults` hook may return (what `headhunter.hunt` fills in when not told).
 SEARCH_DEFAULT_KEYS = frozenset(
     {"objective", "prompts", "seeds", "eval_seeds", "metrics", "set_metrics", "rounds", "top_k", "strength",
-     "scale", "steps", "schedule", "budget", "first_pairs", "atlas"}
+     "scale", "steps", "schedule", "budget", "first_pairs", "atlas", "eval_prompts"}
 )
 
 _REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

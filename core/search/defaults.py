@@ -51,6 +51,7 @@ class SearchDefaults(BaseModel):
     prompts: list[str] | None = None
     seeds: list[int] | None = None
     eval_seeds: list[int] | None = None
+    eval_prompts: list[str] | None = None
     metrics: list[str] = Field(default_factory=list)
     set_metrics: dict[str, Callable[..., Any]] = Field(default_factory=dict)
     rounds: int | None = None

@@ -183,10 +183,11 @@ def hunt(
                                          set_metrics=defaults.set_metrics, progress=progress and ctx.is_main,
                                          controls=o.controls)
             summary = evaluation_summary(evaluation)
-            if o.eval_prompts:  # the paper's generalisation claim: prompts the search never saw
-                unseen = evaluate_result(pipe, result, objective_obj, fresh, metrics=defaults.metrics,
-                                         set_metrics=defaults.set_metrics, progress=progress and ctx.is_main,
-                                         prompts=o.eval_prompts, controls=o.controls)
+            eval_prompts = o.eval_prompts if o.eval_prompts is not None else defaults.eval_prompts
+            if eval_prompts:  # the paper's generalisation claim: prompts the search never saw
+                unseen = evaluate_result(pipe, result, objective_obj, unseen_seeds(fresh, eval_prompts),
+                                         metrics=defaults.metrics, set_metrics=defaults.set_metrics,
+                                         progress=progress and ctx.is_main, prompts=eval_prompts)
                 summary["unseen_prompts"] = evaluation_summary(unseen)
                 result.unseen_evaluation = unseen
             result.headset = result.headset.with_metadata(search=result.headset.metadata.search.model_copy(
@@ -205,6 +206,12 @@ def hunt(
                 f"{' '.join(str(err).split())[:300]}"
             ) from err
     return result
+
+
+def unseen_seeds(fresh: Sequence[int], prompts: Sequence[str]) -> list[int]:
+    """The fresh seeds for the unseen prompts: the first ceil(len(fresh) / len(prompts)) of them (at least 2),
+    so the unseen block has about as many prompt-seed pairs as the main one and costs about as much."""
+    return list(fresh[: max(2, -(-len(fresh) // max(1, len(prompts))))])
 
 
 def save_headset(result: HuntResult, out: Path) -> None:
