@@ -5,14 +5,13 @@ with S's image on the same prompt-seed pair. Pairs are always used in the order 
 list, so "n pairs" means the first n, for every candidate alike.
 
 - `exhaustive`: every candidate on all M pairs (Algorithm 1 as in the paper; the reference).
-- `racing`: every candidate on the first `first_pairs` pairs; a candidate whose paired difference to the
-  k-th best (by mean) is confidently negative (upper end of its interval at `level` below 0) is dropped;
-  the survivors get twice the pairs; repeat until only k are left (the leaders separated), all M pairs
-  are used, or the round's budget (a fraction of the exhaustive round's images) is spent. Why racing and
-  not successive halving: halving drops a fixed fraction at every stage whether or not the data can tell
-  the candidates apart, and on this problem most heads are within noise of each other, so it drops
-  contenders on noise; racing drops only what is confidently behind, and stops as soon as the leaders
-  separate (docs/search.md has the measurement).
+- `racing`: every candidate on the first `first_pairs` pairs, then twice the pairs for the survivors, until
+  only k are left, all M pairs are used, or the round's budget is spent. What is dropped is decided by the
+  calibrated rule of `headhunter.search.racing`: a candidate is dropped only when it is confidently behind
+  the top k, with the family-wise error of dropping a true top-k candidate at most alpha = 1 - `level` per
+  round (Holm over the candidates, alpha spent over the looks, moderated paired t statistics; docs/search.md
+  gives the rule and its simulated error and power). The rule it replaces tested each candidate against the
+  data-selected k-th best at a marginal level, and on a tied null field dropped half of it (winner's curse).
 
 This module is pure: it asks `fetch` to make scores available and reads them with `get`, so the same code
 runs inside the search (fetch = generate) and against a precomputed score matrix (the allocation study).
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from headhunter.errors import SearchError
+import headhunter.search.racing as racing
 from headhunter.search.stats import Estimate, objective_value, paired_difference, selection_frequency
 
 SCHEDULES = ("exhaustive", "racing")
@@ -49,6 +49,7 @@ class RoundOutcome:
     frequency: dict[str, float] = field(default_factory=dict)
     images: int = 0
     stages: list[int] = field(default_factory=list)
+    looks: list[Any] = field(default_factory=list)  #: racing's looks (headhunter.search.racing.Look)
 
 
 def run_round(
@@ -76,10 +77,13 @@ def run_round(
         raise SearchError(f"top_k={top_k} but the round has {len(candidates)} candidates")
     if not 0.0 < budget <= 1.0:
         raise SearchError(f"budget must be a fraction in (0, 1] of the exhaustive round's images; got {budget}")
+    if schedule == "racing":
+        return _race(candidates, fetch, get, total_pairs=total_pairs, top_k=top_k, objective=objective,
+                     leaves=leaves, first_pairs=first_pairs, budget=budget, level=level)
     order = {c: i for i, c in enumerate(candidates)}
     value = lambda c, n: float(objective_value(objective, get(c, n).mean(0), leaves))  # noqa: E731
     cap = budget * len(candidates) * total_pairs
-    n = total_pairs if schedule == "exhaustive" else max(2, min(total_pairs, first_pairs))
+    n = total_pairs
     alive, dropped, stages, spent, seen = list(candidates), {}, [], 0, 0
     while True:
         fetch({**{c: n for c in alive}, REFERENCE: n})
@@ -111,3 +115,40 @@ def run_round(
     leaders = [c for c in ranked if c in selected or paired_difference(get(c, n), weakest, objective, leaves, level).high >= 0]
     stability, frequency = selection_frequency({c: get(c, n) for c in alive}, objective, leaves, top_k, selected)
     return RoundOutcome(selected, scores, pairs, vs_set, dropped, leaders, stability, frequency, spent, stages)
+
+
+def _race(candidates: Sequence[str], fetch: Callable[[dict[str, int]], None], get: Callable[[str, int], np.ndarray], *,
+          total_pairs: int, top_k: int, objective: Any, leaves: Sequence[str], first_pairs: int, budget: float,
+          level: float) -> RoundOutcome:
+    """The calibrated racing rule (headhunter.search.racing): drops only what is confidently behind the top k,
+    family-wise over candidates and looks at alpha = 1 - level."""
+    def value(x: np.ndarray) -> np.ndarray:  # scores [..., n, L] -> objective [...]
+        return objective_value(objective, x.mean(-2), leaves)
+
+    try:
+        out = racing.run_round(candidates, fetch, get, total_pairs=total_pairs, top_k=top_k, objective_value=value,
+                               contributions=lambda x: contributions(objective, x, leaves),
+                               first_pairs=max(2, min(total_pairs, first_pairs)), budget=budget,
+                               alpha=1.0 - level, level=level)
+    except racing.RacingError as err:
+        raise SearchError(str(err)) from None
+    vs_set = {c: Estimate(e.mean, e.low, e.high, e.n) for c, e in out.vs_set.items()}
+    return RoundOutcome(out.selected, out.scores, out.pairs, vs_set, out.dropped, out.leaders, out.stability,
+                        out.frequency, out.images, out.stages, out.looks)
+
+
+def contributions(objective: Any, x: np.ndarray, leaves: Sequence[str], step: float = 1e-6) -> np.ndarray:
+    """Per-pair contributions whose mean is the objective (to first order): the objective's delta-method
+    linearisation at the leaf means, f(m) + sum_l df/dm_l (y_l - m_l). Exact for a plain objective and for
+    a weighted sum. x: scores [..., n, L] -> [..., n]."""
+    x = np.asarray(x, np.float64)
+    m = x.mean(-2)  # [..., L]
+    f = objective_value(objective, m, leaves)
+    out = np.broadcast_to(f[..., None], x.shape[:-1]).copy()
+    for i in range(x.shape[-1]):
+        bumped = m.copy()
+        h = step * np.maximum(1.0, np.abs(m[..., i]))
+        bumped[..., i] += h
+        grad = (objective_value(objective, bumped, leaves) - f) / h
+        out += grad[..., None] * (x[..., i] - m[..., i][..., None])
+    return out
