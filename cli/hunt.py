@@ -52,6 +52,7 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--recipe", type=click.Choice(["greedy", "quality"]), default="greedy", show_default=True, help="quality: the paper's general-quality recipe (one round, top 4 heads at u = 0.25).")
 @click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
 @click.option("--eval-prompt", "eval_prompts", multiple=True, help="A prompt the search never sees, on which the found set is also judged (or @FILE). Repeatable.")
+@click.option("--calibrate", is_flag=True, default=None, help="After each racing round, replay the allocation on a null built from its first stage and report the real round beside it.")
 @click.option("--controls", type=click.IntRange(min=0), help="Random head sets of the found set's size evaluated beside it (default 20; 0: none).")
 @click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @options.resume
@@ -73,7 +74,7 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
 
     candidates = values.pop("candidates")
     settings = options.collect(values, (*options.GENERATION_KEYS, "rounds", "top_k", "candidates_from", "effect",
-                                        "allocation", "budget", "first_pairs", "recipe", "eval_seeds", "controls"))
+                                        "allocation", "budget", "first_pairs", "recipe", "eval_seeds", "controls", "calibrate"))
     eval_prompts = read_prompts(values.pop("eval_prompts"))
     if eval_prompts:
         settings["eval_prompts"] = eval_prompts

@@ -206,6 +206,19 @@ def test_verdicts_against_controls_and_on_unseen_prompts_are_reported(tmp_path):
     assert "detectable at 80 % power" in index and "random set 1 |" not in index  # summarised, not listed
 
 
+def test_calibrate_reports_each_racing_round_beside_its_null(tmp_path):
+    pipe = tiny_digits_pipe()
+    settings = {**SETTINGS, "seeds": list(range(8))}
+    result = hunt(pipe, Brightness(), rounds=1, batch_size=32, schedule="racing", first_pairs=4, budget=0.5,
+                  calibrate=True, out_dir=tmp_path, eval_seeds=[100, 101], controls=0, **settings)
+    cal = result.rounds[0].calibration
+    assert cal is not None and isinstance(cal.distinguishable, bool) and 0.0 < cal.p_value <= 1.0
+    assert {"drops", "leaders", "stability", "gain"} <= set(cal.real)
+    assert "beside its null" in (tmp_path / "index.md").read_text()
+    with pytest.raises(SearchError, match="needs allocation='racing'"):
+        hunt(pipe, Brightness(), rounds=1, schedule="exhaustive", calibrate=True, **settings)
+
+
 class Darkness(Objective):
     name = "test-darkness"
 

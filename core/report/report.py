@@ -286,6 +286,9 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
         lines.append(f"- best whole layer: {best[0]} at {best[1]:.4g}")
     for r in result.rounds:
         lines.append(f"- round {r.index}: added {', '.join(r.added)} -> {r.set_score:.4g}" + _round_stats(r, s.top_k))
+    for r in result.rounds:
+        if getattr(r, "calibration", None) is not None:
+            lines += ["", f"### Round {r.index} beside its null ({r.calibration.null} null)", "", r.calibration.table()]
     lines += ["", f"![score curve]({curve.name})", ""]
     lines += [f"![round {i} heatmap]({p.name})" for i, p in enumerate(heatmaps)]
     if evaluation is not None:

@@ -50,6 +50,7 @@ class RoundOutcome:
     images: int = 0
     stages: list[int] = field(default_factory=list)
     looks: list[Any] = field(default_factory=list)  #: racing's looks (headhunter.search.racing.Look)
+    calibration: Any = None  #: racing.Calibration, when asked for
 
 
 def run_round(
@@ -65,6 +66,7 @@ def run_round(
     first_pairs: int = 8,
     budget: float = 1.0,
     level: float = 0.95,
+    calibrate: bool = False,
 ) -> RoundOutcome:
     """Score `candidates` by `schedule` and pick the top `top_k`.
 
@@ -79,7 +81,7 @@ def run_round(
         raise SearchError(f"budget must be a fraction in (0, 1] of the exhaustive round's images; got {budget}")
     if schedule == "racing":
         return _race(candidates, fetch, get, total_pairs=total_pairs, top_k=top_k, objective=objective,
-                     leaves=leaves, first_pairs=first_pairs, budget=budget, level=level)
+                     leaves=leaves, first_pairs=first_pairs, budget=budget, level=level, calibrate=calibrate)
     order = {c: i for i, c in enumerate(candidates)}
     value = lambda c, n: float(objective_value(objective, get(c, n).mean(0), leaves))  # noqa: E731
     cap = budget * len(candidates) * total_pairs
@@ -119,22 +121,25 @@ def run_round(
 
 def _race(candidates: Sequence[str], fetch: Callable[[dict[str, int]], None], get: Callable[[str, int], np.ndarray], *,
           total_pairs: int, top_k: int, objective: Any, leaves: Sequence[str], first_pairs: int, budget: float,
-          level: float) -> RoundOutcome:
+          level: float, calibrate: bool = False) -> RoundOutcome:
     """The calibrated racing rule (headhunter.search.racing): drops only what is confidently behind the top k,
     family-wise over candidates and looks at alpha = 1 - level."""
     def value(x: np.ndarray) -> np.ndarray:  # scores [..., n, L] -> objective [...]
         return objective_value(objective, x.mean(-2), leaves)
 
+    linear = lambda x: contributions(objective, x, leaves)  # noqa: E731
+    first = max(2, min(total_pairs, first_pairs))
     try:
         out = racing.run_round(candidates, fetch, get, total_pairs=total_pairs, top_k=top_k, objective_value=value,
-                               contributions=lambda x: contributions(objective, x, leaves),
-                               first_pairs=max(2, min(total_pairs, first_pairs)), budget=budget,
-                               alpha=1.0 - level, level=level)
+                               contributions=linear, first_pairs=first, budget=budget, alpha=1.0 - level, level=level)
+        calibration = racing.calibrate_round(candidates, get, out, contributions=linear, total_pairs=total_pairs,
+                                             top_k=top_k, first_pairs=first, budget=budget,
+                                             alpha=1.0 - level) if calibrate else None
     except racing.RacingError as err:
         raise SearchError(str(err)) from None
     vs_set = {c: Estimate(e.mean, e.low, e.high, e.n) for c, e in out.vs_set.items()}
     return RoundOutcome(out.selected, out.scores, out.pairs, vs_set, out.dropped, out.leaders, out.stability,
-                        out.frequency, out.images, out.stages, out.looks)
+                        out.frequency, out.images, out.stages, out.looks, calibration)
 
 
 def contributions(objective: Any, x: np.ndarray, leaves: Sequence[str], step: float = 1e-6) -> np.ndarray:

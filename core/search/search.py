@@ -95,6 +95,10 @@ class RoundResult:
     candidate_images: int = 0
     stages: list[int] = field(default_factory=list)
     set_vs_baseline: Estimate | None = None
+    #: With `calibrate`: the round's null calibration (headhunter.search.racing.Calibration): the same
+    #: allocation replayed on a null built from its complete first stage, its drops, leaders, stability and
+    #: apparent gain beside the real ones, and whether the real round is distinguishable from it.
+    calibration: Any = None
 
 
 @dataclass
@@ -166,7 +170,7 @@ class HuntResult:
 
 
 def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str | Path | None = None,
-           resume: bool = True, progress: bool = True, name: str | None = None) -> HuntResult:
+           resume: bool = True, progress: bool = True, name: str | None = None, calibrate: bool = False) -> HuntResult:
     """The search loop alone (paper Algorithm 1): rounds over the candidates in `settings`, scored with
     `objective` on settings.prompts x settings.seeds; returns the result, writes nothing but the checkpoint.
 
@@ -183,6 +187,7 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
     ctx = context()
     state = SearchCheckpoint.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
     loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
+    loop.calibrate = calibrate
     result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
     result.resumed = loop.resumed
@@ -418,7 +423,8 @@ class _Search:
 
             outcome = run_round(pool, fetch, lambda c, n, names=names: self.scores(names[c], n), total_pairs=m,
                                 top_k=s.top_k, objective=self.objective, leaves=self.leaves, schedule=s.schedule,
-                                first_pairs=s.first_pairs, budget=s.budget, level=s.confidence)
+                                first_pairs=s.first_pairs, budget=s.budget, level=s.confidence,
+                                calibrate=getattr(self, "calibrate", False))
             selected += outcome.selected
             n_final = outcome.stages[-1]
             key = set_key(selected)
@@ -431,7 +437,8 @@ class _Search:
                                       vs_set=outcome.vs_set, dropped=outcome.dropped, leaders=outcome.leaders,
                                       stability=outcome.stability, frequency=outcome.frequency,
                                       images=outcome.images, candidate_images=outcome.images,
-                                      stages=outcome.stages, set_vs_baseline=set_vs_baseline))
+                                      stages=outcome.stages, set_vs_baseline=set_vs_baseline,
+                                      calibration=outcome.calibration))
         self.bar.total = self.bar.n  # racing's total was its cap: the work is done, so the bar ends at 100 %
         self.bar.set_description_str("headhunter: search done", refresh=False)
         self.bar.refresh()

@@ -66,6 +66,7 @@ class HuntOptions(BaseModel):
     confidence: float = 0.95
     recipe: str = "greedy"
     controls: int = DEFAULT_CONTROLS
+    calibrate: bool = False
     eval_prompts: list[str] | None = None
 
 
@@ -165,7 +166,11 @@ def hunt(
             "give more evaluation seeds (e.g. '100-131'), or skip the evaluation (report=False, --no-report)"
         )
     ctx = context()
-    result = search(pipe, settings, objective_obj, out_dir=out_dir, resume=resume, progress=progress, name=name)
+    if o.calibrate and settings.schedule != "racing":
+        raise SearchError("calibrate=True (--calibrate) replays racing's allocation on a null; it needs "
+                          "allocation='racing' (--allocation racing)")
+    result = search(pipe, settings, objective_obj, out_dir=out_dir, resume=resume, progress=progress, name=name,
+                    calibrate=o.calibrate)
     if not out_dir:
         return result
     out = Path(out_dir)
