@@ -90,7 +90,7 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
         click.echo(f"best whole layer on search seeds: {result.best_layer[0]} {result.best_layer[1]:.4g}")
     summary = result.headset.metadata.search.evaluation if result.headset.metadata.search else {}
     for name, values in summary.items():
-        if isinstance(values, dict):
+        if isinstance(values, dict) and "objective" in values:  # settings; vs_* entries are comparisons
             ci = values.get("ci95", [float("nan")] * 2)
             click.echo(f"fresh seeds, {name}: {values['objective']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
     for r in result.rounds:

@@ -344,3 +344,20 @@ def test_ctrl_c_says_interrupted_and_that_the_same_command_resumes(tmp_path, mon
     lines = [x for x in out.output.splitlines() if x.strip()]
     assert lines == [f"Error: interrupted; rerun the same command to resume: finished batches are kept in "
                      f"{tmp_path / 'run'}/state.json (--no-resume starts over)"]
+
+
+def test_cli_hunt_with_its_report_prints_the_summary(tmp_path, monkeypatch):
+    """The CLI's closing summary reads the evaluation summary the found head set carries, whatever comparison
+    entries it holds beside the settings (a KeyError there once ended a 20-minute demo with an internal error)."""
+    from click.testing import CliRunner
+
+    from headhunter.cli import make_cli
+
+    monkeypatch.setattr("headhunter.cli.hunt._load", lambda model: tiny_digits_pipe())
+    out = CliRunner().invoke(make_cli(), [
+        "hunt", "--objective", "digit-confidence", "--prompt", "3", "--seeds", "0-1", "--eval-seeds", "100-103",
+        "--rounds", "1", "--steps", "2", "--allocation", "exhaustive", "--out", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    assert "fresh seeds, found head set:" in out.output and "found head set" in out.output
+    assert "internal error" not in out.output and "report:" in out.output
+    assert (tmp_path / "run" / "index.md").is_file()
