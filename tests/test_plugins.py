@@ -38,7 +38,7 @@ def test_builtins_register_through_the_hooks():
     pm = get_plugin_manager(load_entry_points=False)
     names = {name for name, _ in pm.list_name_plugin()}
     assert set(builtin_plugins()) <= names
-    assert len(builtin_plugins()) == 10  # every built-in, found through the entry-point group a third party uses
+    assert len(builtin_plugins()) == 11  # every built-in, found through the entry-point group a third party uses
     registry = Registry(pm)
     assert all(e.distribution == "headhunter-guidance" for e in registry.entries())
 

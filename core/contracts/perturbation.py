@@ -52,6 +52,9 @@ class Perturbation(ABC):
     heavy: bool = False
     #: True when `target` reads `layout.grid` (the adapter then makes sure the image grid is known).
     needs_grid: bool = False
+    #: True when a row's target depends on that row's own key and value only (identity: T·V = V; drop: 0), so
+    #: the call's attention mask cannot change it; declared DiTs refuse masked calls for the others.
+    row_local: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
 

@@ -218,7 +218,7 @@ class Installation:
             processors[site.name] = (module, adapter.make_processor(site, module, self._state))
         for name, (module, processor) in processors.items():
             self._originals[name] = module.processor
-            module.set_processor(processor)
+            _set_processor(module, processor)
         self._hook = self.transformer.register_forward_pre_hook(self._observe, with_kwargs=True)
         self._removed = False
 
@@ -313,7 +313,7 @@ class Installation:
         if self._removed:
             return
         for name, original in self._originals.items():
-            self.transformer.get_submodule(name).set_processor(original)
+            _set_processor(self.transformer.get_submodule(name), original)
         self._hook.remove()
         self._state.active = {}
         self._removed = True
@@ -391,6 +391,14 @@ def install(
     manager; `remove()` restores the original processors).
     """
     return Installation(adapter, model, perturbation, scope, mode=mode)
+
+
+def _set_processor(module: torch.nn.Module, processor: Any) -> None:
+    """diffusers' `set_processor` where the attention module has one; else the attribute (MochiAttention)."""
+    if hasattr(module, "set_processor"):
+        module.set_processor(processor)
+    else:
+        module.processor = processor
 
 
 def _index(chosen: list[int] | None, size: int, device: torch.device) -> torch.Tensor | None:

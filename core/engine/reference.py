@@ -70,3 +70,61 @@ def _target_values(q, k, v, layout, perturbation) -> torch.Tensor | None:
         full[:, :, layout.image_slice] = tv
         return full
     return tv.expand_as(v)
+
+
+def materialized_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
+    scale: float | None = None, is_causal: bool = False,
+) -> torch.Tensor:
+    """float64 `softmax(q k^T * scale + mask) v` [B, H, Sq, D] from q [B, H, Sq, D] and k, v [B, H, Sk, D],
+    with a bool (True = attend), additive, or flex `BlockMask` mask broadcastable to [B, H, Sq, Sk] (2-D masks
+    are [B, Sk] key masks, 3-D ones [B, Sq, Sk]) and a causal mask aligned at the top-left (SDPA's)."""
+    qd, kd, vd = q.double(), k.double(), v.double()
+    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    logits = qd @ kd.transpose(-1, -2) * s
+    if mask is not None and type(mask).__name__ == "BlockMask":  # flex attention: materialise its mask_mod
+        from torch.nn.attention.flex_attention import create_mask
+
+        mask = create_mask(mask.mask_mod, q.shape[0], 1, q.shape[2], k.shape[2], device=q.device)
+    if mask is not None:
+        m = mask
+        if m.ndim == 2:
+            m = m[:, None, None, :]
+        elif m.ndim == 3:
+            m = m[:, None]
+        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.double()
+    if is_causal:
+        causal = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+    return logits.softmax(dim=-1) @ vd
+
+
+def reference_mix(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, layout: TokenLayout,
+    perturbation: Perturbation, scope: str, *, mask: torch.Tensor | None = None, scale: float | None = None,
+    is_causal: bool = False, rows: tuple[int, int] | None = None, key_start: int = 0,
+) -> torch.Tensor:
+    """The declared-DiT reference [B, H, Sq, D] float64: the call's own attention, materialised with its mask
+    and scale (`materialized_attention`), mixed on the query rows `rows = (start, stop)` (the layout's text and
+    image span; others keep O) with the target computed from the span's queries and the keys
+    `key_start + start .. key_start + stop` (`layout` describes the span): `O + u r (T·V - O)`.
+    q: [B, H, Sq, D]; k, v: [B, H, Sk, D] with the query heads (GQA expanded); u: [B, H]."""
+    o64 = materialized_attention(q, k, v, mask=mask, scale=scale, is_causal=is_causal)
+    start, stop = rows if rows is not None else (0, q.shape[2])
+    if stop <= start:
+        return o64
+    ks, ke = key_start + start, key_start + stop
+    qs, kss, vss = q[:, :, start:stop].double(), k[:, :, ks:ke].double(), v[:, :, ks:ke].double()
+    o_span = o64[:, :, start:stop]
+    if scope == "pag_mask":
+        logits = qs @ kss.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        target_v = (logits + pag_mask_bias(layout).to(q.device)).softmax(dim=-1) @ vss
+    else:
+        target_v = _target_values(qs, kss, vss, layout, perturbation)
+        if target_v is None:
+            target_v = perturbation.target_matrix(qs, kss, layout).double() @ vss
+    r = perturbed_rows(layout, scope, perturbation).to(q.device)
+    weight = u.double()[:, :, None, None] * r[None, None, :, None]
+    out = o64.clone()
+    out[:, :, start:stop] = o_span + weight * (target_v - o_span)
+    return out

@@ -24,6 +24,7 @@ class SoftPAG(Perturbation):
     """Identity target T = I (T·V = V): each selected head's output moves toward its own values by u."""
 
     name = "softpag"
+    row_local = True
     scopes = ("joint", "image", "pag_mask")
 
     def target(self, q, k, v, layout):
@@ -60,6 +61,7 @@ class Drop(Perturbation):
     """T = 0: the head's output is scaled by 1 - u (u = 1 removes the head)."""
 
     name = "drop"
+    row_local = True
 
     def target(self, q, k, v, layout):
         return v.new_zeros(()).expand_as(v)
