@@ -126,5 +126,7 @@ def test_verdict_leads_with_the_cost_and_names_the_unconditional_prompt():
     assert line.startswith("**found head set beats no guidance** on fresh seeds")
     assert "; but **FD-digits (lower is better) is worse**: 177 [117, 237] vs 109 [49, 169] (the intervals overlap: within noise)" in line
     assert "digit-confidence" not in line  # better, so no cost
+    worse = verdict(evaluation, "no guidance", "found head set")  # the other way round: worse, and no cost
+    assert worse.startswith("**no guidance is worse than found head set**") and "; but" not in worse
     assert prompts_phrase([""]) == '1 prompt ("" (unconditional))'
     assert prompts_phrase(list("0123456789")) == "10 prompts ('0', '1', '2', '3', ...)"

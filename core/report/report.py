@@ -200,10 +200,10 @@ def verdict(evaluation: Evaluation, found: str, rival: str) -> str:
     else:
         outcome = "is not distinguishable from"
     return (f"**{found} {outcome} {rival}** on fresh seeds: difference {diff.mean:+.4g} (95 % CI [{diff.low:+.4g}, "
-            f"{diff.high:+.4g}], n = {diff.n})" + cost(evaluation, found, rival) + ".")
+            f"{diff.high:+.4g}], n = {diff.n})" + cost(evaluation, found, rival, "and" if diff.high < 0 else "but") + ".")
 
 
-def cost(evaluation: Evaluation, found: str, rival: str) -> str:
+def cost(evaluation: Evaluation, found: str, rival: str, joiner: str = "but") -> str:
     """The price of `found` against `rival` in the same sentence: every other metric on which it is worse
     (point estimates; "lower is better" read from the metric's name), with both intervals and whether they
     overlap (within noise) or not; "" when it is worse on none."""
@@ -218,7 +218,7 @@ def cost(evaluation: Evaluation, found: str, rival: str) -> str:
         apart = (a.low > b.high) if lower else (a.high < b.low)
         parts.append(f"**{name} is worse**: {a.mean:.4g} [{a.low:.4g}, {a.high:.4g}] vs {b.mean:.4g} "
                      f"[{b.low:.4g}, {b.high:.4g}] ({'beyond noise' if apart else 'the intervals overlap: within noise'})")
-    return "; but " + "; ".join(parts) if parts else ""
+    return f"; {joiner} " + "; ".join(parts) if parts else ""
 
 
 def prompts_phrase(prompts: list[str]) -> str:
