@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import click
 
+from headhunter.bench.searchcost import RECIPES
 from headhunter.cli import options
 from headhunter.cli.params import BoundedInt, Device, DType, FiniteFloat, IntList
 
@@ -210,6 +211,25 @@ def _fanout_suite(full_size: tuple[str, ...], batch: int, rounds: int, min_time:
     click.echo(fanout_bench.format_report(rows))
 
 
+def _search_cost_suite(model: str, recipe: str | None, json_path: str | None) -> None:
+    """Measure `model`'s candidate image-step here and print the projections (headhunter.bench.searchcost)."""
+    import headhunter.bench.searchcost as cost
+    from headhunter.plugin_system.registry import get_registry
+
+    known = get_registry().names("model")
+    if model not in known:
+        raise click.BadParameter(f"unknown model {model!r}; registered: {', '.join(sorted(known))}",
+                                 param_hint="--search-model")
+    if recipe is None and f"{model}-demo" not in cost.RECIPES:
+        click.echo(f"no recipe for {model}: its rate is measured, the projections use the H200 rates", err=True)
+    result = cost.run(model, recipe)
+    click.echo(cost.format_report(result))
+    if json_path:
+        from headhunter.format.files import write_atomic
+
+        write_atomic(Path(json_path), (json.dumps(cost.as_json(result), indent=1) + "\n").encode())
+
+
 def _with_strengths(inst: Any, strengths: Any) -> Any:
     inst.set_strengths(strengths)
     return inst
@@ -309,16 +329,24 @@ def format_row(row: dict[str, Any]) -> str:
                    "diffusers PAG, CPU), search (candidate evaluations per second, batched vs one at a time), "
                    "startup (CLI start-up per light command, median of 5 fresh processes), "
                    "fanout (rows computed once: guided step vs stock at first perturbed block 0, N/4, N/2, 3N/4 "
-                   "and the flux-golden-hour layers, CFG off/on; --full-size for the published architectures).")
+                   "and the flux-golden-hour layers, CFG off/on; --full-size for the published architectures), "
+                   "search-cost (ms per candidate image-step of --search-model measured here, and the paper's SD3 / "
+                   "FLUX searches projected into device-hours per allocation, every factor's source printed), "
+                   "compiled (guided step: inductor-compiled vs eager with and without rows computed once, tiny "
+                   "widths at real depths, and graphs compiled across head sets).")
+@click.option("--search-model", default="digits", show_default=True,
+              help="search-cost: the registered model whose candidate image-step is measured here.")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+              help="search-cost: the recipe projected with the rate measured here (default: the model's demo).")
 def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int], heads: int, rounds: int,
           min_time: float, device: str, dtype_name: str, threads: int | None, clock: str,
-          output: str | None, suite: str) -> None:
+          output: str | None, suite: str, search_model: str = "digits", recipe: str | None = None) -> None:
     """Time perturbed vs stock forwards (ratios are medians of per-round ratios), guided steps, search, start-up."""
     suites = [s.strip() for s in suite.split(",") if s.strip()]
-    unknown = sorted(set(suites) - {"forward", "guided", "search", "startup", "fanout"})
+    unknown = sorted(set(suites) - {"forward", "guided", "search", "startup", "fanout", "search-cost", "compiled"})
     if unknown:
         raise click.BadParameter(f"unknown suite {', '.join(unknown)}; allowed: forward, guided, search, startup, "
-                                 "fanout", param_hint="--suite")
+                                 "fanout, search-cost, compiled", param_hint="--suite")
     if "startup" in suites:
         import headhunter.bench.startup as startup_bench
 
@@ -337,6 +365,12 @@ def bench(models: tuple[str, ...], full_size: tuple[str, ...], batches: list[int
         import headhunter.bench.search as search_bench
 
         click.echo(search_bench.format_report(search_bench.run()))
+    if "compiled" in suites:
+        import headhunter.bench.compiled as compiled_bench
+
+        click.echo(compiled_bench.format_report(compiled_bench.run(rounds=rounds, min_time=min_time)))
+    if "search-cost" in suites:
+        _search_cost_suite(search_model, recipe, output if suites == ["search-cost"] else None)
     if "fanout" in suites:
         _fanout_suite(full_size, batches[0], rounds, min_time, device, dtype_name, threads, clock)
     if "forward" not in suites:

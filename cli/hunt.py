@@ -46,7 +46,7 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
 @click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")
-@click.option("--allocation", "--schedule", "allocation", type=click.Choice(["exhaustive", "racing"]), help="How a round spends its images. exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest (default: the model's, else exhaustive). --schedule is the old name.")
+@click.option("--allocation", "--schedule", "allocation", type=click.Choice(["exhaustive", "racing", "multi-fidelity"]), help="How a round spends its images. exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest; multi-fidelity: screen every candidate on 4 seeds with a quarter of the steps, race the top quarter at full fidelity (default: the model's, else exhaustive). --schedule is the old name.")
 @click.option("--budget", type=FRACTION, help="racing: most images per round, as a fraction of the exhaustive round's.")
 @click.option("--first-pairs", type=BoundedInt(min=2), help="racing: prompt-seed pairs every candidate gets first (default 8).")
 @click.option("--recipe", type=click.Choice(["greedy", "quality"]), default="greedy", show_default=True, help="quality: the paper's general-quality recipe (one round, top 4 heads at u = 0.25).")

@@ -32,14 +32,19 @@ def pipeline_device(pipe: Any) -> torch.device:
     return next(pipe.transformer.parameters()).device
 
 
-def generate_rows(pipe: Any, rows: Sequence[Row], settings: GenerationSettings) -> torch.Tensor:
+def generate_rows(pipe: Any, rows: Sequence[Row], settings: GenerationSettings,
+                  step_callback: Callable[..., dict[str, Any]] | None = None) -> torch.Tensor:
     """Images [len(rows), C, H, W] in [0, 1]; row i guided by rows[i].headset with `settings.guidance`
-    (scale w, window, scope; `cfg` becomes the pipeline's `guidance_scale`) and `settings.perturbation`."""
+    (scale w, window, scope; `cfg` becomes the pipeline's `guidance_scale`) and `settings.perturbation`.
+    `step_callback` is passed as the pipeline's `callback_on_step_end` (e.g. the multi-fidelity search's
+    x0 readout, `headhunter.search.fidelity.X0Readout`)."""
     device = pipeline_device(pipe)
     generators = [torch.Generator(device=device).manual_seed(int(r.seed)) for r in rows]
     kwargs = dict(settings.pipeline_kwargs)
     if settings.guidance.cfg is not None:
         kwargs["guidance_scale"] = settings.guidance.cfg
+    if step_callback is not None:
+        kwargs["callback_on_step_end"] = step_callback
     handle = apply(pipe, [r.headset for r in rows], per_sample=True, settings=settings.guidance,
                    perturbation=settings.perturbation)
     with handle, torch.no_grad(), _quiet(pipe):
@@ -77,16 +82,19 @@ def run_batches(
     batch_size: int,
     on_batch: Callable[[int, torch.Tensor], None],
     skip: Callable[[int], bool] = lambda start: False,
+    step_callback: Callable[[], Callable[..., dict[str, Any]]] | None = None,
 ) -> None:
     """Generate `rows` in fixed slices of `batch_size`; call `on_batch(start, images)` after each.
 
     Slice boundaries depend only on the row list and batch size, so a resumed run recomputes exactly the
-    slices an uninterrupted one would (bit-identical results); `skip(start)` skips finished slices.
+    slices an uninterrupted one would (bit-identical results); `skip(start)` skips finished slices;
+    `step_callback()` makes a fresh `callback_on_step_end` for each call (None: none).
     """
     for start in range(0, len(rows), batch_size):
         if skip(start):
             continue
-        on_batch(start, generate_rows(pipe, rows[start : start + batch_size], settings))
+        callback = step_callback() if step_callback is not None else None
+        on_batch(start, generate_rows(pipe, rows[start : start + batch_size], settings, callback))
 
 
 def auto_batch_size(pipe: Any, cap: int = 256) -> int:

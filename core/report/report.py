@@ -162,7 +162,8 @@ def write_scores(result: Any, out_dir: Path) -> None:
                     "set_score": r.set_score, "scores": r.scores, "pairs": r.pairs,
                     "vs_set": {c: vars(e) for c, e in r.vs_set.items()}, "dropped": r.dropped,
                     "leaders": r.leaders, "stability": r.stability, "frequency": r.frequency,
-                    "images": r.images, "stages": r.stages,
+                    "images": r.images, "stages": r.stages, "fidelity": getattr(r, "fidelity", "full"),
+                    "screened_out": getattr(r, "screened_out", []), "screen_images": getattr(r, "screen_images", 0),
                     "set_vs_baseline": vars(r.set_vs_baseline) if r.set_vs_baseline else None}
                    for r in result.rounds],
         "headset": result.headset.notation(),
@@ -254,6 +255,9 @@ def _round_stats(r: Any, top_k: int) -> str:
     else:
         parts.append("separated from every other candidate")
     parts.append(f"{r.images} images" + (f", {len(r.dropped)} candidates dropped early (stages {r.stages} pairs)" if r.dropped else ""))
+    if getattr(r, "screened_out", None):
+        parts.append(f"{len(r.screened_out)} candidates not promoted by the screen at fidelity {r.fidelity} "
+                     f"({r.screen_images} cheap images); every score, interval and leader shown is full fidelity")
     return "; " + "; ".join(parts)
 
 

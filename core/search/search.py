@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 import headhunter.engine.runner as _runner
@@ -32,6 +32,7 @@ from headhunter.search.distributed import context
 from headhunter.objective.expr import components, expression, leaves
 from headhunter.plugin_system.registry import get_registry, model_name
 from headhunter.search.allocation import REFERENCE, run_round
+from headhunter.search.fidelity import MultiFidelityOutcome, X0Readout, parse_fidelity, run_multi_fidelity
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
 from headhunter.format.sites import Site, format_notation, parse_notation
 from headhunter.search.stats import Estimate, objective_value, paired_difference
@@ -59,12 +60,30 @@ class SearchSettings(GenerationSettings):
                             description="SoftPAG strength u of every selected head")
     candidates: list[str] = Field(description="candidate heads in paper notation, in pool order")
     layer_baselines: bool = Field(default=True, description="also score every whole layer (layer-level PAG)")
-    schedule: Literal["exhaustive", "racing"] = Field(
-        default="exhaustive", description="exhaustive: every candidate on every pair (Algorithm 1); racing: adaptive")
+    schedule: Literal["exhaustive", "racing", "multi-fidelity"] = Field(
+        default="exhaustive", description="exhaustive: every candidate on every pair (Algorithm 1); racing: adaptive; "
+                                          "multi-fidelity: a cheap screen, then racing at full fidelity")
     first_pairs: int = Field(default=8, ge=2, description="racing: pairs every candidate gets first")
     budget: float = Field(default=1.0, gt=0.0, le=1.0, description="racing: most images per round, as a fraction of the exhaustive round's")
+    fidelity: str | None = Field(default=None, description="multi-fidelity: the screen's fidelity, full | steps:K | "
+                                                            "x0:K (default steps:max(1, steps // 4))")
+    screen_pairs: int = Field(default=4, ge=1, description="multi-fidelity: pairs every candidate gets in the screen")
+    survivors: float = Field(default=0.25, gt=0.0, le=1.0,
+                             description="multi-fidelity: fraction of the pool promoted to full fidelity (at least top_k)")
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="level of the paired intervals (racing drops, leaders)")
     batch_size: int = Field(ge=1, description="images per pipeline call")
+
+    @model_validator(mode="after")
+    def _screen_fidelity(self) -> SearchSettings:
+        """The multi-fidelity screen's fidelity must fit the steps (checked before any image is made)."""
+        if self.schedule == "multi-fidelity":
+            parse_fidelity(self.screen_fidelity(), self.steps)
+        return self
+
+    def screen_fidelity(self) -> str:
+        """The multi-fidelity screen's fidelity: `fidelity`, or a schedule of a quarter of the steps (the
+        cheap fidelity that kept the full-fidelity choice best on the embedded model, docs/search.md)."""
+        return self.fidelity or f"steps:{max(1, self.steps // 4)}"
 
 
 @dataclass
@@ -99,6 +118,9 @@ class RoundResult:
     #: allocation replayed on a null built from its complete first stage, its drops, leaders, stability and
     #: apparent gain beside the real ones, and whether the real round is distinguishable from it.
     calibration: Any = None
+    fidelity: str = "full"  #: multi-fidelity: the screen's fidelity (scores, intervals, leaders are full fidelity)
+    screened_out: list[str] = field(default_factory=list)  #: multi-fidelity: not promoted by the screen (no score)
+    screen_images: int = 0  #: multi-fidelity: images made at the screen's fidelity (reference S included)
 
 
 @dataclass
@@ -184,6 +206,9 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
     pool_size = len(settings.candidates)
     if settings.rounds * settings.top_k > pool_size:
         raise SearchError(f"rounds x top_k = {settings.rounds * settings.top_k} heads asked for, but the pool has only {pool_size} candidates")
+    if calibrate and settings.schedule == "multi-fidelity":
+        raise SearchError("calibrate=True replays racing's allocation on a null; the multi-fidelity allocation has no "
+                          "calibration yet: use allocation='racing' to calibrate, or calibrate=False")
     ctx = context()
     state = SearchCheckpoint.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
     loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
@@ -304,7 +329,8 @@ class _Search:
         self.covered: set[tuple[str, int]] = set()
         self.images = 0
         total_units = 1 + (len(sites) if settings.layer_baselines else 0)
-        share = settings.budget if settings.schedule == "racing" else 1.0  # racing: the bar shows its cap
+        share = {"racing": settings.budget, "multi-fidelity": settings.survivors * settings.budget}.get(
+            settings.schedule, 1.0)  # racing: the bar shows its cap
         total_units += share * sum(len(settings.candidates) - r * settings.top_k for r in range(settings.rounds))
         total_units += settings.rounds if settings.top_k > 1 else 0
         self.bar = tqdm(total=int(total_units * len(self.pairs)), desc="headhunter", unit="img",
@@ -339,7 +365,8 @@ class _Search:
         return HeadSet.from_heads([(layer, h, u) for h in range(self.sites[layer].num_heads)], sites=self.sites,
                                   architecture=self.architecture, name=f"L{layer}")
 
-    def fetch(self, phase: str, units: dict[str, tuple[HeadSet | None, int]]) -> None:
+    def fetch(self, phase: str, units: dict[str, tuple[HeadSet | None, int]], gen: GenerationSettings | None = None,
+              callback: Any = None) -> None:
         """Make sure each unit has scores on its first n pairs: generate what no earlier phase covered.
 
         The rows of a phase depend only on earlier phases (replayed identically on resume), so they are cut
@@ -366,7 +393,8 @@ class _Search:
             mine = starts[rank] if rank < len(starts) else None
             result = None
             if mine is not None:
-                images = _runner.generate_rows(self.pipe, rows[mine : mine + size], self.gen)
+                images = _runner.generate_rows(self.pipe, rows[mine : mine + size], gen or self.gen,
+                                               callback() if callback is not None else None)
                 result = (mine, self.score_images(images, rows[mine : mine + size], keys[mine : mine + size]))
             for item in self.ctx.all_gather(result):
                 if item is not None:
@@ -421,10 +449,15 @@ class _Search:
                 self.fetch(f"round{r}:{n}", {names[c]: (self.headset(before + ([] if c == REFERENCE else [c])), k)
                                              for c, k in wanted.items()})
 
-            outcome = run_round(pool, fetch, lambda c, n, names=names: self.scores(names[c], n), total_pairs=m,
-                                top_k=s.top_k, objective=self.objective, leaves=self.leaves, schedule=s.schedule,
-                                first_pairs=s.first_pairs, budget=s.budget, level=s.confidence,
-                                calibrate=getattr(self, "calibrate", False))
+            get = lambda c, n, names=names: self.scores(names[c], n)  # noqa: E731
+            screen = None
+            if s.schedule == "multi-fidelity":
+                screen = self.screen(r, pool, names, before, fetch, get)
+                outcome = screen.outcome
+            else:
+                outcome = run_round(pool, fetch, get, total_pairs=m, top_k=s.top_k, objective=self.objective,
+                                    leaves=self.leaves, schedule=s.schedule, first_pairs=s.first_pairs,
+                                    budget=s.budget, level=s.confidence, calibrate=getattr(self, "calibrate", False))
             selected += outcome.selected
             n_final = outcome.stages[-1]
             key = set_key(selected)
@@ -436,14 +469,40 @@ class _Search:
             rounds.append(RoundResult(r, before, outcome.scores, outcome.selected, set_score, pairs=outcome.pairs,
                                       vs_set=outcome.vs_set, dropped=outcome.dropped, leaders=outcome.leaders,
                                       stability=outcome.stability, frequency=outcome.frequency,
-                                      images=outcome.images, candidate_images=outcome.images,
+                                      images=outcome.images + (screen.screen_images if screen else 0),
+                                      candidate_images=outcome.images,
                                       stages=outcome.stages, set_vs_baseline=set_vs_baseline,
-                                      calibration=outcome.calibration))
+                                      calibration=outcome.calibration,
+                                      **({} if screen is None else dict(
+                                          fidelity=screen.fidelity, screened_out=screen.screened_out,
+                                          screen_images=screen.screen_images))))
         self.bar.total = self.bar.n  # racing's total was its cap: the work is done, so the bar ends at 100 %
         self.bar.set_description_str("headhunter: search done", refresh=False)
         self.bar.refresh()
         self.bar.close()
         return HuntResult(self.found(selected, rounds, baseline, name), rounds, baseline, layer_scores, s, self.sites, None)
+
+    def screen(self, r: int, pool: list[str], names: dict[str, str], before: list[str], fetch: Any,
+               get: Any) -> MultiFidelityOutcome:
+        """A multi-fidelity round (headhunter.search.fidelity): the screen's images at the cheap fidelity (their
+        own checkpoint units, `KEY@FIDELITY`), then racing over the survivors at full fidelity."""
+        s = self.settings
+        fid = parse_fidelity(s.screen_fidelity(), s.steps)
+        gen = self.gen.model_copy(update={"steps": fid.k}) if fid.kind == "steps" else self.gen
+        callback = (lambda: X0Readout(fid.k)) if fid.kind == "x0" else None
+        tag = f"@{fid}"
+
+        def fetch_screen(wanted: dict[str, int]) -> None:
+            n = max(wanted.values())
+            heads = {c: before + ([] if c == REFERENCE else [c]) for c in wanted}
+            self.fetch(f"round{r}:screen:{n}", {names[c] + tag: (self.headset(heads[c]) if heads[c] else None, k)
+                                                for c, k in wanted.items()}, gen=gen, callback=callback)
+
+        return run_multi_fidelity(pool, fetch_screen, lambda c, n: self.scores(names[c] + tag, n), fetch, get,
+                                  total_pairs=len(self.pairs), top_k=s.top_k, objective=self.objective,
+                                  leaves=self.leaves, fidelity=str(fid), screen_pairs=min(s.screen_pairs, len(self.pairs)),
+                                  survivors=s.survivors, schedule="racing", first_pairs=s.first_pairs, budget=s.budget,
+                                  level=s.confidence)
 
     def found(self, selected: list[str], rounds: list[RoundResult], baseline: float, name: str) -> HeadSet:
         s = self.settings
