@@ -60,6 +60,7 @@ from headhunter.format.headset import HeadSet
 from headhunter.engine.hooks import CONTEXT_HOOK, TransformerHooks, bind_arguments, calling_pipeline, first_call_of_run, guided_by, \
     schedule_position, unwrap
 from headhunter.plan.plan import Branch, Plan, compile_plan, in_window
+from headhunter.plan.strengths import StrengthMap
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec
 from headhunter.engine.attention import install
 from headhunter.plugin_system.registry import get_registry
@@ -173,6 +174,10 @@ class GuidanceHandle:
             self._no_fanout = _no_fanout_reason(pipe.transformer, self.transformer, plan)
             #: a compiled transformer gets a schedule's strengths in the same tensors at every step (in place)
             self._stable = plan.scheduled and _is_compiled(pipe.transformer, self.transformer)
+            #: a compiled transformer gets every site's strengths, zeros where nothing is perturbed, for every
+            #: perturbed row: the graph then depends on the batch size only, not on the head sets (see _dense)
+            self._dense_sites = not plan.scheduled and _is_compiled(pipe.transformer, self.transformer)
+            self._dense_cache: dict[tuple, Any] = {}
             if self._no_fanout is None:
 
                 self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs)
@@ -300,7 +305,35 @@ class GuidanceHandle:
             strengths = self.plan.stable_strengths(groups, rows, like.device, like.dtype)
             strengths.select(segment)
             return strengths
+        if self._dense_sites:
+            return self._dense(groups, rows, like, segment)
         return self.plan.strengths(groups, rows, like.device, like.dtype, segment)
+
+    def _dense(self, groups: tuple[int, ...], rows: int, like: Tensor, segment: int) -> Any:
+        """The layout's strengths on every installed site, every head, for every row of a perturbed group
+        (zeros where the head sets perturb nothing; built on the host once per layout).
+
+        Why: under torch.compile the processors' reads of which sites are active and which rows and heads
+        they perturb are guarded, so the plan's own map (only the sites, rows and heads a head set touches)
+        compiles a new graph for every combination of perturbed sites (measured: one per head set, until
+        dynamo's cache limit sends the transformer back to eager). With every site present and the shapes
+        set by the batch layout alone, one graph serves every head set of that layout. Exact: a strength of
+        0 mixes nothing in (`out + 0 * (target - out)` = out), the stock output of that head; what it costs
+        is the target on every site for the perturbed rows."""
+        key = (groups, rows, str(like.device), like.dtype, segment)
+        if key not in self._dense_cache:
+            sparse = self.plan.strengths(groups, rows, like.device, like.dtype, segment)
+            total = len(groups) * rows
+            perturbed = [g * rows + r for g, j in enumerate(groups) if j >= 0 for r in range(rows)]
+            data, heads, samples = {}, {}, {}
+            for site in self.plan.sites:
+                u = sparse.get(site.name)
+                data[site.name] = u if u is not None else torch.zeros(total, site.num_heads, device=like.device,
+                                                                      dtype=like.dtype)
+                heads[site.name] = list(range(site.num_heads))
+                samples[site.name] = perturbed
+            self._dense_cache[key] = StrengthMap(data, heads, samples)
+        return self._dense_cache[key]
 
     def _segment(self, pipe: Any, step: int) -> int:
         """The segment of the plan's schedule holding this step's noise level sigma = `scheduler.sigmas[step]`
