@@ -193,6 +193,7 @@ BAD_GUIDER_CONFIGS = {
     "scale per branch of the wrong length": ({"perturbed_guidance_scale": [1, 2]}, "2 values for 1 head sets"),
     "negative scale": ({"guidance_scale": -1}, "guidance_scale=-1"),
     "window reversed": ({"start": 0.9, "stop": 0.1}, "start=0.9 is after stop=0.1"),
+    "CFG start 1 (diffusers needs start < 1)": ({"start": 1.0, "stop": 1.0}, "start=1.0: Input should be less than 1"),
     "unknown key": ({"headset": []}, "headset="),
 }
 

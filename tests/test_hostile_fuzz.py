@@ -255,7 +255,7 @@ def valid_guider(c) -> bool:
     if any(type(c.get(k, True)) is not bool for k in ("use_original_formulation", "batched", "enabled")):
         return False
     start, stop = c.get("start", 0.0), c.get("stop", 1.0)
-    if not (_in(start, 0, 1) and _in(stop, 0, 1) and start <= stop):
+    if not (_in(start, 0, 1) and start < 1 and _in(stop, 0, 1) and start <= stop):  # diffusers: start < 1
         return False
     if c.get("_class_name", "HeadHunterGuidance") != "HeadHunterGuidance":
         return False

@@ -176,7 +176,7 @@ class GuiderConfig(_ConfigModel):
     guidance_rescale: _Fraction = 0.0
     use_original_formulation: bool = False
     batched: bool = False
-    start: _Fraction = 0.0
+    start: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0  # diffusers: 0 <= start < 1
     stop: _Fraction = 1.0
     enabled: bool = True
     class_name: Literal["HeadHunterGuidance"] = Field(default="HeadHunterGuidance", alias="_class_name")
