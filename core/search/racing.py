@@ -507,9 +507,12 @@ def tail_dof(r: np.ndarray, sigma: np.ndarray) -> float:
 def null_model(d: np.ndarray, kind: str = "parametric", final: np.ndarray | None = None) -> NullModel:
     """The null of `calibrate` from the complete first-stage paired differences d [K, n1] (NullModel).
 
-    final: the survivors' paired differences on the round's final pairs [a, n_f]; when given with a >= 3
-    and n_f > n1, the shared component is estimated from it (n_f pairs instead of n1: a noisy sigma_g from
-    8 pairs made the gain test liberal, 8.5 % at a nominal 5 % with shared noise)."""
+    The shape of the candidates' own noise (their relative variances, the signflip rows) comes from the
+    complete first stage. final: the survivors' paired differences on the round's final pairs [a, n_f];
+    when given with a >= 3 and n_f > n1 it also sets the noise *scale* (pooled residual variance), the
+    tails (kurtosis) and the shared component, from a * n_f values instead of K * n1. Measured: scale and
+    shared component from 8 pairs alone made the gain test liberal (8.5 % at a nominal 5 % with shared
+    noise, 7.5-10 % under t3 tails, where a variance from 384 values is very noisy)."""
     if kind not in NULLS:
         raise RacingError(f"unknown null {kind!r}; choose one of {', '.join(NULLS)}")
     d = np.asarray(d, np.float64)
@@ -519,12 +522,21 @@ def null_model(d: np.ndarray, kind: str = "parametric", final: np.ndarray | None
     r, _, df = _two_way(d)
     raw = (r * r).sum(1) / df
     s2, _, d0, _ = squeeze_variances(raw, df)
-    s2 = s2 * (raw.mean() / s2.mean()) if s2.mean() > 0 else s2  # the scale of the unbiased mean variance
-    use_final = final is not None and final.shape[0] >= 3 and final.shape[1] > n1
-    sigma_g2, shared = shared_component(np.asarray(final, np.float64) if use_final else d)
-    rows = r.T * math.sqrt(n1 / (n1 - 1) * k / (k - 1))
-    return NullModel(kind, np.sqrt(s2), math.sqrt(sigma_g2), d0, tail_dof(r, np.full(k, math.sqrt(raw.mean()))), rows, shared,
-                     final.shape[1] if use_final else n1)
+    later = final is not None and final.shape[0] >= 3 and final.shape[1] > n1
+    if later:
+        f = np.asarray(final, np.float64)
+        r_scale, _, df_scale = _two_way(f)
+        scale2 = float(((r_scale * r_scale).sum(1) / df_scale).mean())
+        sigma_g2, shared = shared_component(f)
+    else:
+        r_scale, scale2 = r, float(raw.mean())
+        sigma_g2, shared = shared_component(d)
+    ratio = scale2 / float(raw.mean()) if raw.mean() > 0 else 1.0
+    s2 = s2 * (scale2 / float(s2.mean())) if s2.mean() > 0 else s2  # the unbiased pooled scale
+    rows = r.T * math.sqrt(n1 / (n1 - 1) * k / (k - 1) * ratio)
+    tails = tail_dof(r_scale, np.full(r_scale.shape[0], math.sqrt(scale2)))
+    return NullModel(kind, np.sqrt(s2), math.sqrt(sigma_g2), d0, tails, rows, shared,
+                     f.shape[1] if later else n1)
 
 
 def _spread(d: np.ndarray) -> float:
@@ -650,8 +662,8 @@ def calibrate(
     threshold = float(np.quantile(gain, 1 - alpha))
     test = (f"one-sided Monte Carlo test of the apparent gain (selected - S on its final pairs) against "
             f"{n_null} replays of the same racing on a {null} null (all {d.shape[0]} candidates tied with S; "
-            f"own noise from the complete first stage of {first_pairs} pairs, shared component from "
-            f"{model.shared_pairs} pairs): real {real_stats['gain']:+.4g}, null {100 * (1 - alpha):.0f}th "
+            f"noise shape from the complete first stage of {first_pairs} pairs, scale, tails and shared "
+            f"component from {model.shared_pairs} pairs): real {real_stats['gain']:+.4g}, null {100 * (1 - alpha):.0f}th "
             f"percentile {threshold:+.4g}, p = {p:.3g}; first-stage spread p = {spread_p:.3g}")
     params = {"sigma_e": float(np.sqrt(np.mean(model.sigma_c ** 2))), "sigma_g": model.sigma_g,
               "prior_df": model.prior_df, "tail_df": model.tail_df, "candidates": float(d.shape[0]), "first_pairs": float(first_pairs),
