@@ -4,12 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH = torch==2.13.0
+# diffusers is pinned exactly too: docs/compatibility.md's DiT coverage table (tests/test_dit_coverage.py) is
+# generated from this version's own list of pipelines and transformer classes.
+DIFFUSERS = diffusers==0.42.1
 
 .PHONY: demo test test-fast install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q $(DIFFUSERS)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
