@@ -52,8 +52,8 @@ class SiteDecl:
 @dataclass(frozen=True)
 class CallLayout:
     """The rows of one attention call: `segments` ((label, length), ...) in sequence order, labels `text`,
-    `image`, `other` (see RowLabel). The text and image segments must form one contiguous span, text on one
-    side (`[text | image]` or `[image | text]`, or image only); `other` segments lie outside it.
+    `image`, `other` (see RowLabel): at most one text and one image segment (`[text | image]`, `[image | text]`
+    or image only); `other` segments may lie anywhere (outside the two, or between them: padding).
 
     `key_start`: query row i is key row `key_start + i` (sites whose queries are a part of the keys, e.g. image
     queries over `[text | image]` keys); None: the keys are the query rows. `grid` (rows, cols) and `frames`:
@@ -92,8 +92,9 @@ class DiTDeclaration:
     name: the adapter's name and the architecture stored in head sets (e.g. "chroma").
     classes: the transformer class names it covers (exact `type(transformer).__name__`).
     sites: the site globs in paper order (sites are numbered pattern by pattern, module order within one).
-    facts: transformer forward arguments (bound to their names) -> dict of host facts for the layout, e.g.
-      `{"text_len": encoder_hidden_states.shape[1]}`; shapes and host ints only (no device read per call).
+    facts: transformer forward arguments (bound to their names; `"__config__"`: the transformer's config) ->
+      dict of host facts for the layout, e.g. `{"text_len": encoder_hidden_states.shape[1]}`; shapes and host
+      ints only (no device read per call). `text_len` and `grid` also go to the engine state.
     layout: AttentionCall -> CallLayout, or None for a call that runs stock. Without it only the `joint` scope
       with a whole-row target (softpag, identity, drop, uniform) is available on self-attention calls.
     layout_always: also consult `layout` in the joint scope (families with rows that are never perturbed).

@@ -303,17 +303,20 @@ class SiteProcessor(PerturbingProcessor):
         hq, hk = q.shape[1], k.shape[1]
         if hk != hq:  # GQA: the target sees each query head's own key/value head
             k, v = k.repeat_interleave(hq // hk, dim=1), v.repeat_interleave(hq // hk, dim=1)
-        start, stop, tlayout = _span(layout, q_len, self.state.grid)
+        start, stop, tlayout, keep = _span(layout, q_len, self.state.grid)
         key_start = 0 if layout is None or layout.key_start is None else layout.key_start
         ks, ke = key_start + start, key_start + stop
         q_s, k_s, v_s = q[:, :, start:stop], k[:, :, ks:ke], v[:, :, ks:ke]
         if self.state.mode == "reference":
             mixed = reference_mix(q, k, v, entry.u, tlayout, self.state.perturbation, self.state.scope,
-                                  mask=mask, scale=scale, is_causal=is_causal, rows=(start, stop), key_start=key_start)
+                                  mask=mask, scale=scale, is_causal=is_causal, rows=(start, stop), key_start=key_start,
+                                  keep=keep)
             return mixed.to(out.dtype)
         whole = start == 0 and stop == q_len
-        part = mix(out if whole else out[:, :, start:stop], q_s, k_s, v_s, entry, tlayout,
-                   self.state.perturbation, self.state.scope)
+        o_s = out if whole else out[:, :, start:stop]
+        part = mix(o_s, q_s, k_s, v_s, entry, tlayout, self.state.perturbation, self.state.scope)
+        if keep is not None:  # `other` rows inside the span keep the model's output
+            part = torch.where(keep.to(part.device)[None, None, :, None], o_s, part)
         if whole:
             return part
         return torch.cat([out[:, :, :start], part, out[:, :, stop:]], dim=2)
@@ -322,29 +325,48 @@ class SiteProcessor(PerturbingProcessor):
         return f"{type(self).__name__}(site={self.site_name!r}, original={type(self.original).__name__})"
 
 
-def _span(layout: CallLayout | None, q_len: int, grid: tuple[int, int] | None) -> tuple[int, int, TokenLayout]:
-    """The contiguous rows of the text and image segments, and their TokenLayout; rows outside keep O."""
+def _span(layout: CallLayout | None, q_len: int,
+          grid: tuple[int, int] | None) -> tuple[int, int, TokenLayout, torch.Tensor | None]:
+    """The rows from the first to the last text/image row, their TokenLayout, and (when `other` rows lie inside
+    that span, e.g. padding between the image and the text) a bool [span] mask of the rows that keep O."""
     if layout is None:
-        return 0, q_len, TokenLayout(text_len=0, image_len=q_len, text_first=False, grid=grid)
+        return 0, q_len, TokenLayout(text_len=0, image_len=q_len, text_first=False, grid=grid), None
     if layout.q_len != q_len:
         raise ModelError(f"the declared layout has {layout.q_len} rows but the attention call has {q_len} queries")
     pos, found = 0, []
     for label, n in layout.segments:
         if label not in ("text", "image", "other"):
             raise ModelError(f"layout label {label!r}: allowed text, image, other")
-        if label != "other" and n > 0:
+        if n > 0:
             found.append((label, pos, pos + n))
         pos += n
+    while found and found[0][0] == "other":
+        found.pop(0)
+    while found and found[-1][0] == "other":
+        found.pop()
     if not found:
-        return 0, 0, TokenLayout(0, 0, False, grid=layout.grid or grid)
+        return 0, 0, TokenLayout(0, 0, False, grid=layout.grid or grid), None
     start, stop = found[0][1], found[-1][2]
-    labels = [lab for lab, _, _ in found]
-    if sum(b - a for _, a, b in found) != stop - start or len(set(labels)) != len(labels):
-        raise ModelError(f"layout {layout.segments}: the text and image rows must be one contiguous span, one "
-                         "segment each")
-    text = next((b - a for lab, a, b in found if lab == "text"), 0)
-    return start, stop, TokenLayout(text_len=text, image_len=stop - start - text, text_first=labels[0] == "text",
-                                    grid=layout.grid or grid, frames=layout.frames)
+    labels = [lab for lab, _, _ in found if lab != "other"]
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"layout {layout.segments}: at most one text and one image segment")
+    # `other` rows inside the span count with the segment before them (they keep O in the end)
+    first = labels[0]
+    text = 0
+    side = first
+    for lab, a, b in found:
+        side = side if lab == "other" else lab
+        if side == "text":
+            text += b - a
+    keep = None
+    if any(lab == "other" for lab, _, _ in found):
+        keep = torch.zeros(stop - start, dtype=torch.bool)
+        for lab, a, b in found:
+            if lab == "other":
+                keep[a - start:b - start] = True
+    tlayout = TokenLayout(text_len=text, image_len=stop - start - text, text_first=first == "text",
+                          grid=layout.grid or grid, frames=layout.frames)
+    return start, stop, tlayout, keep
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,6 +432,7 @@ class DeclaredAdapter(ModelAdapter):
 
     def prepare(self, state: EngineState, transformer: torch.nn.Module) -> None:
         state.cache["forward_params"] = list(inspect.signature(transformer.forward).parameters)
+        state.cache["config"] = getattr(transformer, "config", None)
         state.cache["facts"] = {}
 
     def observe(self, state: EngineState, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -418,6 +441,7 @@ class DeclaredAdapter(ModelAdapter):
             return
         bound = dict(zip(state.cache["forward_params"], args))
         bound.update(kwargs)
+        bound["__config__"] = state.cache["config"]
         facts = facts_fn(bound)
         state.cache["facts"] = facts
         state.text_len = facts.get("text_len")

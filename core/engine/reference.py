@@ -78,7 +78,8 @@ def materialized_attention(
 ) -> torch.Tensor:
     """float64 `softmax(q k^T * scale + mask) v` [B, H, Sq, D] from q [B, H, Sq, D] and k, v [B, H, Sk, D],
     with a bool (True = attend), additive, or flex `BlockMask` mask broadcastable to [B, H, Sq, Sk] (2-D masks
-    are [B, Sk] key masks, 3-D ones [B, Sq, Sk]) and a causal mask aligned at the top-left (SDPA's)."""
+    are [B, Sk] key masks, 3-D ones [B, Sq, Sk]) and a causal mask aligned at the top-left (SDPA's); a row with
+    every key masked is 0."""
     qd, kd, vd = q.double(), k.double(), v.double()
     s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     logits = qd @ kd.transpose(-1, -2) * s
@@ -96,18 +97,22 @@ def materialized_attention(
     if is_causal:
         causal = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         logits = logits.masked_fill(~causal, float("-inf"))
-    return logits.softmax(dim=-1) @ vd
+    # a query row whose keys are all masked (HunyuanVideo-1.5 masks its unused condition rows entirely) gets 0,
+    # as torch's SDPA gives it, instead of softmax's NaN
+    return torch.nan_to_num(logits.softmax(dim=-1), nan=0.0) @ vd
 
 
 def reference_mix(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, layout: TokenLayout,
     perturbation: Perturbation, scope: str, *, mask: torch.Tensor | None = None, scale: float | None = None,
     is_causal: bool = False, rows: tuple[int, int] | None = None, key_start: int = 0,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The declared-DiT reference [B, H, Sq, D] float64: the call's own attention, materialised with its mask
     and scale (`materialized_attention`), mixed on the query rows `rows = (start, stop)` (the layout's text and
     image span; others keep O) with the target computed from the span's queries and the keys
-    `key_start + start .. key_start + stop` (`layout` describes the span): `O + u r (T·V - O)`.
+    `key_start + start .. key_start + stop` (`layout` describes the span): `O + u r (T·V - O)`; `keep`: bool
+    [span] rows inside the span that keep O (padding between the segments).
     q: [B, H, Sq, D]; k, v: [B, H, Sk, D] with the query heads (GQA expanded); u: [B, H]."""
     o64 = materialized_attention(q, k, v, mask=mask, scale=scale, is_causal=is_causal)
     start, stop = rows if rows is not None else (0, q.shape[2])
@@ -124,6 +129,8 @@ def reference_mix(
         if target_v is None:
             target_v = perturbation.target_matrix(qs, kss, layout).double() @ vss
     r = perturbed_rows(layout, scope, perturbation).to(q.device)
+    if keep is not None:
+        r = r * (~keep).to(device=q.device, dtype=torch.float64)
     weight = u.double()[:, :, None, None] * r[None, None, :, None]
     out = o64.clone()
     out[:, :, start:stop] = o_span + weight * (target_v - o_span)

@@ -61,6 +61,78 @@ def _qwen21_layout(call: AttentionCall) -> CallLayout | None:
     return None  # a prefix segment: stock
 
 
+def _text_at_call(text_first: bool, text_arg: str = "encoder_hidden_states"):
+    """One joint stream whose processor gets the text as `text_arg` and concatenates it before (text_first)
+    or after the image tokens (CogView, CogVideoX, EasyAnimate, GLM-Image, HunyuanVideo-1.5)."""
+
+    def layout(call: AttentionCall) -> CallLayout:
+        text = length(call.args.get(text_arg)) or 0
+        return text_image(text, call.q_len - text, text_first=text_first)
+
+    return layout
+
+
+def _image_tokens(bound: dict) -> dict:
+    """facts: image tokens of a [B, C, H, W] latent patchified by the config's patch_size (HiDream)."""
+    hs, cfg = bound.get("hidden_states"), bound.get("__config__")
+    p = int(getattr(cfg, "patch_size", 1) or 1)
+    if hs is None or hs.ndim != 4:
+        return {}
+    return {"image_len": (int(hs.shape[-2]) // p) * (int(hs.shape[-1]) // p)}
+
+
+def _hidream_layout(call: AttentionCall) -> CallLayout:
+    """HiDream: double-stream `[image | text]` (text = the call's encoder_hidden_states); single-stream
+    `[image | t5 + llama | llama of this block]`, the image first (its length from the forward)."""
+    text = length(call.args.get("encoder_hidden_states"))
+    if text is None:
+        image = call.facts["image_len"]
+        return text_image(call.q_len - image, image, text_first=False)
+    return text_image(text, call.q_len - text, text_first=False)
+
+
+def _auraflow_facts(bound: dict) -> dict:
+    return {"text_len": length(bound.get("encoder_hidden_states"))}
+
+
+def _auraflow_layout(call: AttentionCall) -> CallLayout:
+    """AuraFlow: `[registers | text | image]` in both kinds of block; the register count is the call's
+    encoder_hidden_states minus the forward's text (joint blocks), the config's 8 learned tokens otherwise."""
+    text = call.facts["text_len"]
+    ehs = length(call.args.get("encoder_hidden_states"))
+    registers = (ehs - text) if ehs is not None else 8
+    image = call.q_len - registers - text
+    return CallLayout(tuple(s for s in (("other", registers), ("text", text), ("image", image)) if s[1] > 0))
+
+
+def _zimage_facts(bound: dict) -> dict:
+    """Z-Image (basic mode): image tokens of the first latent [C, F, H, W] (the batch shares one size), and the
+    length the transformer pads them to (a multiple of 32)."""
+    x = bound.get("x")
+    first = x[0] if isinstance(x, (list, tuple)) and x else None
+    if first is None or not hasattr(first, "shape") or first.ndim != 4:
+        return {}
+    p, fp = int(bound.get("patch_size", 2) or 2), int(bound.get("f_patch_size", 1) or 1)
+    _, f, h, w = (int(d) for d in first.shape)
+    n = (f // fp) * (h // p) * (w // p)
+    return {"image_len": n, "image_padded": n + (-n) % 32}
+
+
+def _zimage_layout(call: AttentionCall) -> CallLayout:
+    """Z-Image: noise refiner over the padded image tokens; main layers over `[image | pad | caption | pad]`
+    per sample, padded to the batch (the image part has one length: first). Padding rows are `other`."""
+    n, padded = call.facts["image_len"], call.facts["image_padded"]
+    if call.site.startswith("noise_refiner"):
+        return CallLayout(tuple(s for s in (("image", n), ("other", call.q_len - n)) if s[1] > 0))
+    return CallLayout(tuple(s for s in (("image", n), ("other", padded - n), ("text", call.q_len - padded)) if s[1] > 0))
+
+
+def _krea2_layout(call: AttentionCall) -> CallLayout:
+    """Krea 2: `[text | image]`, concatenated in the transformer's forward (the text length from it)."""
+    text = call.facts["text_len"]
+    return text_image(text, call.q_len - text, text_first=True)
+
+
 def _d(name: str, cls: str, sites: list[SiteDecl], description: str, **kw) -> DiTDeclaration:
     return DiTDeclaration(name=name, classes=(cls,), sites=tuple(sites), description=description, **kw)
 
@@ -92,34 +164,44 @@ DECLARATIONS: tuple[DiTDeclaration, ...] = (
     _mmdit("ovis_image", "OvisImageTransformer2DModel", "Ovis-Image (FLUX-style)"),
     # MMDiT, [image | text]
     _mmdit("hunyuanvideo", "HunyuanVideoTransformer3DModel", "HunyuanVideo (double/single stream)", text_first=False),
-    _d("hunyuanimage", "HunyuanImageTransformer2DModel",
-       [SiteDecl("transformer_blocks.*.attn"), SiteDecl("single_transformer_blocks.*.attn", "single")],
-       "HunyuanImage-2.1 (double/single stream)"),
+    _mmdit("hunyuanimage", "HunyuanImageTransformer2DModel", "HunyuanImage-2.1 (double/single stream)",
+           text_first=False),
     _d("hunyuanvideo15", "HunyuanVideo15Transformer3DModel", [SiteDecl("transformer_blocks.*.attn")],
-       "HunyuanVideo-1.5 ([video | text | byT5 | image_embeds] joint attention)"),
+       "HunyuanVideo-1.5 ([video | text | byT5 | image_embeds] joint attention)", layout=_text_at_call(False),
+       layout_lines=("token order: [video | condition] (condition: valid image_embeds, byT5 and MLLM text "
+                     "tokens per sample, then the invalid ones; all counted as text rows)",)),
     _d("hidream", "HiDreamImageTransformer2DModel",
        [SiteDecl("double_stream_blocks.*.block.attn1"), SiteDecl("single_stream_blocks.*.block.attn1", "single")],
-       "HiDream-I1 (double/single stream, per-block llama text)"),
+       "HiDream-I1 (double/single stream, per-block llama text)", facts=_image_tokens, layout=_hidream_layout,
+       layout_lines=("token order: [image | text] (single-stream text: t5 + llama + this block's llama)",)),
     _d("auraflow", "AuraFlowTransformer2DModel",
        [SiteDecl("joint_transformer_blocks.*.attn"), SiteDecl("single_transformer_blocks.*.attn", "single")],
-       "AuraFlow ([registers + text | image])"),
+       "AuraFlow ([registers + text | image])", facts=_auraflow_facts, layout=_auraflow_layout,
+       layout_lines=("token order: [8 registers | text | image]; registers are never perturbed",)),
     _d("motif_video", "MotifVideoTransformer3DModel",
        [SiteDecl("transformer_blocks.*.attn"), SiteDecl("single_transformer_blocks.*.attn", "single")],
-       "Motif-Video (double/single stream)"),
+       "Motif-Video (double/single stream)", facts=text_from_facts(), layout=double_single(False)),
     # one sequence built in the transformer's forward
     _d("lumina2", "Lumina2Transformer2DModel", [SiteDecl("noise_refiner.*.attn", "image"), SiteDecl("layers.*.attn", "single")],
        "Lumina-Image 2.0 (noise refiner, then unified [text | image] layers)"),
     _d("zimage", "ZImageTransformer2DModel",
        [SiteDecl("noise_refiner.*.attention", "image"), SiteDecl("layers.*.attention", "single")],
-       "Z-Image (noise refiner, then unified layers)"),
-    _d("krea2", "Krea2Transformer2DModel", [SiteDecl("transformer_blocks.*.attn", "single")], "Krea 2 (GQA)"),
+       "Z-Image (noise refiner, then unified layers)", facts=_zimage_facts, layout=_zimage_layout,
+       layout_lines=("token order: [image | pad | caption | pad] (basic mode); padding rows are never perturbed",)),
+    _d("krea2", "Krea2Transformer2DModel", [SiteDecl("transformer_blocks.*.attn", "single")], "Krea 2 (GQA)",
+       facts=text_from_facts(), layout=_krea2_layout),
     _d("ideogram4", "Ideogram4Transformer2DModel", [SiteDecl("layers.*.attention", "single")], "Ideogram 4"),
     _d("ernie_image", "ErnieImageTransformer2DModel", [SiteDecl("layers.*.self_attention", "single")], "ERNIE-Image"),
-    _d("glm_image", "GlmImageTransformer2DModel", [SiteDecl("transformer_blocks.*.attn1")], "GLM-Image"),
-    _d("cogview4", "CogView4Transformer2DModel", [SiteDecl("transformer_blocks.*.attn1")], "CogView4 ([text | image])"),
-    _d("cogview3plus", "CogView3PlusTransformer2DModel", [SiteDecl("transformer_blocks.*.attn1")], "CogView3-Plus"),
-    _d("cogvideox", "CogVideoXTransformer3DModel", [SiteDecl("transformer_blocks.*.attn1")], "CogVideoX ([text | video])"),
-    _d("easyanimate", "EasyAnimateTransformer3DModel", [SiteDecl("transformer_blocks.*.attn1")], "EasyAnimate"),
+    _d("glm_image", "GlmImageTransformer2DModel", [SiteDecl("transformer_blocks.*.attn1")], "GLM-Image",
+       layout=_text_at_call(True)),
+    _d("cogview4", "CogView4Transformer2DModel", [SiteDecl("transformer_blocks.*.attn1")], "CogView4 ([text | image])",
+       layout=_text_at_call(True)),
+    _d("cogview3plus", "CogView3PlusTransformer2DModel", [SiteDecl("transformer_blocks.*.attn1")], "CogView3-Plus",
+       layout=_text_at_call(True)),
+    _d("cogvideox", "CogVideoXTransformer3DModel", [SiteDecl("transformer_blocks.*.attn1")], "CogVideoX ([text | video])",
+       layout=_text_at_call(True)),
+    _d("easyanimate", "EasyAnimateTransformer3DModel", [SiteDecl("transformer_blocks.*.attn1")], "EasyAnimate",
+       layout=_text_at_call(True)),
     _d("minimax_h3", "MiniMaxH3Transformer3DModel", [SiteDecl("transformer_blocks.*.attn")],
        "MiniMax-H3 ([text | video | audio], modular pipelines only)"),
     _d("omnigen", "OmniGenTransformer2DModel", [SiteDecl("layers.*.self_attn", "single")], "OmniGen"),
