@@ -53,7 +53,7 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--eval-seeds", type=Seeds(), help="Fresh seeds for the evaluation (never the search seeds).")
 @click.option("--eval-prompt", "eval_prompts", multiple=True, help="A prompt the search never sees, on which the found set is also judged (or @FILE). Repeatable.")
 @click.option("--calibrate", is_flag=True, default=None, help="After each racing round, replay the allocation on a null built from its first stage and report the real round beside it.")
-@click.option("--controls", type=click.IntRange(min=0), help="Random head sets of the found set's size evaluated beside it (default 20; 0: none).")
+@click.option("--controls", type=BoundedInt(min=0), help="Random head sets of the found set's size evaluated beside it (default 20; 0: none).")
 @click.option("--out", "out_dir", default="runs/hunt", show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @options.resume
 @click.option("--no-report", is_flag=True, help="Skip the fresh-seed evaluation and report.")

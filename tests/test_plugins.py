@@ -133,7 +133,7 @@ def test_cli_show_prints_paper_notation_and_errors_cleanly(tmp_path):
     assert "heads (2): L1H10, L13H17@0.5" in result.output
     result = runner.invoke(make_cli(), ["show", str(tmp_path / "missing.safetensors")])
     assert result.exit_code == 1
-    assert "Error: head set" in result.output and "Traceback" not in result.output
+    assert "Error: head-set file " in result.output and "does not exist" in result.output and "Traceback" not in result.output
 
 
 def test_building_the_cli_and_registry_imports_no_heavy_module():
