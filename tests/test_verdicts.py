@@ -65,3 +65,26 @@ def test_no_effect_is_not_distinguishable_from_its_controls():
     assert v["vs_no_guidance"]["outcome"] == "is not distinguishable from"
     assert v["vs_random"]["outcome"] == "is not distinguishable from"
     assert v["vs_random"]["beats_fraction"] <= 0.2
+
+
+class _MeanDistance:
+    """A toy set metric with features: the mean feature (lower is better)."""
+
+    def from_features(self, features):
+        return float(np.asarray(features).mean())
+
+
+def test_dominance_needs_both_paired_intervals():
+    rng = np.random.default_rng(5)
+    ev = _evaluation(0.3, randoms=0)
+    metric = "toy distance (lower is better)"
+    ev.set_metrics = {metric: _MeanDistance()}
+    shared = rng.normal(0, 1, 128)
+    ev.settings["found head set"].features = {metric: (shared + 0.0)[:, None]}
+    ev.settings["no guidance"].features = {metric: (shared + 0.1)[:, None]}
+    ev.settings["layer L0"].features = {metric: (shared + 0.5 + rng.normal(0, 0.1, 128))[:, None]}
+    layer = verdicts(ev)["vs_layers"][0]
+    # equal objective (not distinguishable) -> neither dominates, whatever the yardstick says
+    assert layer["dominance"].startswith("neither dominates") and layer["yardstick_difference"]["high"] < 0
+    ev.settings["layer L0"].scores = (np.asarray(ev.settings["layer L0"].scores) - 0.3).tolist()
+    assert verdicts(ev)["vs_layers"][0]["dominance"] == "the found set dominates layer L0"

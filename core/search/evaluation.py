@@ -37,6 +37,9 @@ class SettingResult:
     scores: list[float]
     metrics: dict[str, Estimate] = field(default_factory=dict)
     images: torch.Tensor | None = None
+    #: Per-sample features of the set metrics that offer them (`features(images, prompts) -> [N, D]` and
+    #: `from_features(features) -> value`), so a set-metric difference can be bootstrapped over the pairs.
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Evaluation:
     prompts: list[str]
     seeds: list[int]
     objective: str
+    #: The set metrics by name (to recompute one on resampled features: `from_features`).
+    set_metrics: dict[str, Any] = field(default_factory=dict)
 
     def difference(self, a: str, b: str, n_boot: int = 2000, seed: int = 0) -> Estimate:
         """Paired bootstrap of mean(objective of a) - mean(objective of b) over the same samples."""
@@ -104,7 +109,8 @@ def evaluate(
                         progress(len(images))
         images = torch.cat([chunks[start] for start in starts])
         results[name] = _score(name, images, [p for p, _ in pairs], objective, metrics or {}, set_metrics or {}, keep_images)
-    return Evaluation(results, list(prompts), [int(s) for s in seeds], str(getattr(objective, "name", objective)))
+    return Evaluation(results, list(prompts), [int(s) for s in seeds], str(getattr(objective, "name", objective)),
+                      dict(set_metrics or {}))
 
 
 def _score(name, images, prompts, objective, metrics, set_metrics, keep) -> SettingResult:
@@ -112,10 +118,13 @@ def _score(name, images, prompts, objective, metrics, set_metrics, keep) -> Sett
     if not all(math.isfinite(v) for v in scores):
         raise SearchError(f"objective returned a non-finite score for setting {name!r}")
     estimates = {m: bootstrap_mean(obj(images, prompts).double().cpu().numpy()) for m, obj in metrics.items()}
+    features = {}
     for m, fn in set_metrics.items():
         value, (low, high) = fn(images, prompts)
         estimates[m] = Estimate(float(value), float(low), float(high), len(images))
-    return SettingResult(name, bootstrap_mean(scores), scores, estimates, images[:keep].clone())
+        if callable(getattr(fn, "features", None)) and callable(getattr(fn, "from_features", None)):
+            features[m] = np.asarray(fn.features(images, prompts), dtype=np.float64)
+    return SettingResult(name, bootstrap_mean(scores), scores, estimates, images[:keep].clone(), features)
 
 
 def evaluate_result(pipe: Any, result: Any, objective: Any, seeds: Sequence[int], *,

@@ -10,8 +10,9 @@ detect: the minimum detectable effect at 80 % power for a two-sided 5 % test on 
   paired difference to their per-pair mean, and the fraction of them it beats (paired 95 % bootstrap
   interval above 0);
 - **every whole layer** at the same w: the found set "dominates" a layer, or a layer dominates it, only when
-  the paired intervals of both differences (objective, and the yardstick metric where there is one) lie on
-  the same side of 0; otherwise "not distinguishable".
+  the paired intervals of both differences (the objective, and the yardstick: the first set metric that
+  offers per-sample features, e.g. FD-digits, bootstrapped over the same resampled pairs) say so; otherwise
+  "neither dominates".
 
 A verdict is made on seeds never used for the selection; `headhunter.workflow.hunt` uses the model's
 evaluation seeds (or `eval_seeds`) and, with `eval_prompts`, also prompts the search never saw.
@@ -113,9 +114,46 @@ def verdicts(evaluation: Any, found: str = "found head set") -> dict[str, Any]:
         beaten = sum(compare(mine, np.asarray(settings[n].scores), n).outcome == "beats" for n in randoms)
         out["vs_random"] = {**asdict(c), "sentence": c.sentence(found), "random_sets": len(randoms),
                             "beats_fraction": beaten / len(randoms)}
+    stick = _yardstick(evaluation, found)
     layers = []
     for name in (n for n in settings if n.startswith("layer ")):
         c = compare(mine, np.asarray(settings[name].scores), name)
-        layers.append({**asdict(c), "sentence": c.sentence(found)})
+        entry = {**asdict(c), "sentence": c.sentence(found)}
+        if stick is not None:
+            metric, lower, fn = stick
+            d = paired_set_metric(fn, settings[found].features[metric], settings[name].features[metric])
+            better = (d.high < 0) if lower else (d.low > 0)   # the found set better on the yardstick
+            worse = (d.low > 0) if lower else (d.high < 0)
+            if c.outcome == "beats" and better:
+                word = f"the found set dominates {name}"
+            elif c.outcome == "is worse than" and worse:
+                word = f"{name} dominates the found set"
+            else:
+                word = "neither dominates: not distinguishable on both axes at once"
+            entry.update(yardstick=metric, yardstick_difference=asdict(d), dominance=word)
+            entry["sentence"] += (f"; {metric} difference {d.mean:+.4g} [{d.low:+.4g}, {d.high:+.4g}] "
+                                  f"(paired bootstrap); {word}")
+        layers.append(entry)
     out["vs_layers"] = layers
     return out
+
+
+def _yardstick(evaluation: Any, found: str) -> tuple[str, bool, Any] | None:
+    """The first set metric with per-sample features on every setting: (name, lower is better, metric)."""
+    for metric, fn in getattr(evaluation, "set_metrics", {}).items():
+        if all(metric in r.features for r in evaluation.settings.values()) and callable(getattr(fn, "from_features", None)):
+            return metric, "lower is better" in metric, fn
+    return None
+
+
+def paired_set_metric(fn: Any, found: np.ndarray, rival: np.ndarray, n_boot: int = 200, seed: int = 0) -> Estimate:
+    """A set metric's difference found - rival on the same pairs, with a 95 % percentile bootstrap interval:
+    the same resampled pair indices for both settings (paired), the metric recomputed from their features."""
+    found, rival = np.asarray(found), np.asarray(rival)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(found), len(found))
+        boots.append(fn.from_features(found[idx]) - fn.from_features(rival[idx]))
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return Estimate(float(fn.from_features(found) - fn.from_features(rival)), float(low), float(high), len(found))

@@ -99,12 +99,33 @@ def classify_digits(images: Any) -> Any:
         return _CLASSIFIER.logits(as_batch(images)).argmax(dim=1)
 
 
-def fd_digits_metric(images: Any, prompts: Any) -> tuple[float, tuple[float, float]]:
-    """FD-digits (lower is better) of a sample set vs the held-out digits, with its 95 % interval."""
-    from .metrics import fd_digits
+class FDDigitsMetric:
+    """FD-digits (lower is better) of a sample set vs the held-out digits, with its 95 % interval; offers its
+    per-sample classifier features so the evaluation can bootstrap a paired FD difference between settings
+    (`features` -> [N, 64], `from_features` -> FD)."""
 
-    result = fd_digits(images)
-    return result.mean, (result.low, result.high)
+    def __call__(self, images: Any, prompts: Any) -> tuple[float, tuple[float, float]]:
+        from .metrics import fd_digits
+
+        result = fd_digits(images)
+        return result.mean, (result.low, result.high)
+
+    def features(self, images: Any, prompts: Any) -> Any:
+        from .metrics import classifier_features
+
+        return classifier_features(images)
+
+    def from_features(self, features: Any) -> float:
+        from .metrics import fd_features, heldout_features
+
+        if self._heldout is None:
+            self._heldout = heldout_features()
+        return fd_features(features, self._heldout)
+
+    _heldout: Any = None
+
+
+fd_digits_metric = FDDigitsMetric()
 
 
 def search_defaults_for(model: Any) -> dict[str, Any] | None:
