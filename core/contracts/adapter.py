@@ -32,6 +32,13 @@ class TokenLayout:
     on the latent patch grid of one frame, row-major, when known. `frames`: video frames (latent, after
     temporal patching; 1 for images); the image tokens are then `frames x rows x cols`, frame-major (Wan).
     An image-only site (SD3.5 `attn2`, Wan self-attention) has `text_len == 0`.
+
+    Edit and reference-image pipelines (FLUX Kontext, Qwen-Image Edit, FLUX.2 with `image=`, Wan VACE) put
+    the reference images' tokens in the same sequence: `ref_len` of them, right after the target image's
+    `image_len` tokens (`ref_first=False`: `[text | target | refs]`) or right before them (`ref_first=True`:
+    Wan VACE's reference frames come first). `image_len`, `grid` and `frames` always describe the target
+    image (the tokens the pipeline steps on); `image_slice` is the target's tokens, `ref_slice` the
+    references'. Scope `image` and blur perturb the target's rows only.
     """
 
     text_len: int
@@ -39,20 +46,35 @@ class TokenLayout:
     text_first: bool
     grid: tuple[int, int] | None = None
     frames: int = 1
+    ref_len: int = 0
+    ref_first: bool = False
 
     @property
     def seq_len(self) -> int:
-        return self.text_len + self.image_len
+        return self.text_len + self.image_len + self.ref_len
+
+    @property
+    def _visual_start(self) -> int:
+        """Where the image part (target and references) starts."""
+        return self.text_len if self.text_first else 0
 
     @property
     def image_slice(self) -> slice:
-        """The image tokens' positions in the sequence."""
-        return slice(self.text_len, self.seq_len) if self.text_first else slice(0, self.image_len)
+        """The target image tokens' positions in the sequence."""
+        start = self._visual_start + (self.ref_len if self.ref_first else 0)
+        return slice(start, start + self.image_len)
+
+    @property
+    def ref_slice(self) -> slice:
+        """The reference-image tokens' positions in the sequence (empty without references)."""
+        start = self._visual_start + (0 if self.ref_first else self.image_len)
+        return slice(start, start + self.ref_len)
 
     @property
     def text_slice(self) -> slice:
         """The text tokens' positions in the sequence (empty at an image-only site)."""
-        return slice(0, self.text_len) if self.text_first else slice(self.image_len, self.seq_len)
+        visual = self.image_len + self.ref_len
+        return slice(0, self.text_len) if self.text_first else slice(visual, visual + self.text_len)
 
 
 class ModelAdapter(ABC):
@@ -74,6 +96,11 @@ class ModelAdapter(ABC):
     #: What a declared block returns, in order, as names of its inputs: a block the sequential path skips
     #: returns these inputs unchanged (diffusers' MMDiT blocks return `(encoder_hidden_states, hidden_states)`).
     block_outputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "hidden_states")
+    #: Whether the family's edit pipelines append reference-image tokens after the target's and step on the
+    #: prediction sliced back to the target, `noise_pred[:, :latents.size(1)]` (FLUX Kontext, Qwen-Image Edit,
+    #: FLUX.2 with `image=`): the guidance term is then sliced the same way before it is added
+    #: (docs/guidance.md, "Edit and reference-image pipelines"). False: a shape mismatch is an error.
+    trailing_references: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

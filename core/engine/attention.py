@@ -43,8 +43,18 @@ class EngineState:
         #: Set by the adapter's `observe` before each forward (FLUX single-stream text length, image grid).
         self.text_len: int | None = None
         self.grid: tuple[int, int] | None = None
+        #: reference-image tokens after (or, Wan VACE, before) the target image's in this forward (edit pipelines)
+        self.ref_len: int = 0
         #: Free space for adapters (e.g. a cache of the grid read from FLUX's img_ids).
         self.cache: dict[str, Any] = {}
+
+
+def needs_target_layout(state: EngineState) -> bool:
+    """Whether the perturbed rows depend on where the target image's tokens are (scope `image`/`pag_mask`, a
+    target on image rows only such as blur, or the image grid): only then does an adapter read reference-token
+    positions from device tensors (FLUX `img_ids`); joint scope with an all-rows target perturbs every row."""
+    pert = state.perturbation
+    return state.scope != "joint" or pert.rows != "all" or bool(pert.needs_grid)
 
 
 class PerturbingProcessor:
@@ -139,6 +149,7 @@ def _mix_rows(out, q, k, v, u, layout, perturbation, scope) -> torch.Tensor:
     w = u.to(out.dtype)[:, :, None, None]
     all_rows = scope == "joint" and perturbation.rows == "all"
     if scope == "pag_mask":
+        _no_references_with_pag_mask(layout)
         tv = self_and_text_attention(q, k, v, layout)
     else:
         tv = perturbation.target(q, k, v, layout)
@@ -146,12 +157,21 @@ def _mix_rows(out, q, k, v, u, layout, perturbation, scope) -> torch.Tensor:
         if not all_rows and perturbation.rows == "all":
             tv = tv[:, :, layout.image_slice]
     tv = tv.to(out.dtype)
-    if all_rows or layout.text_len == 0:
+    if all_rows or (layout.text_len == 0 and layout.ref_len == 0):
         return torch.lerp(out, tv, w)  # out + w (tv - out): exactly out where w = 0, exactly tv where w = 1
-    image = out[:, :, layout.image_slice]
-    mixed = torch.lerp(image, tv, w)
-    text = out[:, :, layout.text_slice]
-    return torch.cat([text, mixed] if layout.text_first else [mixed, text], dim=2)
+    # only the target image's rows: text and reference-image rows are the model's own output, bit for bit
+    rows = layout.image_slice
+    mixed = torch.lerp(out[:, :, rows], tv, w)
+    parts = [out[:, :, :rows.start], mixed, out[:, :, rows.stop:]]
+    return torch.cat([p for p in parts if p.shape[2]], dim=2)
+
+
+def _no_references_with_pag_mask(layout: TokenLayout) -> None:
+    if layout.ref_len:
+        raise ModelError(
+            f"scope='pag_mask' is not defined with reference-image tokens ({layout.ref_len} here, an edit or "
+            "reference pipeline): which keys a target query may still see is ambiguous; use scope='image' "
+            "(target rows perturbed, references left as they are) or scope='joint'")
 
 
 def _check_target(tv: torch.Tensor, out: torch.Tensor, layout: TokenLayout, perturbation: Perturbation) -> None:
@@ -431,5 +451,6 @@ __all__ = [
     "PerturbingProcessor",
     "install",
     "mix",
+    "needs_target_layout",
     "self_and_text_attention",
 ]

@@ -147,6 +147,8 @@ class GuidanceHandle:
         self.scope = plan.scope
         self.batched = batched
         self.adapter = adapter
+        #: edit pipelines of this family step on the prediction's first tokens (ModelAdapter.trailing_references)
+        self.adapter_slices_references = bool(getattr(adapter, "trailing_references", False))
         self.transformer = unwrap(pipe.transformer)
         self.calls = {"forwards": 0, "guided_steps": 0, "perturbed_rows": 0}
         self.shared_row_blocks = 0
@@ -552,12 +554,27 @@ class _StepOnce:
         self.detach()
         if self.handle._armed is self:
             self.handle._armed = None
-        if self.delta.shape != model_output.shape:
+        delta = self.delta
+        if delta.shape != model_output.shape and self.handle.adapter_slices_references:
+            delta = _target_tokens(delta, model_output)
+        if delta.shape != model_output.shape:
             raise ModelError(
                 f"the pipeline stepped on a prediction of shape {tuple(model_output.shape)} but its conditional "
                 f"rows have shape {tuple(self.delta.shape)}; apply() guides pipelines that combine their passes "
-                "into a conditional-shaped prediction")
-        return self.original(model_output + self.delta.to(model_output.dtype), *args, **kwargs)
+                "into a conditional-shaped prediction (edit pipelines that append reference tokens and step on "
+                "the first latents.size(1) of them are guided for FLUX, FLUX.2 and Qwen-Image; docs/guidance.md)")
+        return self.original(model_output + delta.to(model_output.dtype), *args, **kwargs)
+
+
+def _target_tokens(delta: Tensor, model_output: Tensor) -> Tensor:
+    """The guidance term on the tokens an edit pipeline steps on: `delta[:, :L]` when the pipeline sliced its
+    prediction `[B, L_target + L_ref, C]` back to the target's `L` tokens (reference tokens come after the
+    target's: FLUX Kontext, Qwen-Image Edit, FLUX.2 with `image=`). Any other mismatch is returned unchanged
+    (the caller raises)."""
+    if (delta.ndim == 3 and model_output.ndim == 3 and delta.shape[0] == model_output.shape[0]
+            and delta.shape[2] == model_output.shape[2] and delta.shape[1] > model_output.shape[1]):
+        return delta[:, :model_output.shape[1]]
+    return delta
 
 
 def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:

@@ -12,6 +12,7 @@ import torch
 
 from headhunter.contracts.adapter import TokenLayout
 from headhunter.contracts.perturbation import Perturbation
+from headhunter.errors import ModelError
 
 
 def perturbed_rows(layout: TokenLayout, scope: str, perturbation: Perturbation) -> torch.Tensor:
@@ -48,6 +49,9 @@ def reference_attention(
     logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     attn = logits.softmax(dim=-1)
     if scope == "pag_mask":
+        if layout.ref_len:
+            raise ModelError(f"scope='pag_mask' is not defined with {layout.ref_len} reference-image tokens; use "
+                             "scope='image' or 'joint'")
         target = (logits + pag_mask_bias(layout).to(q.device)).softmax(dim=-1)
         target_v = target @ v
     else:

@@ -21,7 +21,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from headhunter.contracts.adapter import ModelAdapter, TokenLayout
-from headhunter.engine.attention import EngineState, PerturbingProcessor
+from headhunter.engine.attention import EngineState, PerturbingProcessor, needs_target_layout
 from headhunter.errors import ModelError
 from headhunter.plugin_system.registry import model_of
 from headhunter.format.sites import Site
@@ -90,14 +90,19 @@ class FluxPerturbingProcessor(PerturbingProcessor):
                     f"{self.site_name}: the text length of this single-stream call is unknown; call the "
                     "transformer itself (its forward pre-hook records it), not the block"
                 )
-        return TokenLayout(text_len=text_len, image_len=seq_len - text_len, text_first=True, grid=self.state.grid)
+        ref_len = self.state.ref_len
+        return TokenLayout(text_len=text_len, image_len=seq_len - text_len - ref_len, text_first=True,
+                           grid=self.state.grid, ref_len=ref_len)
 
 
 class FluxAdapter(ModelAdapter):
-    """FLUX.1 (`FluxTransformer2DModel`: double-stream then single-stream blocks), and pipelines built on it."""
+    """FLUX.1 (`FluxTransformer2DModel`: double-stream then single-stream blocks), and pipelines built on it,
+    edit pipelines included (FluxKontextPipeline, FluxKontextInpaintPipeline: reference tokens after the
+    target's, left unperturbed by scope `image` and blur)."""
 
     name = "flux"
     architecture = "flux"
+    trailing_references = True
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -134,8 +139,11 @@ class FluxAdapter(ModelAdapter):
 
         text = arg("encoder_hidden_states")
         state.text_len = None if text is None else text.shape[1]
-        if state.perturbation.needs_grid:
-            state.grid = _grid_from_ids(arg("img_ids"), arg("hidden_states").shape[1])
+        state.ref_len, state.grid = 0, None
+        if needs_target_layout(state):
+            image_len = arg("hidden_states").shape[1]
+            target_len, state.grid = _target_from_ids(arg("img_ids"), image_len)
+            state.ref_len = image_len - target_len
 
     def layout_summary(self, model: Any, height: int | None = None, width: int | None = None) -> list[str]:
         height, width = height or 1024, width or 1024
@@ -150,17 +158,28 @@ class FluxAdapter(ModelAdapter):
         ]
 
 
-def _grid_from_ids(img_ids: torch.Tensor | None, image_len: int) -> tuple[int, int] | None:
-    """(rows, cols) of the image tokens from FLUX's img_ids [N, 3] = (0, row, col).
+def _target_from_ids(img_ids: torch.Tensor | None, image_len: int) -> tuple[int, tuple[int, int] | None]:
+    """(target image tokens, their (rows, cols)) from FLUX's img_ids [N, 3] = (index, row, col).
 
-    Read on every forward that needs it (perturbations with `needs_grid`, i.e. `blur` with finite sigma), on
-    the host: one small copy of the ids per transformer forward, never per attention call. Not cached: a
-    cache keyed on the ids tensor (its memory address) handed a later call of another size the previous
-    grid, transposed, when memory was reused or the ids buffer refilled in place (issue #12).
+    The target image's tokens come first with index 0; FLUX Kontext (and Kontext inpaint) append the reference
+    image's tokens with index 1 (`cat([latents, image_latents], 1)`); the pipeline steps on the first
+    `latents.size(1)` tokens. Read on the host once per forward that needs the layout
+    (`needs_target_layout`: scope image / pag_mask, blur), never per attention call. Not cached: a cache keyed
+    on the ids tensor (its memory address) handed a later call of another size the previous grid, transposed,
+    when memory was reused or the ids buffer refilled in place (issue #12). Converted to float64 before numpy
+    (numpy has no bfloat16, and FLUX is usually loaded in bf16: issue 24). The grid is None when the target's
+    ids are not one rows x cols grid (then finite blur refuses, naming it).
     """
     if img_ids is None:
-        return None
-    ids = img_ids.reshape(-1, img_ids.shape[-1])[-image_len:].detach().to("cpu").numpy()
-    rows = int(ids[:, 1].max() - ids[:, 1].min()) + 1
-    cols = int(ids[:, 2].max() - ids[:, 2].min()) + 1
-    return (rows, cols) if rows * cols == image_len else None
+        return image_len, None
+    ids = img_ids.reshape(-1, img_ids.shape[-1])[-image_len:].detach().to(device="cpu", dtype=torch.float64).numpy()
+    index = ids[:, 0]
+    other = index != index[0]
+    target_len = int(other.argmax()) if other.any() else len(index)
+    if (index[target_len:] == index[0]).any():
+        raise ModelError(f"FLUX img_ids put target-image tokens (index {index[0]:g}) after reference-image tokens; "
+                         "headhunter expects the target's tokens first, as FluxKontextPipeline orders them")
+    target = ids[:target_len]
+    rows = int(target[:, 1].max() - target[:, 1].min()) + 1
+    cols = int(target[:, 2].max() - target[:, 2].min()) + 1
+    return target_len, ((rows, cols) if rows * cols == target_len else None)

@@ -12,6 +12,10 @@ single-stream blocks that are not told it, the one the transformer's forward pre
 same argument (a shape). The image grid (only when the perturbation needs it: `blur` with finite sigma)
 is read from `img_ids` (T, H, W, L) once per forward: one small device-to-host copy per perturbed forward,
 never per attention call and never cached across forwards (no cache keyed on a tensor's identity).
+Reference images (`Flux2Pipeline(image=...)`, Klein with `image=`) append their tokens after the target's
+with T = 10, 20, ...: the target is the leading run of tokens with the first token's T (read from the same
+copy, only when the layout matters: scope image / pag_mask, blur); scope `image` and blur act on the
+target only, and the guidance term is computed on the target tokens the pipeline steps on.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import torch
 
 from headhunter.contracts.adapter import ModelAdapter, TokenLayout
-from headhunter.engine.attention import EngineState, PerturbingProcessor
+from headhunter.engine.attention import EngineState, PerturbingProcessor, needs_target_layout
 from headhunter.errors import ModelError
 from headhunter.plugin_system.registry import model_of
 from headhunter.format.sites import Site
@@ -78,8 +82,9 @@ class Flux2PerturbingProcessor(_BackendPassThrough):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         text_len = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
-        layout = TokenLayout(text_len=text_len, image_len=query.shape[1] - text_len, text_first=True,
-                             grid=self.state.grid)
+        ref_len = self.state.ref_len
+        layout = TokenLayout(text_len=text_len, image_len=query.shape[1] - text_len - ref_len, text_first=True,
+                             grid=self.state.grid, ref_len=ref_len)
         out = self.attend(entry, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout,
                           self._dispatch(query, key, value, attention_mask))
         hidden_states = out.transpose(1, 2).flatten(2, 3)
@@ -129,8 +134,9 @@ class Flux2SinglePerturbingProcessor(_BackendPassThrough):
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        layout = TokenLayout(text_len=text_len, image_len=query.shape[1] - text_len, text_first=True,
-                             grid=self.state.grid)
+        ref_len = self.state.ref_len
+        layout = TokenLayout(text_len=text_len, image_len=query.shape[1] - text_len - ref_len, text_first=True,
+                             grid=self.state.grid, ref_len=ref_len)
         out = self.attend(entry, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout,
                           self._dispatch(query, key, value, attention_mask))
         hidden_states = out.transpose(1, 2).flatten(2, 3)
@@ -146,6 +152,7 @@ class Flux2Adapter(ModelAdapter):
 
     name = "flux2"
     architecture = "flux2"
+    trailing_references = True
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -185,9 +192,11 @@ class Flux2Adapter(ModelAdapter):
 
         text = arg("encoder_hidden_states")
         state.text_len = None if text is None else text.shape[1]
-        state.grid = None
-        if state.perturbation.needs_grid:
-            state.grid = grid_from_ids(arg("img_ids"), arg("hidden_states").shape[1])
+        state.ref_len, state.grid = 0, None
+        if needs_target_layout(state):
+            image_len = arg("hidden_states").shape[1]
+            target_len, state.grid = target_from_ids(arg("img_ids"), image_len)
+            state.ref_len = image_len - target_len
 
     def layout_summary(self, model: Any, height: int | None = None, width: int | None = None) -> list[str]:
         height, width = height or 1024, width or 1024
@@ -202,17 +211,24 @@ class Flux2Adapter(ModelAdapter):
         ]
 
 
-def grid_from_ids(img_ids: torch.Tensor | None, image_len: int) -> tuple[int, int] | None:
-    """(rows, cols) of the generated image's tokens from FLUX.2's `img_ids` [(B,) N, 4] = (T, H, W, L).
+def target_from_ids(img_ids: torch.Tensor | None, image_len: int) -> tuple[int, tuple[int, int] | None]:
+    """(target image tokens, their (rows, cols)) from FLUX.2's `img_ids` [(B,) N, 4] = (T, H, W, L).
 
-    One device-to-host copy of the ids of the first sample. None when the ids do not describe one
-    rows x cols grid covering all `image_len` image tokens (e.g. an edit's reference-image tokens, T > 0).
-    """
+    One device-to-host copy (float64: numpy has no bfloat16) of the first sample's ids. The target's tokens
+    come first (T = 0); reference images follow with T = 10, 20, ... The grid is None when the target's ids are
+    not one rows x cols grid."""
     if img_ids is None:
-        return None
+        return image_len, None
     ids = (img_ids[0] if img_ids.ndim == 3 else img_ids).detach().to(device="cpu", dtype=torch.float64).numpy()
-    if ids.shape[0] != image_len or image_len == 0 or ids[:, 0].min() != ids[:, 0].max():
-        return None
-    rows = int(ids[:, 1].max() - ids[:, 1].min()) + 1
-    cols = int(ids[:, 2].max() - ids[:, 2].min()) + 1
-    return (rows, cols) if rows * cols == image_len else None
+    if ids.shape[0] != image_len or image_len == 0:
+        raise ModelError(f"FLUX.2 img_ids hold {ids.shape[0]} positions for {image_len} image tokens")
+    t = ids[:, 0]
+    other = t != t[0]
+    target_len = int(other.argmax()) if other.any() else len(t)
+    if (t[target_len:] == t[0]).any():
+        raise ModelError(f"FLUX.2 img_ids put target-image tokens (T={t[0]:g}) after reference-image tokens; "
+                         "headhunter expects the target's tokens first, as Flux2Pipeline orders them")
+    target = ids[:target_len]
+    rows = int(target[:, 1].max() - target[:, 1].min()) + 1
+    cols = int(target[:, 2].max() - target[:, 2].min()) + 1
+    return target_len, ((rows, cols) if rows * cols == target_len else None)

@@ -8,8 +8,11 @@ the attention call routed through the engine's `attend`.
 
 Layout, decided per call: text length = `encoder_hidden_states.shape[1]`, image tokens = `hidden_states.
 shape[1]`; the grid comes from the transformer's `img_shapes` argument (host integers (frames, rows,
-cols) per image, read by the forward pre-hook; no device read). An edit pipeline's reference images
-append their tokens: the grid then does not cover every image token and finite-sigma `blur` refuses.
+cols) per image, read by the forward pre-hook; no device read). Edit pipelines (QwenImageEditPipeline,
+QwenImageEditPlusPipeline) append their reference images' tokens after the target's and list them after
+the target in `img_shapes`: the layout then has `ref_len` reference tokens, scope `image` and blur act on
+the target's tokens only (blur on the target's grid), and the guidance term is computed on the target
+tokens the pipeline steps on (`noise_pred[:, :latents.size(1)]`; `trailing_references`).
 
 A text mask (`encoder_hidden_states_mask`) in which every token is valid is the same as no mask, and
 is accepted: diffusers' modular Qwen-Image loop always passes one. Deciding that needs the mask's
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 
 from headhunter.contracts.adapter import ModelAdapter, TokenLayout
-from headhunter.engine.attention import EngineState, PerturbingProcessor
+from headhunter.engine.attention import EngineState, PerturbingProcessor, needs_target_layout
 from headhunter.errors import ModelError
 from headhunter.plugin_system.registry import model_of
 from headhunter.format.sites import Site
@@ -90,8 +93,9 @@ class QwenImagePerturbingProcessor(PerturbingProcessor):
         joint_query = torch.cat([txt_query, img_query], dim=1)
         joint_key = torch.cat([txt_key, img_key], dim=1)
         joint_value = torch.cat([txt_value, img_value], dim=1)
-        layout = TokenLayout(text_len=seq_txt, image_len=hidden_states.shape[1], text_first=True,
-                             grid=self.state.grid)
+        ref_len = self.state.ref_len
+        layout = TokenLayout(text_len=seq_txt, image_len=hidden_states.shape[1] - ref_len, text_first=True,
+                             grid=self.state.grid, ref_len=ref_len)
         original = self.original
         out = self.attend(
             entry, joint_query.transpose(1, 2), joint_key.transpose(1, 2), joint_value.transpose(1, 2), layout,
@@ -112,10 +116,13 @@ class QwenImagePerturbingProcessor(PerturbingProcessor):
 
 
 class QwenImageAdapter(ModelAdapter):
-    """Qwen-Image (`QwenImageTransformer2DModel`: joint double-stream blocks), and pipelines built on it."""
+    """Qwen-Image (`QwenImageTransformer2DModel`: joint double-stream blocks), and pipelines built on it:
+    QwenImagePipeline, and the edit pipelines QwenImageEditPipeline / QwenImageEditPlusPipeline (reference
+    tokens after the target's; scope `image` and blur act on the target only; tests/test_edit_pipelines.py)."""
 
     name = "qwenimage"
     architecture = "qwenimage"
+    trailing_references = True
     #: QwenImageTransformerBlock's per-row inputs; it returns (encoder_hidden_states, hidden_states), the default
     #: `block_outputs` (rows computed once: docs/engine.md).
     row_inputs = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "temb", "modulate_index")
@@ -157,7 +164,11 @@ class QwenImageAdapter(ModelAdapter):
         position = state.cache["img_shapes_position"]
         if shapes is None and position is not None and position < len(args):
             shapes = args[position]
-        state.grid = grid_from_shapes(shapes)
+        state.ref_len, state.grid = 0, None
+        if needs_target_layout(state):  # host integers only, but strict: refused when they do not add up
+            image_len = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape[1]
+            target_len, state.grid = target_from_shapes(shapes, image_len)
+            state.ref_len = image_len - target_len
         mask = kwargs.get("encoder_hidden_states_mask")
         if mask is None and state.cache["mask_position"] < len(args):
             mask = args[state.cache["mask_position"]]
@@ -176,15 +187,22 @@ class QwenImageAdapter(ModelAdapter):
         ]
 
 
-def grid_from_shapes(img_shapes: Any) -> tuple[int, int] | None:
-    """(rows, cols) from the transformer's `img_shapes` (host integers, as `QwenEmbedRope` reads them: the
-    first sample's list of (frames, rows, cols)); None for several images (an edit) or several frames."""
+def target_from_shapes(img_shapes: Any, image_len: int) -> tuple[int, tuple[int, int] | None]:
+    """(target image tokens, their (rows, cols)) from the transformer's `img_shapes` (host integers, as
+    `QwenEmbedRope` reads them: the first sample's list of (frames, rows, cols), target first). An edit pipeline
+    (QwenImageEditPipeline, Edit Plus) lists its reference images after the target: their tokens follow the
+    target's and are the reference tokens. The grid is None for a target of several frames. Without
+    `img_shapes` every image token is the target's, with no grid."""
     if img_shapes is None:
-        return None
+        return image_len, None
     shapes = img_shapes[0] if isinstance(img_shapes, list) else img_shapes
     if not isinstance(shapes, list):
         shapes = [shapes]
-    if len(shapes) != 1:
-        return None
-    frames, rows, cols = (int(x) for x in shapes[0])
-    return (rows, cols) if frames == 1 else None
+    sizes = [tuple(int(x) for x in shape) for shape in shapes]
+    total = sum(f * r * c for f, r, c in sizes)
+    if total != image_len:
+        raise ModelError(f"img_shapes {sizes} describe {total} image tokens but hidden_states has {image_len}; "
+                         "cannot tell the target image's tokens from the reference images'")
+    frames, rows, cols = sizes[0]
+    return frames * rows * cols, ((rows, cols) if frames == 1 else None)
+
