@@ -188,21 +188,24 @@ def test_flux2_grid_is_read_from_each_call_not_cached_on_the_ids_tensor():
     assert torch.equal(out, fresh_out)
 
 
-def test_flux2_reference_image_tokens_have_no_grid():
-    """An edit appends reference-image tokens (T > 0): no single grid, so a finite blur is refused by name."""
+def test_flux2_reference_image_tokens_follow_the_target_and_blur_uses_the_targets_grid():
+    """An edit appends reference-image tokens (T > 0) after the target's (issue 24): the layout has them as
+    `ref_len`, the grid is the target's, and a finite blur runs (it was refused while the grid spanned both)."""
     model = tiny_flux2()
     inputs = flux2_inputs(model, 1)
-    ref_ids = inputs["img_ids"][:6].clone()
-    ref_ids[:, 0] = 10
-    inputs = {**inputs, "img_ids": torch.cat([inputs["img_ids"], ref_ids]),
+    target = inputs["img_ids"].shape[-2]
+    ref_ids = inputs["img_ids"][..., :6, :].clone()
+    ref_ids[..., 0] = 10
+    inputs = {**inputs, "img_ids": torch.cat([inputs["img_ids"], ref_ids], dim=-2),
               "hidden_states": torch.cat([inputs["hidden_states"], inputs["hidden_states"][:, :6]], dim=1)}
     adapter = REGISTRY.adapter_for(model)
     site = adapter.sites(model)[0].name
-    with install(adapter, model, "blur", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
-        with pytest.raises(ModelError, match="needs the image grid"):
+    for perturbation in ("blur", "softpag"):
+        with install(adapter, model, perturbation, "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
             forward(model, inputs)
-    with install(adapter, model, "softpag", "image") as inst, inst.strengths({site: torch.ones(1, 4)}):
-        forward(model, inputs)  # targets without a grid work
+            assert inst._state.ref_len == 6
+            grid = inst.layout["grid"]
+            assert grid is not None and grid[0] * grid[1] == target
 
 
 def test_flux2_single_stream_needs_the_text_length():
@@ -362,8 +365,9 @@ class _CopySpy(TorchDispatchMode):
 
 @pytest.mark.parametrize("num_blocks", [(1, 1), (2, 3)])
 def test_flux2_reads_img_ids_once_per_forward_not_per_attention_call(num_blocks):
-    """docs/engine.md: with a finite-sigma blur FLUX.2 copies img_ids to the host once per perturbed forward,
-    whatever the number of perturbed sites; with other perturbations not at all."""
+    """docs/engine.md: when the layout matters (scope image, blur) FLUX.2 copies img_ids to the host once per
+    perturbed forward, whatever the number of perturbed sites (grid and reference tokens); joint scope with an
+    all-rows target not at all."""
     model = tiny_flux2(num_layers=num_blocks[0], num_single_layers=num_blocks[1])
     inputs = flux2_inputs(model, 1)
     adapter = REGISTRY.adapter_for(model)
@@ -371,8 +375,9 @@ def test_flux2_reads_img_ids_once_per_forward_not_per_attention_call(num_blocks)
     with _CopySpy() as spy:
         forward(model, inputs)
     stock = spy.count
-    for name, params, extra in (("blur", {"sigma": 1.0}, 1), ("blur", {"sigma": math.inf}, 0), ("softpag", {}, 0)):
-        with install(adapter, model, REGISTRY.perturbation(name, **params), "image") as inst, inst.strengths(everywhere):
+    for name, params, scope, extra in (("blur", {"sigma": 1.0}, "image", 1), ("blur", {"sigma": math.inf}, "joint", 1),
+                                       ("softpag", {}, "image", 1), ("softpag", {}, "joint", 0)):
+        with install(adapter, model, REGISTRY.perturbation(name, **params), scope) as inst, inst.strengths(everywhere):
             with _CopySpy() as spy:
                 forward(model, inputs)
-        assert spy.count - stock == extra, (name, params)
+        assert spy.count - stock == extra, (name, params, scope)
