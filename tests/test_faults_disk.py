@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_CI = any(os.environ.get(name, "").strip() not in ("", "0", "false") for name in ("CI", "HEADHUNTER_CI"))
 
 HUNT = ["hunt", "digits", "--prompt", "3", "--prompt", "7", "--seeds", "0-3", "--steps", "2", "--rounds", "1",
-        "--candidates", "0,1", "--batch-size", "4", "--no-report"]
+        "--candidates", "0,1", "--batch-size", "4", "--allocation", "exhaustive", "--no-report"]
 #: Longer, for the read-only remount while it runs (about 90 batches).
 HUNT_LONG = [*HUNT[:7], "0-7", *HUNT[8:]]
 ATLAS = ["atlas", "build", "digits", "--prompt", "3", "--seeds", "0-7", "--steps", "2", "--heads", "L0H0,L0H1,L1H2",
