@@ -12,7 +12,8 @@ import torch
 import headhunter
 from headhunter import HeadSet, get_registry
 from headhunter.engine.fanout import BatchedLayout
-from tiny_dit_pipes import QWEN_CALL, WAN_CALL, WAN_TEXT_LEN, build_qwenimage, build_wan, with_prompt_table
+from tiny_dit_pipes import FLUX2_CALL, QWEN_CALL, WAN_CALL, WAN_TEXT_LEN, build_flux2, build_qwenimage, build_wan, \
+    with_prompt_table
 from tiny_pipes import FLUX_CALL, SD3_CALL, build_flux, build_sd3
 
 TOL = 1e-6
@@ -33,9 +34,12 @@ FAMILIES = {
                 call=dict(WAN_CALL, max_sequence_length=WAN_TEXT_LEN), one="L2H1", rows=["L1H0", "L3H1@0.5", None]),
     "qwenimage": dict(build=lambda: with_prompt_table(build_qwenimage(num_layers=4)), call=QWEN_CALL, one="L2H1",
                       rows=["L1H0", "L3H1@0.5", None]),
+    # two block kinds with different outputs (block_outputs per kind); no CFG batch (embedded guidance)
+    "flux2": dict(build=lambda: with_prompt_table(build_flux2(num_layers=2, num_single_layers=2)), call=FLUX2_CALL,
+                  one="L2H1", rows=["L1H0", "L3H1@0.5", None]),
 }
 #: Families whose CFG is a separate, stock transformer call (not a [uncond | cond] batch).
-SEPARATE_CFG = ("flux", "wan", "qwenimage")
+SEPARATE_CFG = ("flux", "wan", "qwenimage", "flux2")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def test_every_adapter_that_declares_blocks_is_covered(pipes):
     """A newly opting-in adapter must add a family here (so its exactness is tested)."""
     registry = get_registry()
     declaring = {registry.adapter_for(p).name for p in pipes.values() if registry.adapter_for(p).blocks(p)}
-    assert declaring == {"sd3", "flux", "wan", "qwenimage"}
+    assert declaring == {"sd3", "flux", "wan", "qwenimage", "flux2"}
     for name in registry.names("adapter"):
         cls = registry.get("adapter", name)
         if name not in declaring:
@@ -98,6 +102,12 @@ def one_call(pipe, family, hs, *, share, cfg, per_sample=False, batched=True, re
                       pooled_projections=torch.randn(rows, 16, generator=g),
                       img_ids=type(pipe)._prepare_latent_image_ids(1, 4, 4, "cpu", torch.float32),
                       txt_ids=torch.zeros(T, 3))
+    elif family == "flux2":  # packed latents, 4-axis ids, embedded guidance (no CFG batch)
+        rows, T = n, 7
+        inputs = dict(hidden_states=torch.randn(rows, 16, 16, generator=g), timestep=torch.full((rows,), 0.5),
+                      guidance=torch.full((rows,), 4.0), encoder_hidden_states=torch.randn(rows, T, 32, generator=g),
+                      img_ids=torch.cartesian_prod(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), torch.zeros(1)),
+                      txt_ids=torch.cartesian_prod(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.arange(float(T))))
     elif family == "wan":  # video latents [rows, C, frames, H, W]; CFG is a separate call
         rows = n
         inputs = dict(hidden_states=torch.randn(rows, 4, 3, 8, 8, generator=g), timestep=torch.full((rows,), 500.0),

@@ -47,12 +47,13 @@ def _eval(pipe: Any) -> Any:
     return pipe
 
 
-def build_flux2(seed: int = 0, num_heads: int = 2, guidance_embeds: bool = True) -> Flux2Pipeline:
-    """Flux2Pipeline: 1 double + 1 single block x `num_heads` x 16 dims; VAE with 4 latent channels (-> 16
-    packed), scale 2."""
+def build_flux2(seed: int = 0, num_heads: int = 2, guidance_embeds: bool = True, num_layers: int = 1,
+                num_single_layers: int = 1) -> Flux2Pipeline:
+    """Flux2Pipeline: 1 double + 1 single block (by default) x `num_heads` x 16 dims; VAE with 4 latent channels
+    (-> 16 packed), scale 2."""
     torch.manual_seed(seed)
     transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers, attention_head_dim=16,
         num_attention_heads=num_heads, joint_attention_dim=TEXT_DIM, timestep_guidance_channels=32,
         axes_dims_rope=(4, 4, 4, 4), guidance_embeds=guidance_embeds,
     )

@@ -95,7 +95,9 @@ class ModelAdapter(ABC):
     row_inputs: ClassVar[tuple[str, ...]] = ("hidden_states", "encoder_hidden_states", "temb")
     #: What a declared block returns, in order, as names of its inputs: a block the sequential path skips
     #: returns these inputs unchanged (diffusers' MMDiT blocks return `(encoder_hidden_states, hidden_states)`).
-    block_outputs: ClassVar[tuple[str, ...]] = ("encoder_hidden_states", "hidden_states")
+    #: A mapping {block-name prefix: tuple} instead declares it per block kind (FLUX.2: double-stream blocks
+    #: return both streams, single-stream blocks `hidden_states`); the longest matching prefix wins.
+    block_outputs: ClassVar[tuple[str, ...] | dict[str, tuple[str, ...]]] = ("encoder_hidden_states", "hidden_states")
     #: Whether the family's edit pipelines append reference-image tokens after the target's and step on the
     #: prediction sliced back to the target, `noise_pred[:, :latents.size(1)]` (FLUX Kontext, Qwen-Image Edit,
     #: FLUX.2 with `image=`): the guidance term is then sliced the same way before it is added

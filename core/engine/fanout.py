@@ -32,12 +32,13 @@ block by a list wrapper, so ControlNet composes.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from headhunter.errors import ModelError
 from headhunter.plan.strengths import StrengthMap
 
 #: diffusers hook names (prefixes) that do not depend on the batch and so compose with fan-out.
@@ -103,11 +104,13 @@ class FanOut:
     """Fan-out hooks on the declared blocks of one guided transformer (see the module docstring)."""
 
     def __init__(self, transformer: torch.nn.Module, blocks: Sequence[str], row_inputs: Sequence[str],
-                 block_outputs: Sequence[str]) -> None:
+                 block_outputs: Sequence[str] | Mapping[str, Sequence[str]]) -> None:
         self.transformer = transformer
         self.names = tuple(blocks)
         self.row_inputs = tuple(row_inputs)
-        self.block_outputs = tuple(block_outputs)
+        #: per block: what it returns, as names of its inputs (the adapter's `block_outputs`, one tuple for
+        #: every block or a mapping from block-name prefix to a tuple, for families with several block kinds)
+        self.block_outputs = [outputs_of(block_outputs, name) for name in self.names]
         self.run: Any = None  # the layout being executed; None = inert
         self.modules = [transformer.get_submodule(name) for name in self.names]
         self._created: list[bool] = []  # whether we made the block's registry (then we take it away again)
@@ -178,6 +181,18 @@ class FanOut:
         run, self.run = self.run, None
         if run is not None:
             run.current = None
+
+
+def outputs_of(block_outputs: Sequence[str] | Mapping[str, Sequence[str]], block: str) -> tuple[str, ...]:
+    """The outputs of `block` from an adapter's `block_outputs`: the tuple itself, or the entry of a mapping
+    {block-name prefix: tuple} with the longest prefix of `block` (FLUX.2: double- and single-stream blocks
+    return different things). ModelError when no prefix matches."""
+    if not isinstance(block_outputs, Mapping):
+        return tuple(block_outputs)
+    matches = [prefix for prefix in block_outputs if block.startswith(prefix)]
+    if not matches:
+        raise ModelError(f"block_outputs names no prefix of block {block!r}; prefixes: {sorted(block_outputs)}")
+    return tuple(block_outputs[max(matches, key=len)])
 
 
 def _positional_names(module: torch.nn.Module) -> tuple[str, ...]:
@@ -291,7 +306,7 @@ class _Resumer:
 
     def block(self, b: int, forward: Any, kwargs: dict[str, Any]) -> Any:
         if b < self.start:  # equal to the stock rows here: pass through, nothing computed
-            outputs = tuple(kwargs.get(name) for name in self.owner.block_outputs)
+            outputs = tuple(kwargs.get(name) for name in self.owner.block_outputs[b])
             return outputs[0] if len(outputs) == 1 else outputs
         if b == self.start:
             kwargs.update(self.recorded)
@@ -308,4 +323,4 @@ def _map_tensors(out: Any, size: int, fn: Any) -> Any:
     return out
 
 
-__all__ = ["BatchedLayout", "COMPOSING_HOOKS", "FanOut"]
+__all__ = ["BatchedLayout", "COMPOSING_HOOKS", "FanOut", "outputs_of"]

@@ -153,6 +153,13 @@ class Flux2Adapter(ModelAdapter):
     name = "flux2"
     architecture = "flux2"
     trailing_references = True
+    #: Per-row inputs of both block kinds (rows computed once, docs/engine.md): Flux2TransformerBlock(hidden_states,
+    #: encoder_hidden_states, temb_mod_img, temb_mod_txt, ...) -> (encoder_hidden_states, hidden_states);
+    #: Flux2SingleTransformerBlock(hidden_states, encoder_hidden_states=None, temb_mod, ...) -> hidden_states
+    #: ([text | image] joined). The modulations are per row ([B, k * dim]); the rotary embedding is shared.
+    row_inputs = ("hidden_states", "encoder_hidden_states", "temb_mod_img", "temb_mod_txt", "temb_mod")
+    block_outputs = {"transformer_blocks.": ("encoder_hidden_states", "hidden_states"),
+                     "single_transformer_blocks.": ("hidden_states",)}
 
     @classmethod
     def matches(cls, model: Any) -> bool:
@@ -166,6 +173,12 @@ class Flux2Adapter(ModelAdapter):
         if len(heads) != 1:
             raise ModelError(f"FLUX.2 blocks with different head counts {sorted(heads)}; expected one")
         return flux2_sites(len(t.transformer_blocks), len(t.single_transformer_blocks), heads.pop())
+
+    def blocks(self, model: Any) -> list[str]:
+        """Double-stream blocks, then single-stream blocks (the order Flux2Transformer2DModel.forward runs them)."""
+        t = self.transformer(model)
+        return ([f"transformer_blocks.{i}" for i in range(len(t.transformer_blocks))]
+                + [f"single_transformer_blocks.{i}" for i in range(len(t.single_transformer_blocks))])
 
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
         from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
