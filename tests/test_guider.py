@@ -319,12 +319,26 @@ def test_newer_families_modular_equals_apply(request, family, s):
     assert_stock_processors(pipe.transformer)
 
 
-def test_batched_is_refused_where_the_loop_passes_hidden_states_around_the_guider(wan):
-    hs = make_headset(wan, "L0H1", "w")
-    with pytest.raises(ModelError, match="passes hidden_states around the guider"):
-        run_modular_wan(wan, HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=4.0,
-                                                batched=True))
-    assert_stock_processors(wan.transformer)
+@pytest.mark.parametrize("family", ["wan", "klein"])
+def test_batched_where_the_loop_passes_hidden_states_around_the_guider(request, family):
+    """diffusers' Wan and FLUX.2 Klein loops pass the latents to the transformer themselves, one copy, while the
+    guider concatenates its own inputs (issue 24, item 5): the latents are repeated once per prediction, and the
+    one batched forward equals the guider's one-forward-per-prediction result (and so apply())."""
+    pipe = request.getfixturevalue(family)
+    run_modular = {"wan": run_modular_wan, "klein": run_modular_klein}[family]
+    hs = make_headset(pipe, "L0H1, L1H0@0.5", family)
+    make = lambda batched: HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=4.0,  # noqa: E731
+                                              batched=batched)
+    separate = run_modular(pipe, make(False))
+    counter = {"n": 0}
+    handle = pipe.transformer.register_forward_pre_hook(lambda m, a: counter.__setitem__("n", counter["n"] + 1))
+    try:
+        together = run_modular(pipe, make(True))
+    finally:
+        handle.remove()
+    assert counter["n"] == STEPS  # one forward per step: cond, uncond and perturbed rows together
+    assert (together - separate).abs().max().item() < 1e-5
+    assert_stock_processors(pipe.transformer)
 
 
 def test_qwenimage_modular_loop_runs_with_an_all_valid_mask_and_refuses_padding():

@@ -36,6 +36,7 @@ from headhunter.format.loading import PRESET_PREFIX, looks_like_repo_id
 from headhunter.plan.strengths import check_scope
 from headhunter.errors import HeadSetError, HubError, ModelError
 from headhunter.engine.guidance import guidance_delta
+from headhunter.engine.hooks import bind_arguments
 from headhunter.format.headset import HeadSet, load_headset_file
 from headhunter.plan.plan import Branch, Plan, common_setting, compile_plan, in_window, resolve_branches, resolve_perturbation
 from headhunter.plugin_system.registry import get_registry
@@ -279,6 +280,20 @@ def _exists(path: Path) -> bool:
 
 
 # ----- the guider ------------------------------------------------------------------------------------------
+#: Transformer inputs that are never per-sample, whatever their first dimension (position ids, options).
+_SHARED_INPUTS = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs", "attention_kwargs", "return_dict",
+                            "img_shapes", "rotary_emb"})
+
+
+def _repeat_rows(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], n: int, copies: int) -> dict[str, Any]:
+    """The call's keyword arguments with every per-sample tensor of `n` rows repeated `copies` times along dim 0
+    (block-major: [x | x | ...], the order the guider concatenated its batches in)."""
+    bound = bind_arguments(module, args, kwargs)
+    return {k: (v.repeat(copies, *([1] * (v.ndim - 1)))
+                if k not in _SHARED_INPUTS and isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n else v)
+            for k, v in bound.items()}
+
+
 class HeadHunterGuidance(BaseGuidance):
     """Head-level perturbation guidance (HeadHunter / SoftPAG, Ahn et al. 2025) as a diffusers guider.
 
@@ -297,7 +312,8 @@ class HeadHunterGuidance(BaseGuidance):
         guidance_scale: CFG scale s (diffusers convention); None takes the head sets' recommended `cfg` when they
             give one, else 1.0 (CFG off). `guidance_rescale`, `use_original_formulation`: as diffusers' CFG guider.
         batched: False (diffusers' contract) asks the loop for one forward per prediction; True for one forward
-            of all rows `[cond | uncond | perturbed_0 | ...]` (every guider input must then be per-sample).
+            of all rows `[cond | uncond | perturbed_0 | ...]` (every guider input must then be per-sample; latents
+            the loop passes to the transformer itself, one copy, are repeated once per prediction: Wan, FLUX.2).
         start, stop: the CFG window, same rule as the branches; enabled: as every diffusers guider.
 
     Raises HeadSetError (bad reference or setting, head sets that disagree or do not fit the model) and
@@ -559,11 +575,18 @@ class HeadHunterGuidance(BaseGuidance):
         return (self._conditions[batch][2],)
 
     def _set_rows(self, plan: Plan, blocks: tuple[int | None, ...]) -> Any:
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+            new_kwargs = None
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             if not isinstance(hidden, torch.Tensor):
                 raise ModelError("HeadHunterGuidance: the transformer was called without a hidden_states tensor")
             n = hidden.shape[0]
+            if self.batched and len(blocks) > 1 and n * len(blocks) == self._batched_rows:
+                # the loop passes the latents (and timestep) around the guider, one copy (diffusers' Wan, FLUX.2
+                # and FLUX loops): every prediction of the batch takes the same latents, so they are repeated
+                # once per prediction, like the guider's own inputs were concatenated
+                new_kwargs = _repeat_rows(module, args, kwargs, n, len(blocks))
+                n = self._batched_rows
             if self.batched and len(blocks) > 1 and n != self._batched_rows:
                 raise ModelError(
                     f"batched=True: the guider prepared {self._batched_rows} rows but the transformer got hidden_states "
@@ -578,6 +601,7 @@ class HeadHunterGuidance(BaseGuidance):
             strengths = plan.strengths(groups, n // len(blocks), hidden.device, hidden.dtype, segment)  # once per layout
             strengths.prepared.clear()  # one installation per forward: nothing to reuse, nothing to keep alive
             self._installation.set_strengths(strengths)
+            return None if new_kwargs is None else ((), new_kwargs)
 
         return hook
 
