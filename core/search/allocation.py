@@ -136,7 +136,8 @@ def _race(candidates: Sequence[str], fetch: Callable[[dict[str, int]], None], ge
                                              top_k=top_k, first_pairs=first, budget=budget,
                                              alpha=1.0 - level) if calibrate else None
     except racing.RacingError as err:
-        raise SearchError(str(err)) from None
+        raise SearchError(f"racing: {err}; with {total_pairs} prompt-seed pairs, give more seeds, a larger budget "
+                          "(--budget), a smaller first stage (--first-pairs) or --allocation exhaustive") from None
     vs_set = {c: Estimate(e.mean, e.low, e.high, e.n) for c, e in out.vs_set.items()}
     return RoundOutcome(out.selected, out.scores, out.pairs, vs_set, out.dropped, out.leaders, out.stability,
                         out.frequency, out.images, out.stages, out.looks, calibration)
