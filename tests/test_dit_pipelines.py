@@ -366,3 +366,66 @@ def test_hunt_on_wan_scores_videos_and_writes_its_report(tmp_path):
     assert len(scores) == 2 and scores["L0H0"] != scores["L1H1"]
     assert result.headset.metadata.architecture == "wan"
     assert {"index.md", "grid.png", "headset.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+
+
+# ----- Wan 2.2 A14B: two experts (issue 24, item 3) -----------------------------------------------------------
+def _wan22():
+    """WanPipeline with a second, differently seeded expert (`transformer_2`) and `boundary_ratio=0.9`: with
+    3 steps (shift 3), step 0 runs `transformer` (t >= 900) and steps 1-2 `transformer_2`."""
+    from diffusers import WanPipeline
+
+    first, second = build_wan(seed=0), build_wan(seed=1)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=first.vae, scheduler=first.scheduler,
+                       transformer=first.transformer, transformer_2=second.transformer, boundary_ratio=0.9)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_wan22_guides_both_experts_like_a_hooked_reference():
+    """A head set naming sites of both experts (`transformer_2.blocks.{i}.attn1` for the second) guides the
+    steps of each; equal (CFG off) to the pipeline whose two transformers return cond + w (cond - perturbed)."""
+    pipe = _wan22()
+    adapter = get_registry().adapter_for(pipe)
+    names = [s.name for s in adapter.sites(pipe)]
+    assert names == ["blocks.0.attn1", "blocks.1.attn1", "transformer_2.blocks.0.attn1", "transformer_2.blocks.1.attn1"]
+    hs = make_headset(pipe, "L0H1, L3H0@0.5")  # one site of each expert
+    pe = prompt_embeds()
+    call = dict(WAN_CALL, prompt_embeds=pe, guidance_scale=1.0, num_inference_steps=STEPS, output_type="latent")
+
+    def run():
+        with torch.no_grad():
+            return pipe(**call, generator=gen()).frames
+
+    stock = run()
+    installation = install(adapter, pipe, "softpag", "joint")
+    seen = []
+
+    def hook(module, args, kwargs, output):
+        if seen and seen[-1] == "busy":
+            return None
+        seen.append("busy")
+        with installation.strengths(batch_strengths([hs], installation.sites, repeat=kwargs["hidden_states"].shape[0])):
+            ptb = module(*args, **kwargs)[0]
+        seen[-1] = module
+        cond = output[0]
+        return (cond + 2.0 * (cond - ptb),) + tuple(output[1:])
+
+    handles = [t.register_forward_hook(hook, with_kwargs=True) for t in (pipe.transformer, pipe.transformer_2)]
+    try:
+        reference = run()
+    finally:
+        for h in handles:
+            h.remove()
+        installation.remove()
+    assert seen == [pipe.transformer, pipe.transformer_2, pipe.transformer_2]  # both experts ran
+    with headhunter.apply(pipe, hs, scale=2.0) as handle:
+        guided = run()
+    assert handle.calls["guided_steps"] == STEPS
+    assert_close(guided, reference, 1e-5)
+    assert (guided - stock).abs().max().item() > 1e-3
+    # each expert's own site is what guides its steps: a head set on the second expert only changes steps 1-2
+    only_second = make_headset(pipe, "L3H0")
+    with headhunter.apply(pipe, only_second, scale=2.0) as handle:
+        second = run()
+    assert handle.calls["guided_steps"] == STEPS and (second - stock).abs().max().item() > 1e-4
+    assert torch.equal(run(), stock)  # removed: bit-identical

@@ -120,6 +120,20 @@ class ModelAdapter(ABC):
             return unwrap(model)
         raise ModelError(f"{type(model).__name__} is neither a transformer nor a pipeline with a .transformer")
 
+    def experts(self, model: Any) -> dict[str, nn.Module]:
+        """Every transformer a pipeline of this family runs, by site-name prefix: `{"": transformer}` by default.
+        A pipeline with several experts (Wan 2.2 A14B: `transformer` for high noise, `transformer_2` for low)
+        names the second one's sites with a prefix (`"transformer_2."`); guidance hooks every expert."""
+        return {"": self.transformer(model)}
+
+    def site_module(self, model: Any, name: str) -> nn.Module:
+        """The attention module of site `name`: inside the expert whose prefix it carries (`experts`)."""
+        experts = self.experts(model)
+        for prefix in sorted(experts, key=len, reverse=True):
+            if prefix and name.startswith(prefix):
+                return experts[prefix].get_submodule(name[len(prefix):])
+        return experts[""].get_submodule(name)
+
     @abstractmethod
     def sites(self, model: Any) -> list[Site]:
         """The model's attention sites in paper order (the position is the paper's layer index)."""

@@ -229,7 +229,7 @@ class Installation:
         adapter.prepare(self._state, self.transformer)
         processors = {}
         for site in self.sites:
-            module = self.transformer.get_submodule(site.name)
+            module = adapter.site_module(model, site.name)
             if isinstance(module.processor, PerturbingProcessor):
                 raise ModelError(
                     f"headhunter processors are already installed on {site.name}; remove() the other "
@@ -239,7 +239,8 @@ class Installation:
         for name, (module, processor) in processors.items():
             self._originals[name] = module.processor
             _set_processor(module, processor)
-        self._hook = self.transformer.register_forward_pre_hook(self._observe, with_kwargs=True)
+        self._hooks = [expert.register_forward_pre_hook(self._observe, with_kwargs=True)
+                       for expert in adapter.experts(model).values()]
         self._removed = False
 
     # ----- strengths ----------------------------------------------------------------------------------------
@@ -333,8 +334,9 @@ class Installation:
         if self._removed:
             return
         for name, original in self._originals.items():
-            _set_processor(self.transformer.get_submodule(name), original)
-        self._hook.remove()
+            _set_processor(self.adapter.site_module(self.model, name), original)
+        for hook in self._hooks:
+            hook.remove()
         self._state.active = {}
         self._removed = True
 

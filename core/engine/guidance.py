@@ -168,11 +168,17 @@ class GuidanceHandle:
         self._stable = False
         self._warned_window = False
         self._hooks: TransformerHooks | None = None
+        #: hooks on the pipeline's other experts (Wan 2.2 A14B's transformer_2), each guided the same way
+        self._expert_hooks: list[TransformerHooks] = []
         self.installation = install(adapter, pipe, plan.perturbation, plan.scope)
         self.sites = list(self.installation.sites)
         try:
             self._hooks = TransformerHooks(self.transformer, self._before, self._after, owner=self,
                                            on_reset=self._end_of_call)
+            for expert in adapter.experts(pipe).values():
+                if unwrap(expert) is not self.transformer:
+                    self._expert_hooks.append(TransformerHooks(unwrap(expert), self._before, self._after, owner=self,
+                                                               on_reset=self._end_of_call))
             self._no_fanout = _no_fanout_reason(pipe.transformer, self.transformer, plan)
             #: a compiled transformer gets a schedule's strengths in the same tensors at every step (in place)
             self._stable = plan.scheduled and _is_compiled(pipe.transformer, self.transformer)
@@ -198,6 +204,8 @@ class GuidanceHandle:
         if self._hooks is not None:
             self._hooks.remove()
             self._hooks = None
+        while self._expert_hooks:
+            self._expert_hooks.pop().remove()
         self._disarm()
         self._call = None
         self._step_marker = None
@@ -230,7 +238,7 @@ class GuidanceHandle:
         self.installation.set_strengths(None)  # a previous call that raised may have left them set
         self._call = None
         self.calls["forwards"] += 1
-        pipe = calling_pipeline(self.transformer)
+        pipe = calling_pipeline(module)
         if pipe is None:
             raise ModelError(
                 f"the transformer guided by headhunter.apply({type(self.pipeline).__name__}) was called outside a "
@@ -241,7 +249,8 @@ class GuidanceHandle:
         if not isinstance(hidden, Tensor):
             raise ModelError(f"{type(module).__name__} was called without a hidden_states tensor; cannot guide it")
         step, total, begin = schedule_position(pipe)
-        context = self._hooks.context if self._hooks is not None else None
+        hooks = next((h for h in [self._hooks, *self._expert_hooks] if h is not None and h.transformer is module), None)
+        context = hooks.context if hooks is not None else None
         name = None if context is None else context.name
         marker = (pipe.scheduler, pipe.scheduler.timesteps, getattr(pipe.scheduler, "step_index", None))
         if name == "uncond" or kwargs.get("skip_layers") is not None or (name is None and self._same_step(marker)):

@@ -43,12 +43,15 @@ _MAX_DEPTH = 64
 
 
 def holds(pipe: Any, transformer: torch.nn.Module) -> bool:
-    """Whether `pipe` is a pipeline (it has a scheduler) whose `.transformer` is `transformer` (or a
-    compiled wrapper of it)."""
-    own = pipe.__dict__.get("transformer") if hasattr(pipe, "__dict__") else None
-    if own is None or "scheduler" not in pipe.__dict__:
+    """Whether `pipe` is a pipeline (it has a scheduler) whose `.transformer` (or `.transformer_2`, Wan 2.2's
+    low-noise expert) is `transformer` (or a compiled wrapper of it)."""
+    if not hasattr(pipe, "__dict__") or "scheduler" not in pipe.__dict__:
         return False
-    return unwrap(own) is transformer
+    for name in ("transformer", "transformer_2"):
+        own = pipe.__dict__.get(name)
+        if own is not None and unwrap(own) is transformer:
+            return True
+    return False
 
 
 def calling_pipeline(transformer: torch.nn.Module) -> Any | None:

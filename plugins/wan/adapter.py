@@ -84,8 +84,14 @@ def _apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freq
     return out.type_as(hidden_states)
 
 
+#: Site-name prefix of Wan 2.2 A14B's second (low-noise) expert, `pipe.transformer_2`.
+SECOND_EXPERT = "transformer_2."
+
+
 class WanAdapter(ModelAdapter):
-    """Wan 2.1 / 2.2 (`WanTransformer3DModel`), and pipelines built on it (WanPipeline, image-to-video)."""
+    """Wan 2.1 / 2.2 (`WanTransformer3DModel`), and pipelines built on it (WanPipeline, image-to-video); with
+    Wan 2.2 A14B's two experts (`transformer_2`, `boundary_ratio`) both are guided: one head set names sites of
+    either, the second's as `transformer_2.blocks.{i}.attn1` (layers L{n}... after the first expert's n)."""
 
     name = "wan"
     architecture = "wan"
@@ -100,15 +106,33 @@ class WanAdapter(ModelAdapter):
 
         return isinstance(model_of(model), WanTransformer3DModel)
 
+    def experts(self, model: Any) -> dict[str, torch.nn.Module]:
+        """`{"": transformer}`, plus `{"transformer_2.": transformer_2}` for a Wan 2.2 A14B pipeline (high-noise
+        `transformer`, low-noise `transformer_2`, switched at `boundary_ratio`): the second expert's sites are
+        named `transformer_2.blocks.{i}.attn1` and come after the first's in paper order."""
+        experts = {"": self.transformer(model)}
+        second = getattr(model, "transformer_2", None)
+        if isinstance(second, torch.nn.Module):
+            from headhunter.plugin_system.registry import unwrap
+
+            experts[SECOND_EXPERT] = unwrap(second)
+        return experts
+
     def sites(self, model: Any) -> list[Site]:
-        blocks = self.transformer(model).blocks
-        heads = {b.attn1.heads for b in blocks}
-        if len(heads) != 1:
-            raise ModelError(f"Wan blocks with different head counts {sorted(heads)}; expected one")
-        return wan_sites(len(blocks), heads.pop())
+        sites = []
+        for prefix, expert in self.experts(model).items():
+            heads = {b.attn1.heads for b in expert.blocks}
+            if len(heads) != 1:
+                raise ModelError(f"Wan blocks with different head counts {sorted(heads)}; expected one")
+            sites += [Site(name=prefix + s.name, num_heads=s.num_heads, kind=s.kind)
+                      for s in wan_sites(len(expert.blocks), heads.pop())]
+        return sites
 
     def blocks(self, model: Any) -> list[str]:
-        """`blocks.{i}` in order (each holds one site, its self-attention `attn1`)."""
+        """`blocks.{i}` in order (each holds one site, its self-attention `attn1`). None with two experts (Wan
+        2.2 A14B): rows computed once runs on one transformer, so both experts compute every row in full."""
+        if len(self.experts(model)) > 1:
+            return []
         return [f"blocks.{i}" for i in range(len(self.transformer(model).blocks))]
 
     def make_processor(self, site: Site, module: torch.nn.Module, state: EngineState) -> PerturbingProcessor:
