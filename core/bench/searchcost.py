@@ -137,8 +137,9 @@ def multi_fidelity(variant: str, pairs: int, resolution_screen: bool = True) -> 
                                                          "tau 0.40 vs full; the pick in the full-fidelity leaders "
                                                          "in 40/40 splits (docs/search.md, multi-fidelity)"),
             resolution=resolution,
-            survivors=Factor(0.10, MEASURED_DIGITS, "top 10 % promoted: enough with steps:3 (40/40) and x0:6 "
-                                                    "(40/40) on the embedded model, not with x0:3 (0/40)"),
+            survivors=Factor(0.10, MEASURED_DIGITS, "top 10 % promoted after steps:3: pick in the full-fidelity "
+                                                    "leaders 40/40 (sharpness), 37/40 (digit-sharpness; exhaustive "
+                                                    "39/40); x0:3 needed 25 %"),
             racing=RACING_FRACTION["optimistic"])
     if variant == "pessimistic":
         return MultiFidelity(
