@@ -252,3 +252,32 @@ def test_image_scope_leaves_the_text_rows_stock(cls_name, monkeypatch):
             continue  # one query over one key (Latte's temporal attention on one frame): attention = identity
         assert untouched == _text_rows(cls_name, kwargs, site, q_len), (site.name, q_len)
     assert maxdiff(fast, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("cls_name", ["ChromaTransformer2DModel", "ZImageTransformer2DModel"])
+def test_torch_compile_matches_eager_and_new_strengths_do_not_recompile(cls_name):
+    """torch.compile (dynamo, eager backend): compiled = eager, and new strength values over the same sites and
+    heads reuse the graphs (the rebound processor code is one function per class; the call in progress is a
+    thread-local, not a ContextVar)."""
+    from torch._dynamo.testing import CompileCounter
+
+    a, _, kwargs, batch = _case(cls_name)
+    adapter = REGISTRY.adapter_for(a)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(a, backend=counter)
+    run(compiled, kwargs)  # stock warm-up: Z-Image's RoPE embedder fills a lazy cache on its first call (a guard)
+    with install(adapter, compiled, "softpag") as inst:
+        first = strengths(inst, batch, seed=0)
+        inst.set_strengths(first)
+        out = run(compiled, kwargs)
+        assert maxdiff(out, run(a, kwargs)) <= 1e-6
+        frames = counter.frame_count
+        assert frames > 0
+        second = {name: u * 0.5 for name, u in first.items()}
+        inst.set_strengths(second)
+        again = run(compiled, kwargs)
+        assert counter.frame_count == frames, "new strength values recompiled"
+        assert maxdiff(again, run(a, kwargs)) <= 1e-6
+        assert maxdiff(again, out) > 1e-7
+    torch._dynamo.reset()

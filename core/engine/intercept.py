@@ -59,8 +59,17 @@ class _Frame:
         self.proc, self.entry, self.args, self.kwargs, self.count, self.mixed = proc, entry, args, kwargs, 0, 0
 
 
-#: the perturbed processor call in progress, per thread (set by SiteProcessor, read by the interceptors)
-_CURRENT = threading.local()
+class _Current(threading.local):
+    """The perturbed processor call in progress, per thread. `__init__` runs once in every thread that uses it,
+    so the attribute is always in the thread's dict (dynamo guarded on its presence and recompiled once when a
+    first perturbed call added it)."""
+
+    def __init__(self) -> None:
+        self.frame: _Frame | None = None
+
+
+#: set by SiteProcessor, read by the interceptors
+_CURRENT = _Current()
 #: original function -> (rebound function, number of attention names it reaches); one per processor class
 _PATCHED: dict[types.FunctionType, tuple[Callable, int]] = {}
 _COUNTER = itertools.count()
