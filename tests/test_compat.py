@@ -514,9 +514,11 @@ def test_img2img_window_counts_the_full_schedule():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("feature", ["torch.compile in place", "torch.compile wrapper"])
-def test_compiled_transformer_compiles_once_per_set_of_perturbed_sites(feature, model):
-    """Strengths are tensors the graph reads: a new head set over the same sites adds no graph; a new set of
-    perturbed sites adds one, reused when that set comes back. remove() runs the stock graph again."""
+def test_compiled_transformer_compiles_one_graph_for_every_head_set(feature, model):
+    """Strengths are tensors the graph reads, and a compiled transformer gets them on every installed site
+    (zeros where nothing is perturbed, GuidanceHandle._dense): after the first guided call compiles the
+    guided graph, neither a new head set over the same sites nor a new set of perturbed sites adds a graph.
+    remove() runs the stock graph again."""
     from torch._dynamo.utils import counters
 
     build, settings, notation = MODELS[model]
@@ -539,8 +541,8 @@ def test_compiled_transformer_compiles_once_per_set_of_perturbed_sites(feature, 
     assert torch.equal(run(pipe, settings), stock)
     added = [b - a for a, b in zip(counts, counts[1:])]
     _report(f"{feature}: graphs added per apply", model, float(added[1]), 0.0)
-    # the second head set (same sites) and the first again add nothing; new perturbed sites add graphs
-    assert added[1] == 0 and added[3] == 0 and added[2] >= 1, added
+    # one graph for the guided batch layout; other heads, other sites and the first set again add nothing
+    assert added[0] >= 1 and added[1:] == [0, 0, 0], added
 
 
 @pytest.mark.slow
