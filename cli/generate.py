@@ -20,7 +20,7 @@ import click
 from headhunter.format.files import write_atomic  # the one atomic writer: temp file + fsync + rename
 from headhunter.cli import options
 from headhunter.cli.params import (
-    NON_NEGATIVE, PIXELS, POSITIVE_INT, SEED, STEPS, UNIT, Device, DType, FiniteFloat, Scope, WritableDir,
+    IMAGES, MAX_SEEDS, NON_NEGATIVE, PIXELS, SEED, STEPS, UNIT, Device, DType, FiniteFloat, Scope, WritableDir, check_image_seeds,
 )
 
 SIDECAR = "generate.json"
@@ -45,7 +45,8 @@ DTYPES = DType.NAMES
 @click.option("--scope", type=Scope(), help="Identity scope (default: the head set's).")
 @click.option("--steps", type=STEPS, help="Denoising steps (default: the pipeline's).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the first image; image i uses seed + i.")
-@click.option("--num-images", type=POSITIVE_INT, default=1, show_default=True, help="Images per prompt.")
+@click.option("--num-images", type=IMAGES, default=1, show_default=True,
+              help=f"Images per prompt (at most {MAX_SEEDS} images in all).")
 @click.option("--height", type=PIXELS, help="Image height in pixels (default: the model's).")
 @click.option("--width", type=PIXELS, help="Image width in pixels (default: the model's).")
 @click.option("--out", type=WritableDir(), default=Path("generated"), show_default=True,
@@ -63,6 +64,7 @@ def generate(model: str, headsets: tuple[str, ...], prompts: tuple[str, ...], ne
     from headhunter import load_headset
     from headhunter.format.preflight import check_before_loading
 
+    check_image_seeds(seed, num_images, len(prompts))  # the seed list is built after the model loads
     loaded = [load_headset(source) for source in headsets]
     check_before_loading(model, prompts=prompts, headsets=loaded)  # prompts and head-set fit, before torch loads
     import torch

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-#: Most seeds one option may expand to ('0-99' is 100); bounds memory and run time of a typo like 0-10**12.
+#: Most seeds one option may expand to ('0-99' is 100), and most images one `generate` makes (image i has seed
+#: `--seed + i`): bounds memory and run time of a typo like 0-10**12 or `--num-images 10**12`.
 MAX_SEEDS = 100_000
 #: Seeds are what torch.Generator.manual_seed takes without wrapping: [0, 2**63 - 1].
 MAX_SEED = 2**63 - 1
@@ -141,6 +142,22 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def check_image_seeds(seed: int, images: int, prompts: int = 1) -> None:
+    """`generate`'s seeds: `prompts * images` images in all, image i with seed `seed + i`. At most MAX_SEEDS
+    images, and the last seed at most 2**63 - 1 (what torch.Generator takes); click.BadParameter (a usage
+    error naming the option and the allowed range) otherwise."""
+    total = prompts * images
+    if total > MAX_SEEDS:
+        raise click.BadParameter(
+            f"{images} images for each of {prompts} prompts is {total} images; allowed: at most {MAX_SEEDS} in all",
+            param_hint="'--num-images'")
+    if seed + total - 1 > MAX_SEED:
+        raise click.BadParameter(
+            f"{seed} with {total} image(s) needs seeds up to {seed + total - 1} (image i uses seed + i); allowed: "
+            f"[0, {MAX_SEED - total + 1}] for {total} image(s), so that every seed is at most 2**63 - 1",
+            param_hint="'--seed'")
+
+
 class Device(click.ParamType):
     """A torch device that exists here: cpu, cuda, cuda:N (N < the GPU count), mps."""
 
@@ -246,6 +263,7 @@ FRACTION = FiniteFloat(0.0, 1.0, min_open=True)
 NON_NEGATIVE = FiniteFloat(min=0.0)
 STRENGTH = FiniteFloat(0.0, 1.0, min_open=True)
 POSITIVE_INT = BoundedInt(min=1)
+IMAGES = BoundedInt(1, MAX_SEEDS)
 STEPS = BoundedInt(1, 10_000)
 SEED = BoundedInt(0, MAX_SEED)
 PIXELS = BoundedInt(8, 16_384)

@@ -72,6 +72,14 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["generate", "--headset", good, "--prompt", "1", "--steps", "0"], 2, "out of range; allowed: [1, 10000]"),
         (["generate", "--headset", good, "--prompt", "1", "--seed", "-1"], 2, "out of range"),
         (["generate", "--headset", good, "--prompt", "1", "--num-images", "0"], 2, "out of range"),
+        # a huge count is refused when parsed (it used to build the seed list after the model loaded)
+        (["generate", "--headset", good, "--prompt", "1", "--num-images", "10" * 10], 2,
+         "'10101010101010101010' is out of range; allowed: [1, 100000]"),
+        (["generate", "--headset", good, "--prompt", "1", "--prompt", "2", "--num-images", "60000"], 2,
+         "60000 images for each of 2 prompts is 120000 images; allowed: at most 100000 in all"),
+        # image i uses seed + i: the last seed must still be one torch.Generator takes
+        (["generate", "--headset", good, "--prompt", "1", "--num-images", "2", "--seed", str(2**63 - 1)], 2,
+         "needs seeds up to 9223372036854775808 (image i uses seed + i); allowed: [0, 9223372036854775806]"),
         (["generate", "--headset", good, "--prompt", "1", "--width", "1e9"], 2, "is not an integer"),
         (["generate", "--headset", good, "--prompt", "1", "--device", "banana"], 2, "'banana' is not a torch device"),
         (["generate", "--headset", good, "--prompt", "1", "--device", "cuda:x"], 2, "not a torch device"),

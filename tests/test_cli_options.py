@@ -109,3 +109,20 @@ def test_every_verbs_help_renders_with_the_same_vocabulary():
         out = runner.invoke(CLI, [*path, "--help"])
         assert out.exit_code == 0, (path, out.output)
         assert "FLOAT RANGE" not in out.output and "INTEGER RANGE" not in out.output, path
+
+
+def test_generate_counts_share_the_seed_bound_and_the_last_seed_fits_torch():
+    from headhunter.cli.params import MAX_SEED, MAX_SEEDS, check_image_seeds, parse_seeds
+
+    generate = CLI.commands["generate"]
+    num_images = next(p for p in generate.params if p.name == "num_images")
+    assert isinstance(num_images.type, BoundedInt) and num_images.type.max == MAX_SEEDS  # one bound with --seeds
+    with pytest.raises(ValueError, match=f"more than {MAX_SEEDS} seeds"):
+        parse_seeds(f"0-{MAX_SEEDS}")
+    check_image_seeds(MAX_SEED, 1)  # the edges are allowed
+    check_image_seeds(MAX_SEED - 9, 5, prompts=2)
+    check_image_seeds(0, MAX_SEEDS // 4, prompts=4)
+    with pytest.raises(click.BadParameter, match=r"allowed: \[0, 9223372036854775798\] for 10 image"):
+        check_image_seeds(MAX_SEED - 8, 5, prompts=2)
+    with pytest.raises(click.BadParameter, match="at most 100000 in all"):
+        check_image_seeds(0, MAX_SEEDS // 4 + 1, prompts=4)
