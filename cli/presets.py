@@ -18,20 +18,52 @@ def presets(model: str | None, origin: str | None, as_json: bool) -> None:
     `load_headset("preset:NAME")`, or `preset:NAME@1` for full strength (presets store SoftPAG u = 0.5)."""
     from headhunter.format.presets import list_presets
 
+    if model is not None:
+        check_model(model)
     entries = list_presets(model=model, origin=origin)
     if as_json:
         click.echo(json.dumps([p.model_dump() for p in entries], indent=2, ensure_ascii=False))
         return
     if not entries:
         if model and not list_presets(model=model):
-            known = sorted({p.model for p in list_presets()} | {p.architecture for p in list_presets()})
-            click.echo(f"no presets for model {model!r}; models and families with presets: {', '.join(known)}")
+            click.echo(f"no presets for model {model!r} yet; models and families with presets: {', '.join(with_presets())}")
         else:
             click.echo("no presets match" if (model or origin) else "no presets shipped yet")
         return
     for line in table(entries, width=min(MAX_WIDTH, max(60, shutil.get_terminal_size((MAX_WIDTH, 24)).columns))):
         click.echo(line)
     click.echo("use one as preset:NAME (preset:NAME@1: every u = 1); sources, full effects: presets --json")
+
+
+def with_presets() -> list[str]:
+    """The base models (Hub ids) and families that have at least one shipped preset, sorted."""
+    from headhunter.format.presets import list_presets
+
+    entries = list_presets()
+    return sorted({p.model for p in entries} | {p.architecture for p in entries})
+
+
+def check_model(model: str) -> None:
+    """`--model` must name a model or family headhunter knows: one with presets, a registered base model
+    (`headhunter.plugin_system` tables) or model family (adapter). A known model without presets is an empty
+    answer (exit 0, like `search` finding nothing); a name nothing knows is a mistake: ModelError (exit 1)
+    naming the models and families with presets (and a close spelling, if there is one)."""
+    import difflib
+
+    from headhunter.errors import ModelError
+    from headhunter.format.text import safe_line
+    from headhunter.plugin_system.registry import get_registry
+
+    registry = get_registry()
+    known = set(with_presets()) | set(registry.names("base_model")) | set(registry.names("model")) \
+        | set(registry.names("adapter"))
+    if model in known:
+        return
+    lowered = {name.lower(): name for name in known}
+    close = difflib.get_close_matches(model.lower(), list(lowered), n=1, cutoff=0.6)
+    hint = f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+    raise ModelError(f"unknown model '{safe_line(model)[:200]}'{hint}; models and families with presets: "
+                     f"{', '.join(with_presets())} (`headhunter presets` lists them all)")
 
 
 #: The table fits this many columns (narrower terminals get a narrower table).

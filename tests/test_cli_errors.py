@@ -59,6 +59,10 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["show", str(root / "utf16.json")], 1, "not UTF-8"),
         (["plugins", "--kind", "banana"], 2, "'banana' is not one of"),
         (["presets", "--origin", "x"], 2, "is not one of"),
+        (["presets", "--model", "nope"], 1, "unknown model 'nope'; models and families with presets: "
+         "black-forest-labs/FLUX.1-dev, digits, flux, sd3"),
+        (["presets", "--model", "SD3", "--json"], 1, "unknown model 'SD3' (did you mean 'sd3'?)"),
+        (["presets", "--model", "\x1b]0;title\x07x"], 1, "unknown model '\\x1b]0;title\\x07x'"),
         (["inspect", str(root / "corrupt")], 1, "config.json: its content is not JSON"),
         (["inspect", str(root / "badclass")], 1, "num_layers=-3 layers/blocks is out of range; allowed: [0, 512]"),
         (["inspect", str(root / "badvalue")], 1, "cannot build SD3Transformer2DModel from its config"),

@@ -52,8 +52,14 @@ def test_presets_by_the_one_name_and_an_unknown_name_lists_the_known_ones():
     runner = CliRunner()
     out = runner.invoke(make_cli(), ["presets", "--model", "digits"], env={"COLUMNS": "100"})
     assert out.exit_code == 0 and "digits-uncond-greedy" in out.output
-    out = runner.invoke(make_cli(), ["presets", "--model", "DigitsPipeline"])
-    assert out.exit_code == 0 and "no presets for model 'DigitsPipeline'" in out.output and "digits" in out.output
+    out = runner.invoke(make_cli(), ["presets", "--model", "DigitsPipeline"])  # a name nothing knows: an error
+    assert out.exit_code == 1 and out.output.startswith("Error: unknown model 'DigitsPipeline' (did you mean 'digits'?)")
+    assert "models and families with presets: " in out.output and "digits" in out.output
+    # a model headhunter knows that has no presets yet is an empty answer, as `search` finding nothing
+    out = runner.invoke(make_cli(), ["presets", "--model", "stabilityai/stable-diffusion-3.5-medium"])
+    assert out.exit_code == 0 and "no presets for model 'stabilityai/stable-diffusion-3.5-medium' yet" in out.output
+    out = runner.invoke(make_cli(), ["presets", "--model", "digits", "--origin", "paper"])
+    assert out.exit_code == 0 and out.output.strip() == "no presets match"
 
 
 def test_presets_table_fits_100_columns():
