@@ -270,5 +270,60 @@ def test_unknown_source_error_lists_the_forms():
 
 
 def test_metadata_input_is_strict():
-    with pytest.raises(Exception, match="extra"):
+    with pytest.raises(HeadSetError, match=r"^bad head-set metadata: colour='blue': not a setting; allowed: .*name"):
         small([(0, 0)], colour="blue")
+
+
+# ----- immutability and the errors of the Python API (a newcomer's trial) ------------------------------------
+def test_a_head_set_cannot_be_changed_in_place_and_the_error_names_the_way():
+    import copy
+    import pickle
+
+    hs = small([(0, 1)], name="a")
+    with pytest.raises(AttributeError, match=r"HeadSet is immutable: cannot set 'scale'; .*apply\(pipe, hs, scale=\.\.\.\)"):
+        hs.scale = 3  # used to set a stray attribute that nothing read
+    with pytest.raises(AttributeError, match=r"cannot set 'name'; hs.with_metadata\(name=\.\.\.\)"):
+        hs.name = "b"
+    with pytest.raises(AttributeError, match=r"cannot set '_maps'; hs.with_metadata\(field=\.\.\.\).*hs.scaled\(u\)"):
+        hs._maps = ()
+    with pytest.raises(AttributeError, match="cannot delete 'name'"):
+        del hs.name
+    assert not hasattr(hs, "scale") and hs.name == "a"
+    # the metadata is frozen too: an assignment would bypass validation and the text sanitizer
+    with pytest.raises(Exception, match="frozen"):
+        hs.metadata.guidance.scale = -1
+    with pytest.raises(Exception, match="frozen"):
+        hs.metadata.name = "\x1b[31mred"
+    assert hs.metadata.guidance.scale == 3.0
+    # copies and pickles still work (they do not assign attributes one by one)
+    assert copy.copy(hs) == hs and copy.deepcopy(hs) == hs and pickle.loads(pickle.dumps(hs)) == hs
+    # the intended ways give changed copies
+    changed = hs.with_metadata(guidance=hs.metadata.guidance.model_copy(update={"scale": 5.0}), name="b")
+    assert changed.metadata.guidance.scale == 5.0 and changed.name == "b" and hs.name == "a"
+
+
+@pytest.mark.parametrize("updates, fragment", [
+    ({"guidance": {"scale": -1}}, "guidance.scale=-1: Input should be greater than or equal to 0; allowed: [0, inf)"),
+    ({"origin": "x"}, "origin='x': not one of the choices; allowed: 'paper', 'search', 'manual', 'atlas'"),
+    ({"colour": "blue"}, "colour='blue': not a setting; allowed: format_version, name, description"),
+    ({"guidance": {"scope": "all"}}, "guidance.scope='all': not one of the choices; allowed: 'joint', 'image', 'pag_mask'"),
+])
+def test_bad_metadata_is_a_headset_error_naming_the_field_and_what_is_allowed(updates, fragment):
+    hs = small([(0, 1)])
+    for build in (lambda: hs.with_metadata(**updates), lambda: small([(0, 1)], **updates),
+                  lambda: hs.merge(hs, **updates), lambda: HeadSet.from_schedule([((0, 1), hs)], **updates)):
+        with pytest.raises(HeadSetError) as err:  # not pydantic's ValidationError
+            build()
+        assert str(err.value).startswith("bad head-set metadata: ") and fragment in str(err.value), str(err.value)
+    with pytest.raises(HeadSetError, match="metadata must be a HeadSetMetadata, got dict"):
+        HeadSet({}, {"name": "x"})
+
+
+@pytest.mark.parametrize("notation", ["", "   ", " , ;", [], ()])
+def test_an_empty_notation_is_an_error_saying_what_notation_looks_like(notation):
+    with pytest.raises(HeadSetError, match=r"names no head; write heads as 'L0H1, L2H7@0.5' \(layer L, head H"):
+        HeadSet.from_notation(notation, base_model="digits")
+    with pytest.raises(HeadSetError, match="must be a notation string like 'L0H1, L2H7@0.5'"):
+        HeadSet.from_notation(5, base_model="digits")
+    empty = HeadSet.from_heads([], base_model="digits")  # a head set with no heads is still buildable, explicitly
+    assert len(empty) == 0 and empty.notation() == ""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import numpy as np
+from pydantic import ValidationError
 
 import headhunter.format.headset_io as io
 import headhunter.format.hub as hub
@@ -28,7 +29,8 @@ from headhunter._version import __version__
 from headhunter.errors import HeadSetError
 from headhunter.format.schedule import (FULL, Interval, bounds_of, check_interval, format_interval, interval_index,
                                         intervals_of, parse_item, refine, runs, split_items)
-from headhunter.format.schema import CONSTANT_FORMAT_VERSION, FORMAT_VERSION, HeadSetMetadata, format_major
+from headhunter.format.schema import (CONSTANT_FORMAT_VERSION, FORMAT_VERSION, GuidanceSettings, HeadSetMetadata,
+                                      describe_validation, format_major)
 from headhunter.format.sites import Site, format_notation
 from headhunter.format.text import safe_line
 from headhunter.plugin_system.registry import get_registry
@@ -70,7 +72,8 @@ class HeadSet:
     """Heads to perturb, with their strengths, and metadata (model, perturbation, guidance, provenance).
 
     Build with `HeadSet.from_heads`, `HeadSet.from_notation`, `HeadSet.from_schedule` or
-    `headhunter.load_headset`. Immutable: `merge`, `scaled` and `restricted` return new head sets.
+    `headhunter.load_headset`. Immutable: setting or deleting any attribute raises AttributeError (naming
+    the way to a changed copy); `with_metadata`, `merge`, `scaled` and `restricted` return new head sets.
 
     `HeadSet(strengths, metadata)`: `strengths` is `{site: {head: u}}`. With `intervals=[(0, a), (a, b), ...,
     (c, 1)]` (contiguous, covering sigma in [0, 1]) it is a list of such maps, one per interval: a scheduled
@@ -92,9 +95,20 @@ class HeadSet:
                 raise HeadSetError(f"a schedule of {len(bounds) - 1} intervals needs one strength map per interval, "
                                    f"got {have}")
             maps = list(strengths)
+        if not isinstance(metadata, HeadSetMetadata):
+            raise HeadSetError(f"metadata must be a HeadSetMetadata, got {type(metadata).__name__}; build a head set "
+                               "with HeadSet.from_heads(...) / from_notation(...), which take metadata fields as keywords")
         checked = [_validated_strengths(m, metadata.sites) for m in maps]
-        self._bounds, self._maps = _canonical(bounds, checked)
-        self._meta = _versioned(metadata, self._bounds)
+        bounds, maps = _canonical(bounds, checked)
+        object.__setattr__(self, "_bounds", bounds)  # the only assignments: a head set is immutable
+        object.__setattr__(self, "_maps", maps)
+        object.__setattr__(self, "_meta", _versioned(metadata, bounds))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(_immutable(name, "set"))
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(_immutable(name, "delete"))
 
     # ----- construction -------------------------------------------------------------------
     @classmethod
@@ -132,9 +146,7 @@ class HeadSet:
                         raise HeadSetError(f"duplicate head {head} at {name} "
                                            f"({format_notation(names.index(name), head)}){where}")
                     per_site[head] = value
-        meta = HeadSetMetadata(
-            architecture=architecture, base_model=base_model, sites=list(site_list), **metadata
-        )
+        meta = _metadata(dict(metadata, architecture=architecture, base_model=base_model, sites=list(site_list)))
         if len(maps) == 1:
             return cls(maps[0], meta)
         return cls(maps, meta, intervals=intervals_of(bounds))
@@ -150,8 +162,16 @@ class HeadSet:
         **metadata: Any,
     ) -> HeadSet:
         """Build from paper notation: `"L12H3, L0H4@0.5"` or `["L12H3", "L0H4@0.5"]`; an interval of the noise
-        level sigma after the head makes a schedule: `"L3H2@[0,0.4), L3H2@0.5@[0.4,1]"` (docs/format.md)."""
+        level sigma after the head makes a schedule: `"L3H2@[0,0.4), L3H2@0.5@[0.4,1]"` (docs/format.md).
+        HeadSetError for a notation that names no head (`""`, `" , "`, `[]`): the grammar has at least one item
+        (a head set with no heads, which guides nothing, is `HeadSet.from_heads([], ...)`)."""
+        if not isinstance(heads, (str, list, tuple)):
+            raise HeadSetError(f"heads must be a notation string like {NOTATION_EXAMPLE!r} or a list of such items, "
+                               f"got {type(heads).__name__}")
         items = split_items(heads) if isinstance(heads, str) else list(heads)
+        if not items:
+            raise HeadSetError(f"notation {safe_line(str(heads))[:80]!r} names no head; write heads as "
+                               f"{NOTATION_EXAMPLE!r} (layer L, head H, both 0-based; @strength optional, default 1)")
         specs: list[HeadSpec] = []
         for item in items:
             if not isinstance(item, str):
@@ -187,13 +207,12 @@ class HeadSet:
         for a, b in intervals_of(bounds):
             owner = [hs for (lo, hi), hs in items if lo <= a and b <= hi and hs is not None]
             maps.append(owner[0]._maps[0] if owner else {})
-        meta = first._meta.model_copy(update=metadata) if metadata else first._meta
-        return cls(maps, _revalidated(meta), intervals=intervals_of(bounds))
+        return cls(maps, _metadata({**first._meta.model_dump(), **metadata}), intervals=intervals_of(bounds))
 
     # ----- reading --------------------------------------------------------------------------
     @property
     def metadata(self) -> HeadSetMetadata:
-        """The head set's metadata (a pydantic model; treat as read-only)."""
+        """The head set's metadata (a frozen pydantic model: change it with `with_metadata`)."""
         return self._meta
 
     @property
@@ -373,8 +392,7 @@ class HeadSet:
                 for head, value in heads.items():
                     target[head] = _combine(target.get(head), value, rule)
             maps.append(merged)
-        meta = self._meta.model_copy(update=metadata) if metadata else self._meta
-        return self._remade(bounds, maps, _revalidated(meta))
+        return self._remade(bounds, maps, _metadata({**self._meta.model_dump(), **metadata}))
 
     def union(self, other: HeadSet) -> HeadSet:
         """`merge` with the default rule (max)."""
@@ -391,11 +409,14 @@ class HeadSet:
         return self._remade(self._bounds, maps)
 
     def with_metadata(self, **updates: Any) -> HeadSet:
-        """The same heads (and schedule) with some metadata fields replaced (validated)."""
+        """The same heads (and schedule) with some metadata fields replaced, validated: a field given replaces
+        the whole field (`guidance={"scale": 3}` resets cfg, start, stop, scope to their defaults; keep them with
+        `guidance=hs.metadata.guidance.model_copy(update={"scale": 3})`). HeadSetError naming each bad field,
+        its value and what is allowed (an unknown field lists the fields)."""
         data = self._meta.model_dump()
         data.update(updates)
         data["format_version"], data["intervals"] = CONSTANT_FORMAT_VERSION, None  # set again from the schedule
-        return self._remade(self._bounds, self._maps, HeadSetMetadata.model_validate(data))
+        return self._remade(self._bounds, self._maps, _metadata(data))
 
     def validate_against(self, sites: Sequence[Site], architecture: str | None = None, base_model: str | None = None) -> None:
         """Check this head set fits a model with these sites; raise HeadSetError naming the first mismatch.
@@ -721,8 +742,34 @@ def _combine(old: float | None, new: float, rule: str) -> float:
     return min(1.0, old + new)
 
 
-def _revalidated(meta: HeadSetMetadata) -> HeadSetMetadata:
-    return HeadSetMetadata.model_validate(meta.model_dump())
+def _metadata(data: dict[str, Any]) -> HeadSetMetadata:
+    """Metadata fields given by a caller, validated once: HeadSetError (not pydantic's ValidationError) naming
+    each bad field, its value and what is allowed (`headhunter.format.schema.validated`)."""
+    try:
+        return HeadSetMetadata(**data)
+    except ValidationError as exc:
+        raise HeadSetError(f"bad head-set metadata: {describe_validation(exc, HeadSetMetadata)}") from None
+
+
+#: What paper notation looks like, for messages.
+NOTATION_EXAMPLE = "L0H1, L2H7@0.5"
+_GUIDANCE_FIELDS = tuple(GuidanceSettings.model_fields)
+
+
+def _immutable(name: str, action: str) -> str:
+    """The message for setting or deleting an attribute of a HeadSet: which attribute, and the way to a
+    changed copy."""
+    field = safe_line(str(name))[:80]
+    if field in _GUIDANCE_FIELDS:
+        how = (f"for one use pass it to apply: headhunter.apply(pipe, hs, {field}=...); to store it, "
+               f"hs.with_metadata(guidance=hs.metadata.guidance.model_copy(update={{{field!r}: ...}}))")
+    elif field in HeadSetMetadata.model_fields:
+        how = f"hs.with_metadata({field}=...) returns a copy with that metadata field replaced"
+    else:
+        how = ("hs.with_metadata(field=...) replaces metadata fields "
+               f"({', '.join(f for f in HeadSetMetadata.model_fields if f not in ('format_version', 'intervals'))}); "
+               "hs.scaled(u), hs.merge(other), hs.restricted(lo, hi) change the heads")
+    return f"HeadSet is immutable: cannot {action} {field!r}; {how}"
 
 
 __all__ = ["CONSTANT_FORMAT_VERSION", "FORMAT_VERSION", "Head", "HeadSet", "HeadSpec", "INTERVAL_KEY_SEP",

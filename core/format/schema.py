@@ -34,7 +34,7 @@ SCOPES: tuple[str, ...] = ("joint", "image", "pag_mask")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 class _SafeText(_Strict):
