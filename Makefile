@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	HF_HUB_OFFLINE=1 $(BIN)/headhunter hunt --out runs/demo
+	HF_HUB_OFFLINE=1 $(BIN)/headhunter hunt --calibrate --out runs/demo
 
 test: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

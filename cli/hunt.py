@@ -99,12 +99,20 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
                    + (f"not separable from {len(others)} other candidate(s)" if others else "separated"))
     if result.evaluation is not None:
         from headhunter.report.report import dominance, verdict
+        from headhunter.search.verdicts import verdicts
 
         click.echo(verdict(result.evaluation, "found head set", "no guidance").replace("**", ""))
-        layers = [d for d in dominance(result.evaluation) if d["setting"].startswith("layer ")]
-        click.echo("whole layers that dominate the found set (better objective and yardstick): "
-                   + (", ".join(f"{d['setting']} ({'beyond noise' if d['beyond_noise'] else 'within noise'})" for d in layers)
-                      if layers else "none"))
+        paired_layers = [v for v in verdicts(result.evaluation)["vs_layers"] if "dominance" in v]
+        if paired_layers:  # both axes judged with paired intervals (headhunter.search.verdicts)
+            over = [v["rival"] for v in paired_layers if v["dominance"].endswith("dominates the found set")]
+            under = [v["rival"] for v in paired_layers if v["dominance"].startswith("the found set dominates")]
+            click.echo("whole layers that dominate the found set (paired intervals, objective and yardstick): "
+                       + (", ".join(over) or "none") + "; the found set dominates: " + (", ".join(under) or "none"))
+        else:
+            layers = [d for d in dominance(result.evaluation) if d["setting"].startswith("layer ")]
+            click.echo("whole layers that dominate the found set (better objective and yardstick): "
+                       + (", ".join(f"{d['setting']} ({'beyond noise' if d['beyond_noise'] else 'within noise'})" for d in layers)
+                          if layers else "none"))
     click.echo(f"head set: {Path(out_dir) / 'headset.safetensors'}")
     if not no_report:
         click.echo(f"report: {Path(out_dir) / 'index.md'}")

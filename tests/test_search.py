@@ -361,3 +361,16 @@ def test_cli_hunt_with_its_report_prints_the_summary(tmp_path, monkeypatch):
     assert "fresh seeds, found head set:" in out.output and "found head set" in out.output
     assert "internal error" not in out.output and "report:" in out.output
     assert (tmp_path / "run" / "index.md").is_file()
+    # no set metric with per-sample features on the tiny model: the point-estimate fallback (test_verdicts has the paired one)
+    assert "whole layers that dominate the found set (better objective and yardstick):" in out.output
+    # with paired verdicts (a yardstick with features, as FD-digits on the shipped model) the line reads them
+    fake = {"vs_layers": [{"rival": "layer L0", "dominance": "layer L0 dominates the found set"},
+                          {"rival": "layer L1", "dominance": "the found set dominates layer L1"},
+                          {"rival": "layer L2", "dominance": "neither dominates: objective not distinguishable, x"}]}
+    monkeypatch.setattr("headhunter.search.verdicts.verdicts", lambda evaluation: fake)
+    again = CliRunner().invoke(make_cli(), [
+        "hunt", "--objective", "digit-confidence", "--prompt", "3", "--seeds", "0-1", "--eval-seeds", "100-103",
+        "--rounds", "1", "--steps", "2", "--allocation", "exhaustive", "--out", str(tmp_path / "run")])
+    assert again.exit_code == 0, again.output
+    assert ("whole layers that dominate the found set (paired intervals, objective and yardstick): layer L0; "
+            "the found set dominates: layer L1") in again.output

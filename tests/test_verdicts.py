@@ -86,5 +86,15 @@ def test_dominance_needs_both_paired_intervals():
     layer = verdicts(ev)["vs_layers"][0]
     # equal objective (not distinguishable) -> neither dominates, whatever the yardstick says
     assert layer["dominance"].startswith("neither dominates") and layer["yardstick_difference"]["high"] < 0
+    # each axis is named: the objective is a tie, the yardstick favours the found set
+    assert layer["dominance"] == f"neither dominates: objective not distinguishable, {metric} better for the found set"
+    from headhunter.report.report import _pareto_section
+    from headhunter.search.stats import Estimate
+
+    for r in ev.settings.values():  # the report's yardstick is the metric every setting shows
+        r.metrics[metric] = Estimate(0.0, 0.0, 0.0, 128)
+    text = "\n".join(_pareto_section(ev, None))  # the report judges layers with the same paired intervals
+    assert "paired 95 % intervals of both differences" in text and f"- layer L0: {layer['dominance']}" in text
+    assert "point estimates" not in text
     ev.settings["layer L0"].scores = (np.asarray(ev.settings["layer L0"].scores) - 0.3).tolist()
     assert verdicts(ev)["vs_layers"][0]["dominance"] == "the found set dominates layer L0"

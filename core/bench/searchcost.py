@@ -73,7 +73,7 @@ RECIPES: dict[str, Recipe] = {
                           resolution="1024²"),
     "flux-style": Recipe("paper FLUX.1-dev style", heads=1368, pairs=5, steps=15, rounds=5, top_k=3,
                          resolution="512²"),
-    "digits-demo": Recipe("digits demo (hunt --out runs/demo)", heads=48, pairs=64, steps=12, rounds=2, top_k=1,
+    "digits-demo": Recipe("digits demo (hunt --out runs/demo)", heads=48, pairs=64, steps=12, rounds=1, top_k=2,
                           resolution="16²", resolution_screen=False),
 }
 

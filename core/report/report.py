@@ -428,6 +428,15 @@ def _pareto_section(evaluation: Evaluation, pareto: Path | None) -> list[str]:
         return []
     name, lower = stick
     lines = ["", f"## Does any whole layer dominate the found set? (objective vs {name}, fresh seeds)", ""]
+    paired_layers = [v for v in verdicts(evaluation)["vs_layers"] if "dominance" in v]
+    if paired_layers:  # the yardstick has per-sample features: both axes judged with paired intervals
+        lines.append(f"Judged with paired 95 % intervals of both differences (objective and {name}, the same fresh "
+                     "pairs): a layer dominates only when both say so.")
+        lines.append("")
+        lines += [f"- {v['rival']}: {v['dominance']}" for v in paired_layers]
+        if pareto is not None:
+            lines += ["", f"![objective vs {name}]({pareto.name})"]
+        return lines
     rivals = dominance(evaluation)
     layers = [d for d in rivals if d["setting"].startswith("layer ")]
     if not layers:

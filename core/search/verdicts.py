@@ -129,13 +129,23 @@ def verdicts(evaluation: Any, found: str = "found head set") -> dict[str, Any]:
             elif c.outcome == "is worse than" and worse:
                 word = f"{name} dominates the found set"
             else:
-                word = "neither dominates: not distinguishable on both axes at once"
+                word = "neither dominates: " + _axes(c.outcome, better, worse, name, metric)
             entry.update(yardstick=metric, yardstick_difference=asdict(d), dominance=word)
             entry["sentence"] += (f"; {metric} difference {d.mean:+.4g} [{d.low:+.4g}, {d.high:+.4g}] "
                                   f"(paired bootstrap); {word}")
         layers.append(entry)
     out["vs_layers"] = layers
     return out
+
+
+def _axes(outcome: str, better: bool, worse: bool, name: str, metric: str) -> str:
+    """What each axis says when neither side dominates, e.g. "objective not distinguishable, FD-digits better
+    for layer L2" (the found set is the other side)."""
+    obj = {"beats": "objective better for the found set", "is worse than": f"objective better for {name}"}.get(
+        outcome, "objective not distinguishable")
+    stick = (f"{metric} better for the found set" if better else f"{metric} better for {name}" if worse
+             else f"{metric} not distinguishable")
+    return f"{obj}, {stick}"
 
 
 def _yardstick(evaluation: Any, found: str) -> tuple[str, bool, Any] | None:
