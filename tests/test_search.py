@@ -138,20 +138,32 @@ KILL_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_search import tiny_digits_pipe, Brightness, SETTINGS
     from headhunter.workflow.hunt import hunt
-    r = hunt(tiny_digits_pipe(), Brightness(), rounds=2, out_dir={out!r}, report=False, batch_size=2, **SETTINGS)
-    print("RESULT", r.headset.notation(), repr([sorted(x.scores.items()) for x in r.rounds]))
+    settings = {{**SETTINGS, **{extra}}}
+    r = hunt(tiny_digits_pipe(), Brightness(), rounds=2, out_dir={out!r}, report=False, batch_size=2, **settings)
+    print("RESULT", r.headset.notation(), repr([sorted(x.scores.items()) for x in r.rounds]),
+          repr([(sorted(x.pairs.items()), sorted(x.dropped.items()), x.images) for x in r.rounds]),
+          repr([None if x.calibration is None else (x.calibration.p_value, sorted(x.calibration.real.items()),
+                [v.tolist() for _, v in sorted(x.calibration.null_stats.items())]) for x in r.rounds]))
     """
 )
 
 
+#: exhaustive (Algorithm 1), and the calibrated racing rule with its null replay (issue 23): stages, drops and
+#: the calibration's Monte Carlo draws must all come back identical after a kill -9
+KILL_CASES = {"exhaustive": {}, "racing+calibrate": dict(allocation="racing", budget=0.5, first_pairs=4,
+                                                         calibrate=True, seeds=list(range(8)))}
+
+
 @pytest.mark.slow
-def test_kill_minus_9_then_resume_gives_the_same_result(tmp_path):
+@pytest.mark.parametrize("case", list(KILL_CASES))
+def test_kill_minus_9_then_resume_gives_the_same_result(tmp_path, case):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    straight = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path / "straight"))],
+    script = lambda out: KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out), extra=repr(KILL_CASES[case]))  # noqa: E731
+    straight = subprocess.run([sys.executable, "-c", script(tmp_path / "straight")],
                               capture_output=True, text=True, env=env, timeout=300)
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))],
+    proc = subprocess.Popen([sys.executable, "-c", script(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     state = out / "state.json"
     deadline = time.time() + 120
@@ -163,7 +175,7 @@ def test_kill_minus_9_then_resume_gives_the_same_result(tmp_path):
     proc.wait()
     done_before = sum(len(v) for v in json.loads(state.read_text())["done_batches"].values())
     assert done_before >= 5
-    resumed = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out))],
+    resumed = subprocess.run([sys.executable, "-c", script(out)],
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     last = lambda text: next(l for l in text.splitlines() if l.startswith("RESULT"))  # noqa: E731
