@@ -50,7 +50,7 @@ def test_dense_vectors_have_site_shapes():
 @pytest.mark.parametrize(
     "heads, message",
     [
-        ([(0, 4)], "head 4 out of range for blocks.0.attn (4 heads)"),
+        ([(0, 4)], "head L0H4 does not exist in this model: layer 0 (blocks.0.attn) has 4 heads (H0-H3); allowed: L0, H0-H3;"),
         ([(0, -1)], "head -1 out of range"),
         ([(3, 0)], "layer 3 out of range"),
         ([("blocks.9.attn", 0)], "unknown site 'blocks.9.attn'"),
@@ -327,3 +327,30 @@ def test_an_empty_notation_is_an_error_saying_what_notation_looks_like(notation)
         HeadSet.from_notation(5, base_model="digits")
     empty = HeadSet.from_heads([], base_model="digits")  # a head set with no heads is still buildable, explicitly
     assert len(empty) == 0 and empty.notation() == ""
+
+
+def test_a_head_outside_the_model_names_the_allowed_range():
+    from headhunter.atlases.atlas import select_heads
+    from headhunter.errors import SearchError
+    from headhunter.format.sites import head_range
+    from headhunter.plugin_system.registry import get_registry
+    from headhunter.search.search import candidate_pool
+
+    digits = list(get_registry().known_model("digits").sites)  # 6 layers x 8 heads, nothing loaded
+    assert head_range(digits) == "L0-L5, H0-H7"
+    assert head_range(SITES) == "L0, H0-H3; L1, H0-H4; L2, H0-H5"
+    assert head_range([*digits[:2], Site(name="x.attn2", num_heads=2, kind="image")]) == "L0-L1, H0-H7; L2, H0-H1"
+    allowed = "allowed: L0-L5, H0-H7"
+    with pytest.raises(SearchError, match=rf"^candidate L0H99 does not exist in this model: layer 0 \(transformer_blocks.0.attn\) has 8 heads \(H0-H7\); {allowed}$"):
+        candidate_pool(digits, ["L0H99"])
+    with pytest.raises(SearchError, match=rf"^candidate L9H0 does not exist in this model: it has 6 layers; {allowed}$"):
+        candidate_pool(digits, ["L9H0"])
+    with pytest.raises(SearchError, match=r"candidate layer 9 out of range; layers are 0..5 \(heads: L0-L5, H0-H7\)"):
+        candidate_pool(digits, ["9"])
+    with pytest.raises(SearchError, match=rf"^head L0H99 does not exist in this model: .*{allowed}$"):
+        select_heads(digits, ["L0H99"])
+    with pytest.raises(HeadSetError, match=rf"^head L0H99 does not exist in this model: .*{allowed}$"):
+        HeadSet.from_notation("L0H99", base_model="digits")
+    with pytest.raises(HeadSetError, match=r"layer 7 out of range; this model has layers 0..5 \(heads: L0-L5, H0-H7\)"):
+        HeadSet.from_notation("L7H1", base_model="digits")
+    assert candidate_pool(digits, ["L5H7"]) == ["L5H7"]

@@ -38,7 +38,7 @@ from headhunter.errors import HeadSetError, SearchError
 from headhunter.format.headset import HeadSet
 from headhunter.format.schedule import bounds_of, format_interval
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed, validated
-from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.format.sites import Site, format_notation, head_range, missing_head, parse_notation
 from headhunter.atlases.effects import NONE, Effect, Group, IntervalDifference, Measure, analyse
 from headhunter.atlases.measures import Measurer
 from headhunter.search.checkpoint import FIX, STATE_NAME, Checkpoint
@@ -415,13 +415,14 @@ def select_heads(sites: Sequence[Site], heads: Sequence[str | int] | None) -> li
         if text.isdigit() or text in names or re.fullmatch(r"L\d+", text):
             layer = names.index(text) if text in names else int(text.lstrip("L"))
             if not 0 <= layer < len(sites):
-                raise SearchError(f"layer {layer} out of range; this model has layers 0..{len(sites) - 1}")
+                raise SearchError(f"layer {layer} out of range; this model has layers 0..{len(sites) - 1} "
+                                  f"(heads: {head_range(sites)})")
             out += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
         else:
             layer, head, _ = parse_notation(text)
-            if layer >= len(sites) or head >= sites[layer].num_heads:
-                raise SearchError(f"head {item} does not exist in this model ({len(sites)} layers of "
-                                  f"{sites[min(layer, len(sites) - 1)].num_heads} heads)")
+            missing = missing_head(sites, layer, head)
+            if missing is not None:
+                raise SearchError(f"head {missing}")
             out.append(format_notation(layer, head))
     return list(dict.fromkeys(out))
 

@@ -31,7 +31,7 @@ from headhunter.format.schedule import (FULL, Interval, bounds_of, check_interva
                                         intervals_of, parse_item, refine, runs, split_items)
 from headhunter.format.schema import (CONSTANT_FORMAT_VERSION, FORMAT_VERSION, GuidanceSettings, HeadSetMetadata,
                                       describe_validation, format_major)
-from headhunter.format.sites import Site, format_notation
+from headhunter.format.sites import Site, format_notation, head_range, missing_head
 from headhunter.format.text import safe_line
 from headhunter.plugin_system.registry import get_registry
 from headhunter.format.files import parse_json
@@ -134,7 +134,12 @@ class HeadSet:
         entries: list[tuple[str, int, float, Interval]] = []
         for spec in heads:
             site_ref, head, value, interval = _unpack(spec, strength)
-            entries.append((_site_name(site_ref, names), head, value, interval))
+            name = _site_name(site_ref, names, site_list)
+            if isinstance(head, int) and not isinstance(head, bool) and head >= 0:  # negatives: below
+                missing = missing_head(site_list, names.index(name), head)
+                if missing is not None:
+                    raise HeadSetError(f"head {missing}")
+            entries.append((name, head, value, interval))
         bounds = refine(FULL, *(interval for *_, interval in entries))
         maps: list[StrengthDict] = [{} for _ in range(len(bounds) - 1)]
         for name, head, value, (lo, hi) in entries:
@@ -667,12 +672,13 @@ def _versioned(meta: HeadSetMetadata, bounds: tuple[float, ...]) -> HeadSetMetad
     return meta.model_copy(update={"format_version": version, "intervals": intervals})
 
 
-def _site_name(ref: str | int, names: list[str]) -> str:
+def _site_name(ref: str | int, names: list[str], sites: Sequence[Site]) -> str:
     if isinstance(ref, bool) or not isinstance(ref, (str, int)):
         raise HeadSetError(f"site {ref!r} must be a site name or a layer index")
     if isinstance(ref, int):
         if not 0 <= ref < len(names):
-            raise HeadSetError(f"layer {ref} out of range; this model has layers 0..{len(names) - 1}")
+            raise HeadSetError(f"layer {ref} out of range; this model has layers 0..{len(names) - 1} "
+                               f"(heads: {head_range(sites)})")
         return names[ref]
     if ref not in names:
         raise HeadSetError(f"unknown site {ref!r}; sites look like {', '.join(names[:3])} ({len(names)} in all)")

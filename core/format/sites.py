@@ -10,6 +10,7 @@ written without loading any weights; core keeps only the notion of a site and th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -65,6 +66,39 @@ def format_notation(layer: int, head: int, strength: float | None = None) -> str
     if strength is None or strength == 1.0:
         return f"L{layer}H{head}"
     return f"L{layer}H{head}@{strength:g}"
+
+
+def head_range(sites: Sequence[Site]) -> str:
+    """The heads a model has, in paper notation: `L0-L5, H0-H7` (6 layers of 8 heads); runs of layers with
+    different head counts are listed one by one: `L0-L12, H0-H23; L13-L20, H0-H11`."""
+    if not sites:
+        return "no heads (the model has no attention sites)"
+    runs: list[list[int]] = []  # [first layer, last layer, heads]
+    for layer, site in enumerate(sites):
+        if runs and runs[-1][2] == site.num_heads:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer, site.num_heads])
+
+    def span(first: int, last: int, prefix: str) -> str:
+        return f"{prefix}{first}" if first == last else f"{prefix}{first}-{prefix}{last}"
+
+    return "; ".join(f"{span(a, b, 'L')}, {span(0, n - 1, 'H')}" for a, b, n in runs)
+
+
+def missing_head(sites: Sequence[Site], layer: int, head: int) -> str | None:
+    """None when head `head` of paper layer `layer` exists in a model with these sites, else why not, with
+    the allowed range: `L0H99 does not exist in this model: layer 0 (transformer_blocks.0.attn) has 8 heads
+    (H0-H7); allowed: L0-L5, H0-H7`. (A negative head is the caller's to refuse.)"""
+    name = format_notation(layer, head)
+    if not 0 <= layer < len(sites):
+        return f"{name} does not exist in this model: it has {len(sites)} layers; allowed: {head_range(sites)}"
+    if not 0 <= head < sites[layer].num_heads:
+        count = sites[layer].num_heads
+        return (f"{name} does not exist in this model: layer {layer} ({sites[layer].name}) has {count} heads "
+                f"(H0-H{count - 1}); "
+                f"allowed: {head_range(sites)}")
+    return None
 
 
 class KnownModel(NamedTuple):

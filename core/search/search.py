@@ -34,7 +34,7 @@ from headhunter.plugin_system.registry import get_registry, model_name
 from headhunter.search.allocation import REFERENCE, run_round
 from headhunter.search.fidelity import MultiFidelityOutcome, X0Readout, parse_fidelity, run_multi_fidelity
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
-from headhunter.format.sites import Site, format_notation, parse_notation
+from headhunter.format.sites import Site, format_notation, head_range, missing_head, parse_notation
 from headhunter.search.stats import Estimate, objective_value, paired_difference
 from headhunter.search.verdicts import random_headsets
 from headhunter.engine.models import load_model
@@ -256,15 +256,17 @@ def candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) ->
         if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
             layer = int(item)
             if not 0 <= layer < len(sites):
-                raise SearchError(f"candidate layer {layer} out of range; layers are 0..{len(sites) - 1}")
+                raise SearchError(f"candidate layer {layer} out of range; layers are 0..{len(sites) - 1} "
+                                  f"(heads: {head_range(sites)})")
             pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
         elif item in names:
             layer = names.index(item)
             pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
         else:
             layer, head, _ = parse_notation(item)
-            if layer >= len(sites) or head >= sites[layer].num_heads:
-                raise SearchError(f"candidate {item} does not exist in this model ({len(sites)} layers)")
+            missing = missing_head(sites, layer, head)
+            if missing is not None:
+                raise SearchError(f"candidate {missing}")
             pool.append(format_notation(layer, head))
     return list(dict.fromkeys(pool))
 
