@@ -95,10 +95,16 @@ def resolve_model(model: str, revision: str | None = None, cache_dir: str | None
         except (OSError, ValueError) as err:
             raise ModelError(f"registered model {model!r} could not be loaded: {err}") from None
     path = Path(model)
+    if path.exists() and not path.is_dir():
+        raise ModelError(_not_a_folder(path, registry.names("model")))
     if path.exists():
         return _from_configs(lambda name: _local_json(path, name), f"local folder {path}",
-                             f"{path}: neither model_index.json nor a diffusers config.json with _class_name")
+                             f"{path} is not a diffusers model folder: it holds neither model_index.json (a pipeline) "
+                             f"nor a config.json with _class_name (a transformer); {_accepts(registry.names('model'))}")
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:  # meant as a path
+        raise ModelError(f"model folder {model} does not exist; {_accepts(registry.names('model'))}")
     if looks_like_repo_id(model):
+        _check_repo_id(model, registry.names("model"))
         return _from_configs(lambda name: _cached_json(model, name, revision, cache_dir), "local Hugging Face cache",
                              _missing_from_cache(model))
     raise ModelError(_not_found(model, registry.names("model")))
@@ -168,16 +174,42 @@ def looks_like_repo_id(text: str) -> bool:
     return len(parts) == 2 and all(parts)
 
 
+def _check_repo_id(model: str, registered: list[str]) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise ModelError(f"model {model!r} is not a valid Hub repo id (letters, digits, '-', '_', '.'; at most 96 "
+                         f"characters); {_accepts(registered)}") from None
+
+
+def _accepts(registered: list[str]) -> str:
+    """What `inspect` takes, for its messages."""
+    return (f"inspect takes a registered model ({', '.join(registered) or 'none'}), a local diffusers folder (a "
+            "pipeline with model_index.json, or a transformer with config.json) or a Hub repo id 'org/name' already "
+            "in the local cache")
+
+
 def _not_found(model: str, registered: list[str]) -> str:
-    return (
-        f"model {model!r} not found: not a registered model ({', '.join(registered) or 'none'}), not a local folder, "
-        "and not a Hub repo id 'org/name'"
-    )
+    return f"model {model!r} not found: no such file or folder, and not a Hub repo id 'org/name'; {_accepts(registered)}"
+
+
+def _not_a_folder(path: Path, registered: list[str]) -> str:
+    """The message for an existing path that is not a folder: what inspect takes, and what the file may be."""
+    if path.name in ("config.json", "model_index.json"):
+        hint = f" (give the folder holding it: {path.parent})"
+    elif path.suffix in (".safetensors", ".json"):
+        hint = f" (a head-set file? `headhunter show {path}` prints one)"
+    else:
+        hint = ""
+    return f"{path} is a file, not a model{hint}; {_accepts(registered)}"
 
 
 def _missing_from_cache(model: str) -> str:
     return (
         f"model {model!r} is not in the local Hugging Face cache (inspect reads offline, configs only). Fetch its "
-        f"configs first: `huggingface-cli download {model} model_index.json transformer/config.json "
+        f"configs first: `hf download {model} model_index.json transformer/config.json "
         "vae/config.json`, or pass a local folder"
     )

@@ -238,7 +238,7 @@ def test_inspect_local_folders_and_errors(tmp_path):
     result = runner.invoke(cli, ["inspect", "nobody/nothing", "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code != 0
     assert "'nobody/nothing' is not in the local Hugging Face cache" in result.output
-    assert "huggingface-cli download" in result.output
+    assert "`hf download " in result.output
 
 
 def test_inspect_a_cached_hub_model(tmp_path):

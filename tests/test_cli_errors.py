@@ -68,6 +68,16 @@ def _cases(root: Path) -> list[tuple[list[str], int, str]]:
         (["inspect", str(root / "badvalue")], 1, "cannot build SD3Transformer2DModel from its config"),
         (["inspect", "digits", "--height", "0"], 2, "out of range; allowed: [8, 16384]"),
         (["inspect", "nobody/nothing"], 1, "not in the local Hugging Face cache"),
+        # inspect says what it takes whatever it was given (a file, a folder that is not a model, a typo)
+        (["inspect", "a-file"], 1, "a-file is a file, not a model; inspect takes a registered model (digits), a local "
+         "diffusers folder (a pipeline with model_index.json, or a transformer with config.json) or a Hub repo id"),
+        (["inspect", good], 1, "is a file, not a model (a head-set file? `headhunter show "),
+        (["inspect", "corrupt/config.json"], 1, "(give the folder holding it: corrupt)"),
+        (["inspect", "bad-atlas"], 1, "bad-atlas is not a diffusers model folder: it holds neither model_index.json"),
+        (["inspect", "x.csv"], 1, "model 'x.csv' not found: no such file or folder, and not a Hub repo id 'org/name'; "
+         "inspect takes a registered model (digits)"),
+        (["inspect", "./nope"], 1, "model folder ./nope does not exist; inspect takes"),  # was an internal error
+        (["inspect", "a b/c"], 1, "model 'a b/c' is not a valid Hub repo id"),
         (["generate", "--prompt", "1"], 2, "Missing option '--headset'"),
         (["generate", "--headset", good, "--prompt", "1", "--scale", "nan"], 2, "'nan' is not a finite number; allowed: [0, inf)"),
         (["generate", "--headset", good, "--prompt", "1", "--cfg", "inf"], 2, "not a finite number"),
