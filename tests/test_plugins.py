@@ -136,6 +136,21 @@ def test_cli_show_prints_paper_notation_and_errors_cleanly(tmp_path):
     assert "Error: head-set file " in result.output and "does not exist" in result.output and "Traceback" not in result.output
 
 
+def test_cli_show_lines_align_and_nothing_trails(tmp_path):
+    from headhunter import HeadSet
+
+    plain = HeadSet.from_notation("L1H7", base_model="digits", name="plain", description="one\n\n  two  ")
+    blurred = plain.with_metadata(perturbation={"name": "blur", "params": {"sigma": 2.0}})
+    runner = CliRunner()
+    for headset, line in ((plain, "perturbation:  softpag"), (blurred, 'perturbation:  blur {"sigma": 2.0}')):
+        result = runner.invoke(make_cli(), ["show", str(headset.save(tmp_path / f"{headset.name}.safetensors"))])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert line in lines, lines  # labels pad to column 15; no space after a perturbation without parameters
+        assert [x for x in lines if x != x.rstrip()] == [], lines
+        assert "description:   one" in lines and "                 two" in lines and "" in lines
+
+
 def test_building_the_cli_and_registry_imports_no_heavy_module():
     """Start-up: registration and the CLI's --help need neither torch, diffusers nor transformers."""
     code = (

@@ -356,7 +356,7 @@ class HeadSet:
             "description:   " + (m.description or "-").replace("\n", "\n" + " " * 15),
             f"architecture:  {m.architecture}  base model: {m.base_model or '-'}  ({len(m.sites)} sites)",
             f"origin:        {m.origin}{'  source: ' + m.source if m.source else ''}",
-            f"perturbation:  {m.perturbation.name} {json.dumps(m.perturbation.params) if m.perturbation.params else ''}",
+            f"perturbation:  {m.perturbation.name}" + (f" {json.dumps(m.perturbation.params)}" if m.perturbation.params else ""),
             f"guidance:      scale w={g.scale:g} cfg={g.cfg if g.cfg is not None else '-'} "
             f"window=[{g.start:g}, {g.stop:g}) scope={g.scope}",
             f"format:        {m.format_version} (headhunter {m.library_version})  license: {m.license or '-'}",
@@ -374,7 +374,9 @@ class HeadSet:
             lines.append(f"schedule ({len(self._maps)} intervals of the noise level sigma, 1 = pure noise):")
             for interval, piece in self.pieces():
                 lines.append(f"  sigma in {format_interval(interval):<14} {piece.notation() or '(no heads)'}")
-        return "\n".join(lines)
+        # no line ends in spaces (a blank description line, the padding of an empty field): labels align at
+        # column 15, nothing trails
+        return "\n".join(line.rstrip() for line in "\n".join(lines).split("\n"))
 
     # ----- composition ------------------------------------------------------------------------
     def merge(self, other: HeadSet, rule: str = "max", **metadata: Any) -> HeadSet:
