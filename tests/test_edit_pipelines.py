@@ -43,13 +43,16 @@ def maxdiff(a, b) -> float:
 
 @torch.no_grad()
 def run(pipe, call, seed: int = 0):
-    return pipe(**call, num_inference_steps=STEPS, output_type="latent",
-                generator=torch.Generator().manual_seed(seed)).images
+    out = pipe(**call, num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(seed))
+    return out.frames if hasattr(out, "frames") else out.images
 
 
 @torch.no_grad()
-def hooked_reference(pipe, hs, call, perturbation="softpag", params=None, scope="joint"):
-    """The pipeline's loop with every transformer output replaced by `cond + W (cond - perturbed)` (no CFG)."""
+def hooked_reference(pipe, hs, call, perturbation="softpag", params=None, scope="joint", cfg=1.0):
+    """The pipeline's loop with every transformer output replaced by `cond + W (cond - perturbed)` (no CFG). With
+    `cfg = s > 1` (a pipeline running cond and uncond as separate calls) only the calls with the call's
+    `prompt_embeds` are replaced, by `cond + (W / s) (cond - perturbed)`, so the pipeline's own
+    `uncond + s (cond - uncond)` adds exactly `W (cond - perturbed)`."""
     from headhunter.plan.plan import resolve_perturbation
 
     pert = resolve_perturbation(perturbation, params)
@@ -60,6 +63,8 @@ def hooked_reference(pipe, hs, call, perturbation="softpag", params=None, scope=
     def hook(module, args, kwargs, output):
         if busy:
             return None
+        if cfg > 1 and not torch.equal(kwargs["encoder_hidden_states"], call["prompt_embeds"]):
+            return None  # the unconditional pass: stock
         busy.append(1)
         try:
             rows = kwargs["hidden_states"].shape[0]
@@ -68,7 +73,7 @@ def hooked_reference(pipe, hs, call, perturbation="softpag", params=None, scope=
         finally:
             busy.clear()
         cond = output[0]
-        return (cond + W * (cond - ptb),) + tuple(output[1:])
+        return (cond + (W / cfg) * (cond - ptb),) + tuple(output[1:])
 
     handle = pipe.transformer.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -201,3 +206,83 @@ def test_image_scope_and_blur_leave_text_and_reference_rows_as_they_are(name):
         assert maxdiff(guided[:, :target], stock[:, :target]) > 1e-4, kwargs
     joint, _ = site_output(pipe, site, call, hs)
     assert maxdiff(joint[:, target:], stock[:, target:]) > 1e-4  # joint scope perturbs every row
+
+
+# ----- Wan image-to-video and VACE ------------------------------------------------------------------------------
+# Wan image-to-video adds no tokens: the image's latents are concatenated on channels (Wan 2.1, with CLIP image
+# embeddings for the cross-attention) or replace the first latent frame (Wan 2.2 TI2V, per-token timesteps). VACE
+# prepends one latent frame per reference image to the latents the pipeline denoises and steps on (it drops them
+# only after the loop), so they are guided as video frames (docs/compatibility.md).
+def wan_i2v(expand_timesteps: bool = False, cfg: float = 1.0):
+    from tiny_dit_pipes import WAN_CALL, build_wan_i2v, prompt_embeds
+
+    pipe = build_wan_i2v(expand_timesteps=expand_timesteps)
+    call = {**WAN_CALL, "image": picture(32, 48), "prompt_embeds": prompt_embeds(), "guidance_scale": cfg}
+    if cfg > 1:
+        call["negative_prompt_embeds"] = prompt_embeds(seed=5)
+    return pipe, call
+
+
+def wan_vace():
+    from tiny_dit_pipes import WAN_CALL, build_wan_vace, prompt_embeds
+
+    pipe = build_wan_vace()
+    call = {**WAN_CALL, "reference_images": [picture(32, 48, 2)], "prompt_embeds": prompt_embeds(), "guidance_scale": 1.0}
+    return pipe, call
+
+
+WAN_PIPES = {"wan_i2v": wan_i2v, "wan_i2v_cfg": lambda: wan_i2v(cfg=2.0), "wan_ti2v": lambda: wan_i2v(True),
+             "wan_vace": wan_vace}
+
+
+@pytest.mark.parametrize("name", sorted(WAN_PIPES))
+@pytest.mark.parametrize("perturbation,params,scope", [("softpag", None, "joint"), ("softpag", None, "image"),
+                                                       ("blur", {"sigma": 1.0, "temporal_sigma": 1.0}, "joint")])
+def test_wan_conditioned_pipeline_is_guided_like_the_reference_loop(name, perturbation, params, scope):
+    pipe, call = WAN_PIPES[name]()
+    hs = headset(pipe, "L0H1, L1H0@0.7")
+    stock = run(pipe, call)
+    reference = hooked_reference(pipe, hs, call, perturbation, params, scope, cfg=call["guidance_scale"])
+    kwargs = {"perturbation": perturbation, "scope": scope}
+    if params is not None:
+        kwargs["perturbation_params"] = params
+    with headhunter.apply(pipe, hs, scale=W, **kwargs) as handle:
+        out = run(pipe, call)
+    assert handle.calls["guided_steps"] == STEPS
+    if name == "wan_vace":  # the reference frame is part of what the pipeline steps on: 1 + 3 latent frames
+        assert out.shape[2] == 4
+    assert maxdiff(out, stock) > 1e-3
+    assert maxdiff(out, reference) <= TOL, maxdiff(out, reference)
+    assert torch.equal(run(pipe, call), stock)  # removed: bit-identical
+
+
+def test_wan_vace_blur_grid_is_the_wan_adapters():
+    """The declared Wan VACE grid (frames x rows x cols from the latent and patch_size) is not trusted: the same
+    weights in a `WanTransformer3DModel` (the copied wan adapter, its own grid) give the same blurred forward, with
+    the VACE hints scaled by 0 (they are then added as exact zeros)."""
+    from diffusers import WanTransformer3DModel
+    from tiny_dit_pipes import build_wan_vace
+
+    from headhunter.plan.plan import resolve_perturbation
+
+    vace = build_wan_vace().transformer
+    keys = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
+            "freq_dim", "ffn_dim", "num_layers", "rope_max_seq_len", "cross_attn_norm", "qk_norm", "eps")
+    wan = WanTransformer3DModel(**{k: vace.config[k] for k in keys}).eval()
+    assert not wan.load_state_dict(vace.state_dict(), strict=False).missing_keys
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 3, 8, 12, generator=g), torch.randn(2, 6, 32, generator=g)
+    control = torch.randn(2, 12, 3, 8, 12, generator=g)
+    blur = resolve_perturbation("blur", {"sigma": 1.0, "temporal_sigma": 1.0})
+    outs = []
+    for model, extra in ((wan, {}), (vace, {"control_hidden_states": control,
+                                            "control_hidden_states_scale": torch.zeros(1)})):
+        adapter = get_registry().adapter_for(model)
+        hs = HeadSet.from_notation(NOTATION, sites=adapter.sites(model), architecture=adapter.architecture, name="t")
+        with install(adapter, model, blur, "joint") as inst, inst.strengths(inst.batch_strengths([None, hs])), \
+                torch.no_grad():
+            outs.append(model(hidden_states=x, timestep=torch.tensor([500, 500]), encoder_hidden_states=text,
+                              return_dict=False, **extra)[0])
+    assert get_registry().adapter_for(vace).name == "wan_vace" and get_registry().adapter_for(wan).name == "wan"
+    assert maxdiff(outs[0][1], outs[0][0]) > 1e-3  # blurred
+    assert maxdiff(outs[0], outs[1]) <= 1e-6

@@ -1,4 +1,5 @@
-"""Tiny, offline, random-weight pipelines for the newer DiTs: Flux2Pipeline, QwenImagePipeline, WanPipeline.
+"""Tiny, offline, random-weight pipelines for the newer DiTs: Flux2Pipeline, QwenImagePipeline, WanPipeline (and Wan
+image-to-video, VACE).
 
 Built from configs in memory (tiny transformer + tiny VAE of the pipeline's own class), put in eval() mode.
 The heavy text encoders (FLUX.2's Mistral-3, Qwen-Image's Qwen2.5-VL) are not built: the tests pass
@@ -112,6 +113,51 @@ def build_wan(seed: int = 0, num_heads: int = 2, text_encoder: bool = False, num
                            scale_factor_spatial=2)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                        transformer=transformer)
+    return _eval(pipe)
+
+
+def build_wan_i2v(seed: int = 0, expand_timesteps: bool = False) -> Any:
+    """WanImageToVideoPipeline on the tiny Wan VAE. Wan 2.1 layout (default): the transformer takes the noise
+    latents concatenated on channels with the first-frame mask (2 channels: the VAE's temporal scale) and the
+    image's latents (4 + 2 + 4 = 10 in), and image embeddings from a tiny CLIP vision encoder (hidden size 16,
+    made in memory; `attn2` then has the added K/V projections). `expand_timesteps=True`: the Wan 2.2 TI2V
+    layout, the first latent frame replaced by the image's and a per-token timestep, no image encoder."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    base = build_wan(seed)
+    torch.manual_seed(seed)
+    extra: dict[str, Any] = {}
+    if not expand_timesteps:
+        extra = {"image_encoder": CLIPVisionModel(CLIPVisionConfig(
+                     hidden_size=16, image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32)),
+                 "image_processor": CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                          crop_size={"height": 32, "width": 32})}
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4 if expand_timesteps else 10,
+        out_channels=4, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+        image_dim=None if expand_timesteps else 16, added_kv_proj_dim=None if expand_timesteps else 24,
+    )
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=base.vae, scheduler=base.scheduler,
+                                   transformer=transformer, expand_timesteps=expand_timesteps, **extra)
+    return _eval(pipe)
+
+
+def build_wan_vace(seed: int = 0) -> Any:
+    """WanVACEPipeline: the tiny Wan VAE and a `WanVACETransformer3DModel` of 2 blocks x 2 heads x 12 dims with one
+    VACE block (control channels 2 x 4 latent + 4 mask = 12: the mask is folded by the VAE's spatial scale 2)."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    base = build_wan(seed)
+    torch.manual_seed(seed)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32, vace_layers=[0],
+        vace_in_channels=12,
+    )
+    pipe = WanVACEPipeline(tokenizer=None, text_encoder=None, vae=base.vae, scheduler=base.scheduler,
+                           transformer=transformer)
     return _eval(pipe)
 
 

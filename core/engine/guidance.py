@@ -67,7 +67,12 @@ from headhunter.plugin_system.registry import get_registry
 from headhunter.engine.fanout import FanOut
 
 #: Transformer keyword arguments that are never per-sample, whatever their first dimension.
-_NOT_BATCHED = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs", "attention_kwargs", "return_dict"})
+#: Transformer inputs that are never per-sample, whatever their first dimension: position ids, options, and
+#: per-layer values (Wan VACE's `control_hidden_states_scale` has one entry per VACE block, so with as many
+#: blocks as samples it used to be taken for a per-sample tensor and repeated). The guider shares this list.
+NOT_PER_SAMPLE = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs", "attention_kwargs", "return_dict",
+                            "img_shapes", "rotary_emb", "control_hidden_states_scale"})
+_NOT_BATCHED = NOT_PER_SAMPLE
 
 
 # ----- the math: small pure functions with the paper's names -----------------------------------------

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from headhunter.format.loading import PRESET_PREFIX, looks_like_repo_id
 from headhunter.plan.strengths import check_scope
 from headhunter.errors import HeadSetError, HubError, ModelError
-from headhunter.engine.guidance import guidance_delta
+from headhunter.engine.guidance import NOT_PER_SAMPLE, guidance_delta
 from headhunter.engine.hooks import bind_arguments
 from headhunter.format.headset import HeadSet, load_headset_file
 from headhunter.plan.plan import Branch, Plan, common_setting, compile_plan, in_window, resolve_branches, resolve_perturbation
@@ -280,9 +280,9 @@ def _exists(path: Path) -> bool:
 
 
 # ----- the guider ------------------------------------------------------------------------------------------
-#: Transformer inputs that are never per-sample, whatever their first dimension (position ids, options).
-_SHARED_INPUTS = frozenset({"txt_ids", "img_ids", "joint_attention_kwargs", "attention_kwargs", "return_dict",
-                            "img_shapes", "rotary_emb"})
+#: Transformer inputs that are never per-sample, whatever their first dimension (position ids, options, per-layer
+#: values): the engine's list.
+_SHARED_INPUTS = NOT_PER_SAMPLE
 
 
 def _repeat_rows(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], n: int, copies: int) -> dict[str, Any]:

@@ -145,10 +145,32 @@ def _mmdit(name: str, cls: str, description: str, text_first: bool = True) -> Di
                             "single-stream sites)",))
 
 
-def _video_self(name: str, cls: str, pattern: str, description: str, **site_kw) -> DiTDeclaration:
-    """Self-attention over image / video tokens only (the text comes in by cross-attention, left stock)."""
-    return _d(name, cls, [SiteDecl(pattern, "image", **site_kw)], description, layout=image_only,
-              layout_lines=("sites: self-attention over image/video tokens only; cross-attention stays stock",))
+def _video_self(name: str, cls: str, pattern: str, description: str, grid: bool = False, **site_kw) -> DiTDeclaration:
+    """Self-attention over image / video tokens only (the text comes in by cross-attention, left stock).
+    `grid=True`: the latent video [B, C, F, H, W] is patchified by the config's `patch_size` (p_t, p_h, p_w) into
+    frame-major tokens (Wan-style), so the layout also gives frames and the grid (finite-sigma blur)."""
+    extra = {"facts": _video_grid, "layout": _video_layout} if grid else {"layout": image_only}
+    return _d(name, cls, [SiteDecl(pattern, "image", **site_kw)], description,
+              layout_lines=("sites: self-attention over image/video tokens only; cross-attention stays stock",
+                            *(("grid: latent frames x rows x cols / patch_size",) if grid else ())), **extra)
+
+
+def _video_grid(bound: dict) -> dict:
+    """facts: `frames` and `grid` of a [B, C, F, H, W] latent patchified by the config's (p_t, p_h, p_w)."""
+    hs, cfg = bound.get("hidden_states"), bound.get("__config__")
+    patch = tuple(getattr(cfg, "patch_size", None) or ())
+    if hs is None or hs.ndim != 5 or len(patch) != 3:
+        return {}
+    pt, ph, pw = (int(p) for p in patch)
+    return {"frames": int(hs.shape[2]) // pt, "grid": (int(hs.shape[3]) // ph, int(hs.shape[4]) // pw)}
+
+
+def _video_layout(call: AttentionCall) -> CallLayout:
+    """Every query row a video token; frames and grid when they account for every row (else no grid)."""
+    frames, grid = call.facts.get("frames"), call.facts.get("grid")
+    if frames is None or grid is None or frames * grid[0] * grid[1] != call.q_len:
+        return image_only(call)
+    return CallLayout((("image", call.q_len),), grid=grid, frames=frames)
 
 
 DECLARATIONS: tuple[DiTDeclaration, ...] = (
@@ -221,8 +243,8 @@ DECLARATIONS: tuple[DiTDeclaration, ...] = (
        "Cosmos 3 Omni (packed sequences: the generation-query call only; one sample per forward)",
        layout=_queries_are_last_keys),
     # self-attention over image / video tokens only
-    _video_self("wan_vace", "WanVACETransformer3DModel", "blocks.*.attn1", "Wan-VACE"),
-    _video_self("skyreels_v2", "SkyReelsV2Transformer3DModel", "blocks.*.attn1", "SkyReels-V2"),
+    _video_self("wan_vace", "WanVACETransformer3DModel", "blocks.*.attn1", "Wan-VACE", grid=True),
+    _video_self("skyreels_v2", "SkyReelsV2Transformer3DModel", "blocks.*.attn1", "SkyReels-V2", grid=True),
     _video_self("helios", "HeliosTransformer3DModel", "blocks.*.attn1", "Helios ([history | current] frames)"),
     _video_self("cosmos", "CosmosTransformer3DModel", "transformer_blocks.*.attn1", "Cosmos (+ Anima)"),
     _video_self("ltx", "LTXVideoTransformer3DModel", "transformer_blocks.*.attn1", "LTX-Video"),
