@@ -114,9 +114,9 @@ def guided_flux_blocks():
     return blocks
 
 
-def run_modular_flux(pipe, guider) -> torch.Tensor:
+def run_modular_flux(pipe, guider, prompt=PROMPT) -> torch.Tensor:
     mp = modular(guided_flux_blocks(), pipe, guider)
-    return mp(prompt=PROMPT, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="latents",
+    return mp(prompt=prompt, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="latents",
               **FLUX_CALL)
 
 
@@ -252,7 +252,7 @@ def embeds():
     return prompt_embeds(), prompt_embeds(1, 6, seed=1)  # the modular loops want equal lengths
 
 
-def run_modular_wan(pipe, guider) -> torch.Tensor:
+def run_modular_wan(pipe, guider, pe=None, npe=None) -> torch.Tensor:
     """diffusers' WanBlocks without the text encoder (the tiny pipeline has none; embeddings are passed)."""
     from diffusers.modular_pipelines.wan.modular_blocks_wan import WanBlocks
     from tiny_dit_pipes import WAN_CALL
@@ -262,7 +262,8 @@ def run_modular_wan(pipe, guider) -> torch.Tensor:
     mp = blocks.init_pipeline()
     mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae, guider=guider)
     mp.set_progress_bar_config(disable=True)
-    pe, npe = embeds()
+    if pe is None:
+        pe, npe = embeds()
     return mp(prompt_embeds=pe, negative_prompt_embeds=npe, num_inference_steps=STEPS,
               generator=torch.Generator().manual_seed(0), output="latents", **WAN_CALL)
 
@@ -275,7 +276,7 @@ def run_stock_wan(pipe, s: float) -> torch.Tensor:
                 generator=torch.Generator().manual_seed(0), output_type="latent", **WAN_CALL).frames
 
 
-def run_modular_klein(pipe, guider) -> torch.Tensor:
+def run_modular_klein(pipe, guider, pe=None, npe=None) -> torch.Tensor:
     """diffusers' Flux2KleinBaseAutoBlocks without the text encoder; its latents brought to the stock
     pipeline's latent output (batch-norm statistics undone, 2x2 patches unpacked, as Flux2KleinPipeline does)."""
     from diffusers.modular_pipelines.flux2.modular_blocks_flux2_klein_base import Flux2KleinBaseAutoBlocks
@@ -286,7 +287,8 @@ def run_modular_klein(pipe, guider) -> torch.Tensor:
     mp = blocks.init_pipeline()
     mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae, guider=guider)
     mp.set_progress_bar_config(disable=True)
-    pe, npe = embeds()
+    if pe is None:
+        pe, npe = embeds()
     x = mp(prompt_embeds=pe, negative_prompt_embeds=npe, num_inference_steps=STEPS,
            generator=torch.Generator().manual_seed(0), output="latents", **FLUX2_CALL)
     mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
@@ -446,6 +448,87 @@ def test_qwenimage_modular_equals_the_explicit_reference_guider(s):
     assert (got - expected).abs().max().item() < TOL
     assert (got - run(ClassifierFreeGuidance(guidance_scale=s))).abs().max().item() > 1e-3
     assert_stock_processors(pipe.transformer)
+
+
+# ----- per-sample head sets -------------------------------------------------------------------------------------
+def run_modular_qwen(pipe, guider, pe, npe) -> torch.Tensor:
+    from diffusers.modular_pipelines.qwenimage.modular_blocks_qwenimage import QwenImageAutoBlocks
+    from tiny_dit_pipes import QWEN_CALL
+
+    blocks = QwenImageAutoBlocks()
+    blocks.sub_blocks.pop("text_encoder")
+    mp = blocks.init_pipeline()
+    mp.update_components(transformer=pipe.transformer, scheduler=pipe.scheduler, vae=pipe.vae, guider=guider)
+    mp.set_progress_bar_config(disable=True)
+    ones = torch.ones(pe.shape[:2], dtype=torch.long)
+    return mp(prompt_embeds=pe, prompt_embeds_mask=ones, negative_prompt_embeds=npe, negative_prompt_embeds_mask=ones,
+              num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="latents", **QWEN_CALL)
+
+
+def _two_rows(family):
+    """(pipe, run(guider) over a batch of 2 conditional rows, CFG scale s) for every modular loop the guider runs
+    in: SD3 (two prompts), FLUX.1 (the swapped-in guider loop; no negative prompt, so CFG off), Wan, FLUX.2 Klein
+    and Qwen-Image (two prompt embeddings of one length)."""
+    from tiny_dit_pipes import build_flux2_klein, build_qwenimage, build_wan, prompt_embeds
+
+    prompts = ["a photo of a red cat", "a blue dog"]
+    pe = torch.cat([prompt_embeds(seed=0), prompt_embeds(seed=3)])
+    npe = torch.cat([prompt_embeds(seed=1), prompt_embeds(seed=1)])
+    if family == "sd3":
+        pipe = build_sd3()
+        return pipe, lambda g: run_modular_sd3(pipe, g, cfg=True, prompt=prompts), 4.0
+    if family == "flux":
+        pipe = build_flux(num_heads=2)
+        return pipe, lambda g: run_modular_flux(pipe, g, prompt=prompts), 1.0
+    pipe = {"wan": build_wan, "klein": build_flux2_klein, "qwenimage": build_qwenimage}[family]()
+    run = {"wan": run_modular_wan, "klein": run_modular_klein, "qwenimage": run_modular_qwen}[family]
+    return pipe, lambda g: run(pipe, g, pe, npe), 4.0
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "wan", "klein", "qwenimage"])
+def test_per_sample_head_sets_in_every_modular_loop(family):
+    """`per_sample=True`: conditional row i is perturbed by headsets[i] (None: unguided), as apply(per_sample=True).
+    Row by row, the result equals the plain guider with that row's head set on the same two-row batch (None: the
+    CFG guider); batched (one forward per step) equals one forward per prediction; within 1e-5."""
+    pipe, run, s = _two_rows(family)
+    a, b = make_headset(pipe, "L0H1, L1H0@0.5", "a"), make_headset(pipe, "L1H1", "b")
+    make = lambda hs, **kw: HeadHunterGuidance(headsets=hs, perturbed_guidance_scale=2.0, guidance_scale=s, **kw)  # noqa: E731
+    only_a, only_b, plain = run(make(a)), run(make(b)), run(ClassifierFreeGuidance(guidance_scale=s))
+    for rows, expected in (([a, b], (only_a[0], only_b[1])), ([a, None], (only_a[0], plain[1]))):
+        separate = run(make(rows, per_sample=True))
+        together = run(make(rows, per_sample=True, batched=True))
+        assert (together - separate).abs().max().item() < TOL, rows
+        for i, want in enumerate(expected):
+            assert (separate[i] - want).abs().max().item() < TOL, (rows, i)
+    assert (only_a[0] - plain[0]).abs().max().item() > 1e-3 and (only_b[1] - plain[1]).abs().max().item() > 1e-3
+    assert_stock_processors(pipe.transformer)
+
+
+def test_per_sample_rows_must_match_the_batch_and_the_config_round_trips(sd3, sd3_sets, tmp_path):
+    a, b = sd3_sets
+    guider = HeadHunterGuidance(headsets=[a, None, b], per_sample=True, perturbed_guidance_scale=2.0, guidance_scale=4.5)
+    with pytest.raises(ModelError, match="per_sample=True was given 3 head sets but the pipeline call has 2"):
+        run_modular_sd3(sd3, guider, cfg=True, prompt=["one", "two"])
+    assert_stock_processors(sd3.transformer)
+    with pytest.raises(HeadSetError, match="None marks an unguided row only with per_sample=True"):
+        HeadHunterGuidance(headsets=[a, None])
+    with pytest.raises(HeadSetError, match="every entry is None"):
+        HeadHunterGuidance(headsets=[None, None], per_sample=True)
+    with pytest.raises(HeadSetError, match="one branch: pass one number"):
+        HeadHunterGuidance(headsets=[a, b], per_sample=True, perturbed_guidance_scale=[1.0, 2.0])
+    path = tmp_path / "a.safetensors"
+    a.save(path)
+    saved = HeadHunterGuidance(headsets=[str(path), None], per_sample=True, perturbed_guidance_scale=2.0)
+    saved.save_pretrained(tmp_path / "g")
+    config = json.loads((tmp_path / "g" / "guider_config.json").read_text())
+    assert config["per_sample"] is True and config["headsets"][1] is None
+    again = HeadHunterGuidance.from_pretrained(tmp_path / "g")
+    assert again.per_sample and again.headsets[1] is None and again.headsets[0].name == a.name
+    assert again.new(batched=True).headsets[1] is None
+    config["per_sample"] = False
+    (tmp_path / "g" / "guider_config.json").write_text(json.dumps(config))
+    with pytest.raises(HeadSetError, match="only with per_sample true"):
+        HeadHunterGuidance.from_pretrained(tmp_path / "g")
 
 
 # ----- where diffusers' PerturbedAttentionGuidance fails ------------------------------------------------------

@@ -117,11 +117,14 @@ def _snapshot_commit(path: Path, revision: str | None) -> str | None:
     return revision
 
 
-def _per_branch(value: Any, name: str, n: int) -> list[Any]:
+def _per_branch(value: Any, name: str, n: int, per_sample: bool = False) -> list[Any]:
     if value is None or isinstance(value, (int, float)):
         return [value] * n
     values = list(value)
     if len(values) != n:
+        if per_sample:
+            raise HeadSetError(f"{name}= has {len(values)} values; with per_sample=True the head sets form one "
+                               "branch: pass one number")
         raise HeadSetError(f"{name}= has {len(values)} values for {n} head sets; pass one number or one per head set")
     return values
 
@@ -166,7 +169,7 @@ class GuiderConfig(_ConfigModel):
     HeadSetError naming the field and what is allowed, never an exception from diffusers or the standard library.
     """
 
-    headsets: list[HeadSetReference | _Text] = Field(min_length=1, max_length=MAX_HEADSETS)
+    headsets: list[HeadSetReference | _Text | None] = Field(min_length=1, max_length=MAX_HEADSETS)
     perturbed_guidance_scale: _Scale | list[_Scale] | None = None
     perturbed_guidance_start: _Fraction | list[_Fraction] | None = None
     perturbed_guidance_stop: _Fraction | list[_Fraction] | None = None
@@ -177,6 +180,7 @@ class GuiderConfig(_ConfigModel):
     guidance_rescale: _Fraction = 0.0
     use_original_formulation: bool = False
     batched: bool = False
+    per_sample: bool = False
     start: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0  # diffusers: 0 <= start < 1
     stop: _Fraction = 1.0
     enabled: bool = True
@@ -191,11 +195,17 @@ class GuiderConfig(_ConfigModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> GuiderConfig:
-        n = len(self.headsets)
+        if not self.per_sample and any(h is None for h in self.headsets):
+            raise ValueError("headsets holds null: an unguided row (null) is allowed only with per_sample true")
+        if all(h is None for h in self.headsets):
+            raise ValueError("headsets names no head set (every entry is null)")
+        n = 1 if self.per_sample else len(self.headsets)
         for name in ("perturbed_guidance_scale", "perturbed_guidance_start", "perturbed_guidance_stop"):
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != n:
-                raise ValueError(f"{name} has {len(value)} values for {n} head sets; give one number or one per head set")
+                what = "with per_sample (one branch); give one number" if self.per_sample else \
+                    f"for {n} head sets; give one number or one per head set"
+                raise ValueError(f"{name} has {len(value)} values {what}")
         if self.start > self.stop:
             raise ValueError(f"CFG window start={self.start:g} is after stop={self.stop:g}; need 0 <= start <= stop <= 1")
         return self
@@ -314,6 +324,10 @@ class HeadHunterGuidance(BaseGuidance):
         batched: False (diffusers' contract) asks the loop for one forward per prediction; True for one forward
             of all rows `[cond | uncond | perturbed_0 | ...]` (every guider input must then be per-sample; latents
             the loop passes to the transformer itself, one copy, are repeated once per prediction: Wan, FLUX.2).
+        per_sample: `headsets` has one entry per conditional row of the loop's batch (prompts x images per
+            prompt, in the loop's row order), all in one perturbed branch, as `apply(..., per_sample=True)`; a
+            None entry leaves its row unguided (its term is exactly 0). One number each for the scale and window.
+            A batch with another number of rows is refused (ModelError) before its forward.
         start, stop: the CFG window, same rule as the branches; enabled: as every diffusers guider.
 
     Raises HeadSetError (bad reference or setting, head sets that disagree or do not fit the model) and
@@ -337,16 +351,25 @@ class HeadHunterGuidance(BaseGuidance):
         guidance_rescale: float = 0.0,
         use_original_formulation: bool = False,
         batched: bool = False,
+        per_sample: bool = False,
         start: float = 0.0,
         stop: float = 1.0,
         enabled: bool = True,
     ):
         super().__init__(start, stop, enabled)
+        if not isinstance(per_sample, bool):
+            raise HeadSetError(f"per_sample={per_sample!r} must be True or False")
         items = [headsets] if isinstance(headsets, (HeadSet, str, Path, Mapping)) else list(headsets)
         if not items:
             raise HeadSetError("HeadHunterGuidance needs at least one head set (headsets=...)")
-        loaded = [resolve_reference(item) for item in items]
-        heads = [hs for hs, _ in loaded]
+        if not per_sample and any(item is None for item in items):
+            raise HeadSetError("headsets holds None: None marks an unguided row only with per_sample=True")
+        loaded = [None if item is None else resolve_reference(item) for item in items]
+        rows = [None if entry is None else entry[0] for entry in loaded]
+        heads = [hs for hs in rows if hs is not None]
+        if not heads:
+            raise HeadSetError("per_sample=True needs at least one head set among headsets; every entry is None "
+                               "(an unguided row)")
         for hs in heads:
             if len(hs) == 0:
                 raise HeadSetError(f"head set {hs.name!r} selects no heads; nothing to guide with")
@@ -363,10 +386,14 @@ class HeadHunterGuidance(BaseGuidance):
                                "names, not objects)")
         pert = resolve_perturbation(perturbation, perturbation_params, heads, names, get_registry())
         check_scope(pert, scope)
-        scales = _per_branch(perturbed_guidance_scale, "perturbed_guidance_scale", len(heads))
-        starts = _per_branch(perturbed_guidance_start, "perturbed_guidance_start", len(heads))
-        stops = _per_branch(perturbed_guidance_stop, "perturbed_guidance_stop", len(heads))
-        branches = resolve_branches(heads, scales, starts, stops, scope=scope)
+        n = 1 if per_sample else len(heads)
+        scales = _per_branch(perturbed_guidance_scale, "perturbed_guidance_scale", n, per_sample)
+        starts = _per_branch(perturbed_guidance_start, "perturbed_guidance_start", n, per_sample)
+        stops = _per_branch(perturbed_guidance_stop, "perturbed_guidance_stop", n, per_sample)
+        if per_sample:  # one branch whose row i is perturbed by rows[i] (apply(per_sample=True)'s rule)
+            branches = resolve_branches(rows, scales[0], starts[0], stops[0], per_sample=True, scope=scope)
+        else:
+            branches = resolve_branches(heads, scales, starts, stops, scope=scope)
         if guidance_scale is None:
             cfgs = [hs.metadata.guidance.cfg for hs in heads]
             guidance_scale = common_setting(cfgs, "cfg (pass guidance_scale=)", names) if all(c is not None for c in cfgs) \
@@ -381,10 +408,14 @@ class HeadHunterGuidance(BaseGuidance):
         self.guidance_rescale = float(guidance_rescale)
         self.use_original_formulation = bool(use_original_formulation)
         self.batched = batched
+        self.per_sample = per_sample
+        self._rows = rows
+        self._given = heads
+        self._row_scales: dict[tuple, torch.Tensor] = {}
         self.scope = scope
         self.perturbation = pert
         self.branches: list[Branch] = branches
-        self._references = [ref for _, ref in loaded]
+        self._references = [None if entry is None else entry[1] for entry in loaded]
         self._conditions: list[tuple[str, int, int | None]] = []  # (prediction name, tuple index, branch)
         self._plans: dict[tuple, Plan] = {}
         self._installation: Any = None
@@ -392,7 +423,8 @@ class HeadHunterGuidance(BaseGuidance):
         self._after: Any = None
         self._batched_rows: int | None = None
         self.register_to_config(
-            headsets=[{k: v for k, v in ref.items() if k != "name"} for ref in self._references],
+            headsets=[None if ref is None else {k: v for k, v in ref.items() if k != "name"}
+                      for ref in self._references],
             perturbed_guidance_scale=[b.scale for b in branches],
             perturbed_guidance_start=[b.start for b in branches],
             perturbed_guidance_stop=[b.stop for b in branches],
@@ -427,15 +459,16 @@ class HeadHunterGuidance(BaseGuidance):
         """A copy with some settings changed (diffusers' `new`); head sets given as objects are passed on."""
         config = dict(self.config)
         if "headsets" not in kwargs:
-            config["headsets"] = [b.headset if ref["source"] is None else {k: v for k, v in ref.items() if k != "name"}
-                                  for b, ref in zip(self.branches, self._references)]
+            config["headsets"] = [None if ref is None else hs if ref["source"] is None
+                                  else {k: v for k, v in ref.items() if k != "name"}
+                                  for hs, ref in zip(self._rows, self._references)]
         return self.__class__.from_config(config, **kwargs)
 
     # ----- what runs at this step -----------------------------------------------------------------------
     @property
     def headsets(self) -> list[HeadSet]:
-        """The loaded head sets, one per branch."""
-        return [b.headset for b in self.branches]
+        """The loaded head sets, one per branch (`per_sample`: one per conditional row, None for an unguided row)."""
+        return list(self._rows)
 
     def _in_window(self, start: float, stop: float) -> bool:
         if self._num_inference_steps is None or self._step is None:
@@ -455,14 +488,15 @@ class HeadHunterGuidance(BaseGuidance):
             return []
         sigma = self._sigma()
         return [k for k, b in enumerate(self.branches) if b.guides and self._in_window(b.start, b.stop)
-                and (sigma is None or not b.headset.scheduled or len(b.headset.at(sigma)) > 0)]
+                and (sigma is None or any(not hs.scheduled or len(hs.at(sigma)) > 0
+                                          for hs in (b.per_row or (b.headset,)) if hs is not None))]
 
     def _sigma(self) -> float | None:
         """This step's noise level sigma when a head set holds a schedule (None otherwise, or before
         `set_state`): the timestep diffusers' denoise loop hands `set_state`, over 1000 (flow-matching
         schedulers step through `timestep = 1000 sigma`, `num_train_timesteps = 1000`). The timestep is a
         tensor: reading it is one scalar device read per step, and only for head sets with a schedule."""
-        if self._timestep is None or not any(b.headset.scheduled for b in self.branches):
+        if self._timestep is None or not any(hs.scheduled for hs in self._given):
             return None
         t = self._timestep
         value = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
@@ -560,6 +594,7 @@ class HeadHunterGuidance(BaseGuidance):
         key = (adapter.architecture, tuple((s.name, s.num_heads) for s in sites))
         if key not in self._plans:
             self._plans[key] = compile_plan(denoiser, self.headsets, settings=[b.guidance for b in self.branches],
+                                            per_sample=self.per_sample,
                                             scope=self.scope, perturbation=self.perturbation, adapter=adapter)
         return self._plans[key]
 
@@ -623,6 +658,19 @@ class HeadHunterGuidance(BaseGuidance):
             installation.remove()
 
     # ----- combining the predictions ------------------------------------------------------------------------
+    def _scale(self, k: int, like: torch.Tensor) -> float | torch.Tensor:
+        """Branch k's w: a number, or for the per-sample branch a `[rows, 1, ...]` tensor shaped for `like` (0 for
+        an unguided row; ModelError when the batch has another number of rows), made once per layout."""
+        branch = self.branches[k]
+        if branch.per_row is None:
+            return branch.scale
+        key = (like.shape[0], like.ndim, str(like.device), like.dtype)
+        if key not in self._row_scales:
+            values = [0.0 if hs is None else branch.scale for hs in branch.row_headsets(like.shape[0])]
+            shape = (like.shape[0],) + (1,) * (like.ndim - 1)
+            self._row_scales[key] = torch.tensor(values, dtype=like.dtype).view(shape).to(like.device)
+        return self._row_scales[key]
+
     def __call__(self, data: list[BlockState]) -> GuiderOutput:
         """The guided prediction from the batches `prepare_inputs` made, each with its `noise_pred` set."""
         if not all(hasattr(d, "noise_pred") for d in data):
@@ -643,7 +691,8 @@ class HeadHunterGuidance(BaseGuidance):
         convention; `cond + s (cond - uncond) + ...` with `use_original_formulation`), then diffusers'
         `rescale_noise_cfg` when `guidance_rescale > 0`. All predictions are tensors of one shape (the model's
         output for the batch, e.g. [B, C, H, W]); `perturbed` holds `pred_cond_perturbed_<k>` for the active head
-        sets (k = index in `headsets`). Returns diffusers' `GuiderOutput(pred, pred_cond, pred_uncond)`."""
+        sets (k = index in `headsets`); with `per_sample` the one branch's w is 0 on the unguided rows. Returns
+        diffusers' `GuiderOutput(pred, pred_cond, pred_uncond)`."""
         if pred_uncond is None:
             pred = pred_cond
         else:
@@ -651,7 +700,7 @@ class HeadHunterGuidance(BaseGuidance):
             pred = (pred_cond if self.use_original_formulation else pred_uncond) + self.guidance_scale * shift
         if perturbed:
             keys = sorted(perturbed, key=lambda name: int(name.rsplit("_", 1)[1]))
-            ws = [self.branches[int(name.rsplit("_", 1)[1])].scale for name in keys]
+            ws = [self._scale(int(name.rsplit("_", 1)[1]), pred_cond) for name in keys]
             pred = pred + guidance_delta(pred_cond, [perturbed[name] for name in keys], ws)
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
@@ -660,6 +709,8 @@ class HeadHunterGuidance(BaseGuidance):
     # ----- saving and sharing -------------------------------------------------------------------------------
     def _check_saveable(self, shared: bool) -> None:
         for ref in self._references:
+            if ref is None:  # an unguided row of a per-sample guider
+                continue
             if ref["source"] is None:
                 raise HeadSetError(f"head set {ref['name']!r} was given as an object; a guider config references "
                                    "head sets: save it (HeadSet.save) or push it (HeadSet.push_to_hub) and pass the "
