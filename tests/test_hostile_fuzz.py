@@ -184,6 +184,7 @@ GUIDER_FIELDS = {
                           st.lists(st.one_of(st.just(PRESET), st.just({"source": PRESET, "revision": "abc"}),
                                              st.just({"source": "x" * 2000}), st.just({"src": PRESET}), json_values),
                                    max_size=3),
+                          st.just([PRESET, None]), st.just([None]), st.just([None, PRESET, PRESET]),
                           st.just(PRESET), json_values),
     "perturbed_guidance_scale": _scalar_or_list(0, 1000),
     "perturbed_guidance_start": _scalar_or_list(0, 1),
@@ -195,6 +196,7 @@ GUIDER_FIELDS = {
     "guidance_rescale": st.one_of(st.floats(-0.5, 1.5, allow_nan=False), json_values),
     "use_original_formulation": st.one_of(st.booleans(), json_values),
     "batched": st.one_of(st.booleans(), json_values),
+    "per_sample": st.one_of(st.booleans(), json_values),
     "start": st.one_of(st.floats(-0.5, 1.5, allow_nan=False), json_values),
     "stop": st.one_of(st.floats(-0.5, 1.5, allow_nan=False), json_values),
     "enabled": st.one_of(st.booleans(), st.sampled_from(["no", "false", 0, 1]), json_values),
@@ -203,7 +205,9 @@ GUIDER_FIELDS = {
 }
 
 
-def _ref_ok(item) -> bool:
+def _ref_ok(item, per_sample: bool = False) -> bool:
+    if item is None:
+        return per_sample  # an unguided row, only with per_sample
     if item == PRESET:
         return True
     return (isinstance(item, dict) and set(item) <= {"source", "revision", "weight_name"} and item.get("source") == PRESET
@@ -217,10 +221,14 @@ def valid_guider(c) -> bool:
     allowed = set(GUIDER_FIELDS) | {"_use_default_values"}
     if not isinstance(c, dict) or set(c) - allowed or "headsets" not in c:
         return False
-    hs = c["headsets"]
-    if not (isinstance(hs, list) and 1 <= len(hs) <= 64 and all(_ref_ok(x) for x in hs)):
+    per_sample = c.get("per_sample", False)
+    if type(per_sample) is not bool:
         return False
-    n = len(hs)
+    hs = c["headsets"]
+    if not (isinstance(hs, list) and 1 <= len(hs) <= 64 and all(_ref_ok(x, per_sample) for x in hs)
+            and any(x is not None for x in hs)):
+        return False
+    n = 1 if per_sample else len(hs)  # per_sample: the head sets form one branch
     per = {}
     for key, low, high, default in (("perturbed_guidance_scale", 0, 1000, 2.0), ("perturbed_guidance_start", 0, 1, 0.0),
                                     ("perturbed_guidance_stop", 0, 1, 1.0)):
