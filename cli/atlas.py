@@ -43,7 +43,7 @@ def atlas() -> None:
 @click.option("--layers", help="Whole layers measured: '0,3' or 'none'. Default: every layer.")
 @options.generation
 @click.option("--objective", "objectives", multiple=True, help="An objective expression also measured (repeatable; default: the model's).")
-@click.option("--intervals", type=BoundedInt(min=2), default=None,
+@click.option("--intervals", type=BoundedInt(min=2, max=64), default=None,
               help="Also measure every head and layer acting only in each of K equal intervals of the noise level sigma.")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=WritableDir(), help="Output folder (resumable).")
 @options.resume

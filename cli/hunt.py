@@ -8,6 +8,7 @@ import click
 
 from headhunter.errors import HeadhunterError
 from headhunter.cli import note_resumable, options
+from headhunter.format.schedule import split_items
 from headhunter.cli.params import FRACTION, POSITIVE_INT, BoundedInt, Seeds, WritableDir
 
 
@@ -43,7 +44,9 @@ def read_prompts(prompts: tuple[str, ...]) -> list[str] | None:
 @click.option("--rounds", type=POSITIVE_INT, help="Greedy rounds R (default: the model's, else 1).")
 @click.option("--top-k", type=POSITIVE_INT, help="Heads added per round (default: the model's, else 1).")
 @options.generation
-@click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0'.")
+@click.option("--candidates", help="Restrict the pool: layers '3,5', heads 'L3H2,L5H0', (head, interval) pairs 'L3H2@[0,0.5)'.")
+@click.option("--refine", "refine", type=click.Path(dir_okay=False), help="Instead of a search: a head-set file without a schedule; each (head, interval) piece over --intervals K (default 3) is left out once and the pieces that hurt are dropped (docs/search.md, Refine).")
+@click.option("--intervals", type=BoundedInt(min=2, max=64), help="A scheduled search: every head is a candidate in each of K equal intervals of the noise level sigma, and the found set holds a schedule (3 is a sensible K).")
 @click.option("--candidates-from", type=click.Path(file_okay=False), help="An atlas folder (`headhunter atlas --out`): keep only the heads it labels --effect.")
 @click.option("--effect", help="With --candidates-from: a label word of the atlas, e.g. 'sharper', 'darker'.")
 @click.option("--allocation", "--schedule", "allocation", type=click.Choice(["exhaustive", "racing", "multi-fidelity"]), help="How a round spends its images. exhaustive: every candidate on every seed (Algorithm 1); racing: drop what is confidently behind, add seeds to the rest; multi-fidelity: screen every candidate on 4 seeds with a quarter of the steps, race the top quarter at full fidelity (default: the model's, else exhaustive). --schedule is the old name.")
@@ -74,15 +77,19 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
 
     candidates = values.pop("candidates")
     settings = options.collect(values, (*options.GENERATION_KEYS, "rounds", "top_k", "candidates_from", "effect",
-                                        "allocation", "budget", "first_pairs", "recipe", "eval_seeds", "controls", "calibrate"))
+                                        "allocation", "budget", "first_pairs", "recipe", "eval_seeds", "controls", "calibrate",
+                                        "intervals", "refine"))
     eval_prompts = read_prompts(values.pop("eval_prompts"))
     if eval_prompts:
         settings["eval_prompts"] = eval_prompts
     result = run_hunt(
         _load(model), objective, prompt_list, seeds, out_dir=out_dir, resume=not no_resume, report=not no_report,
-        candidates=[c.strip() for c in candidates.split(",")] if candidates else None, **settings,
+        candidates=[c.strip() for c in split_items(candidates)] if candidates else None, **settings,
     )
     if not context().is_main:
+        return
+    if settings.get("refine") is not None:
+        _print_refine(result, out_dir, no_report)
         return
     click.echo(f"found head set: {result.headset.notation()}")
     click.echo(f"search seeds: baseline {result.baseline_score:.4g} -> {result.rounds[-1].set_score:.4g}")
@@ -116,6 +123,22 @@ def hunt(model, objective, prompts, seeds, out_dir, no_resume, no_report, **valu
     click.echo(f"head set: {Path(out_dir) / 'headset.safetensors'}")
     if not no_report:
         click.echo(f"report: {Path(out_dir) / 'index.md'}")
+
+
+def _print_refine(result, out_dir, no_report) -> None:
+    click.echo(f"refined {result.original.notation()} over {len(result.intervals)} intervals of sigma "
+               f"(leave-one-out, level {result.level:.4g}, {result.images:,} images):")
+    for e in result.effects:
+        c = e.contribution
+        click.echo(f"  {e.piece}: {c.mean:+.4g} [{c.low:+.4g}, {c.high:+.4g}] {e.verdict}")
+    click.echo(f"refined head set: {result.headset.notation() or '(no heads)'}")
+    if result.evaluation is not None:
+        from headhunter.report.report import verdict
+
+        click.echo(verdict(result.evaluation, "refined", "original").replace("**", ""))
+    click.echo(f"head set: {Path(out_dir) / 'headset.safetensors'}")
+    if not no_report:
+        click.echo(f"report: {Path(out_dir) / 'refine.md'}")
 
 
 def _load(model: str):

@@ -86,6 +86,110 @@ def test_hunt_matches_brute_force_algorithm_1():
     assert meta.search.round_scores == [[r.set_score] for r in result.rounds]
 
 
+def test_scheduled_search_matches_brute_force_over_head_interval_pairs():
+    """A scheduled search (intervals=K): the candidates are every (head, interval of sigma) pair; each score
+    equals images made one at a time with the head restricted to that interval (HeadSet.restricted, another
+    path than the search's notation items); the found set holds the schedule and round 2 builds on round 1."""
+    from headhunter import get_registry
+
+    pipe = tiny_digits_pipe()
+    result = hunt(pipe, Brightness(), rounds=2, top_k=1, intervals=2, batch_size=7, **SETTINGS)
+    sites = get_registry().adapter_for(pipe).sites(pipe)
+    arch = get_registry().adapter_for(pipe).architecture
+    halves = {"[0,0.5)": (0.0, 0.5), "[0.5,1]": (0.5, 1.0)}
+    assert set(result.rounds[0].scores) == {f"L{l}H{h}@{iv}" for l in range(2) for h in range(3) for iv in halves}
+    gen = GenerationSettings(guidance=GuidanceSettings(scale=2.0), steps=3)
+
+    def piece(item):
+        head, _, iv = item.partition("@")
+        one = HeadSet.from_notation(head, sites=sites, architecture=arch, strength=0.5)
+        return one.restricted(*halves[iv])
+
+    for r in result.rounds:
+        before = None
+        for item in r.selected_before:
+            before = piece(item) if before is None else before.merge(piece(item))
+        for item, score in list(r.scores.items())[:4]:
+            hs = piece(item) if before is None else before.merge(piece(item))
+            values = [float(Brightness()(generate_rows(pipe, [Row(hs, p, s)], gen), [p])[0])
+                      for p in SETTINGS["prompts"] for s in SETTINGS["seeds"]]
+            assert score == pytest.approx(sum(values) / len(values), abs=1e-5), item
+        assert r.added == [max(r.scores, key=r.scores.get)]
+    found = result.headset
+    assert found.scheduled and found.bounds == (0.0, 0.5, 1.0)
+    assert sorted(str(h) for h in found) == sorted(str(h) for h in piece(result.rounds[0].added[0]).merge(
+        piece(result.rounds[1].added[0])))
+    assert "scheduled over 2 intervals" in found.metadata.description
+    with pytest.raises(SearchError, match=r"intervals=1.*\[2, 64\]"):
+        hunt(pipe, Brightness(), intervals=1, **SETTINGS)
+
+
+def test_refine_leaves_each_piece_out_and_drops_only_what_hurts(tmp_path):
+    """hunt(refine=S): every (head, interval) piece's contribution objective(S) - objective(S minus it) equals
+    images made one at a time (Brightness is a plain objective: a t interval at the Bonferroni level); the
+    refined set is S without the pieces whose interval is below 0, each head keeping its strength."""
+    import numpy as np
+
+    from headhunter import get_registry
+    from headhunter.search.refine import RefineResult
+    from headhunter.search.stats import t_quantile
+
+    pipe = tiny_digits_pipe()
+    sites = get_registry().adapter_for(pipe).sites(pipe)
+    arch = get_registry().adapter_for(pipe).architecture
+    original = HeadSet.from_notation("L0H1@0.5, L1H2", sites=sites, architecture=arch, name="S")
+    settings = {**SETTINGS, "seeds": [0, 1, 2]}
+    result = hunt(pipe, Brightness(), refine=original, batch_size=5, **settings)
+    assert isinstance(result, RefineResult) and result.intervals == [(0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0)]
+    assert [e.piece for e in result.effects][:2] == ["L0H1@[0,0.3333333333333333)",
+                                                      "L0H1@[0.3333333333333333,0.6666666666666666)"]
+    gen = GenerationSettings(guidance=GuidanceSettings(scale=2.0), steps=3)
+    pairs = [(p, s) for p in settings["prompts"] for s in settings["seeds"]]
+
+    def values(hs):
+        return np.array([float(Brightness()(generate_rows(pipe, [Row(hs, p, s)], gen), [p])[0]) for p, s in pairs])
+
+    whole = values(original)
+    level = 1 - 0.05 / 6
+    assert result.level == pytest.approx(level)
+    for e in result.effects[:3]:
+        others = [h for h in original if f"L{h.layer}H{h.head}" != e.head]
+        layer, head = int(e.head[1]), int(e.head[3])
+        u = next(h.strength for h in original if h.layer == layer)
+        keep = [iv for iv in result.intervals if iv != e.interval]
+        without = HeadSet.from_heads([(h.layer, h.head, h.strength) for h in others]
+                                     + [(layer, head, u, iv) for iv in keep], sites=sites, architecture=arch)
+        d = whole - values(without)
+        half = t_quantile(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        assert e.contribution.mean == pytest.approx(d.mean(), abs=1e-5)
+        assert e.contribution.low == pytest.approx(d.mean() - half, abs=1e-5)
+        assert e.verdict == ("keep" if d.mean() - half > 0 else "drop" if d.mean() + half < 0 else "unclear")
+    kept = {(e.head, e.interval) for e in result.effects if e.verdict != "drop"}
+    refined = {(f"L{h.layer}H{h.head}", iv) for iv in result.intervals for h in result.headset.at(sum(iv) / 2)}
+    assert refined == kept  # (without a drop the refined set is S itself: equal maps merge into one interval)
+    assert all(h.strength == (0.5 if h.layer == 0 else 1.0) for h in result.headset)
+    with pytest.raises(SearchError, match="already holds one"):
+        hunt(pipe, Brightness(), refine=original.restricted(0, 0.5), **SETTINGS)
+    out = hunt(pipe, Brightness(), refine=original, intervals=2, out_dir=tmp_path / "r", eval_seeds=[50, 51],
+               batch_size=8, **SETTINGS)
+    assert (tmp_path / "r" / "refine.md").read_text().count("| L") == 2 and (tmp_path / "r" / "refine.png").exists()
+    assert HeadSet.from_file(tmp_path / "r" / "headset.safetensors") == out.headset
+    assert out.evaluation is not None and set(out.evaluation.settings) == {"no guidance", "original", "refined"}
+
+
+def test_interval_candidates_expand_heads_and_keep_given_intervals():
+    from headhunter.search.search import interval_candidates
+
+    assert interval_candidates(["L0H1", "L2H0@[0,0.25)"], 3) == [
+        "L0H1@[0,0.3333333333333333)", "L0H1@[0.3333333333333333,0.6666666666666666)", "L0H1@[0.6666666666666666,1]",
+        "L2H0@[0,0.25)"]
+    pipe = tiny_digits_pipe()
+    result = hunt(pipe, Brightness(), candidates=["L0H0@[0,0.5)", "L1H2@[0.5,1]"], **SETTINGS)
+    assert set(result.rounds[0].scores) == {"L0H0@[0,0.5)", "L1H2@[0.5,1]"}
+    with pytest.raises(SearchError, match=r"candidate: .*write \[0,0.5\)"):
+        hunt(pipe, Brightness(), candidates=["L0H0@[0,0.5]"], **SETTINGS)
+
+
 @pytest.mark.slow
 def test_batched_equals_one_at_a_time_and_is_deterministic():
     pipe = tiny_digits_pipe()
@@ -151,7 +255,8 @@ KILL_SCRIPT = textwrap.dedent(
 #: exhaustive (Algorithm 1), and the calibrated racing rule with its null replay (issue 23): stages, drops and
 #: the calibration's Monte Carlo draws must all come back identical after a kill -9
 KILL_CASES = {"exhaustive": {}, "racing+calibrate": dict(allocation="racing", budget=0.5, first_pairs=4,
-                                                         calibrate=True, seeds=list(range(8)))}
+                                                         calibrate=True, seeds=list(range(8))),
+              "scheduled": dict(intervals=2)}  # issue 26: (head, interval) candidates
 
 
 @pytest.mark.slow

@@ -149,6 +149,28 @@ def parse_item(text: str) -> tuple[int, int, float | None, Interval | None]:
     return int(layer), int(head), value, interval
 
 
+def equal_intervals(k: int, error: type[Exception] = HeadSetError) -> list[Interval]:
+    """K equal intervals of sigma in [0, 1]: `[(0, 1/K), ..., ((K-1)/K, 1)]` (the atlas's and the scheduled
+    search's default partition). `error` (default HeadSetError) for K that is not an integer in [2, 64]."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 64:
+        raise error(f"intervals={k!r}: give a number of intervals in [2, 64], or the intervals themselves")
+    return [(i / k, (i + 1) / k if i + 1 < k else 1.0) for i in range(k)]
+
+
+def item_spec(text: str, strength: float) -> tuple[int, int, float, Interval]:
+    """`(layer, head, strength, interval)` of one notation item, the item's own strength ignored (the search
+    gives every head its strength u) and its interval FULL when it has none: what `HeadSet.from_heads` takes.
+    HeadSetError for text that is not an item (`parse_item`)."""
+    layer, head, _, interval = parse_item(text)
+    return layer, head, strength, interval or FULL
+
+
+def item_order(text: str) -> tuple[int, int, Interval]:
+    """Sort key of a notation item: layer, head, then interval (lowest sigma first)."""
+    layer, head, _, interval = parse_item(text)
+    return layer, head, interval or FULL
+
+
 def split_items(text: str) -> list[str]:
     """Split a notation string at commas and semicolons outside brackets (`L0H1@[0,0.4), L1H2`)."""
     items, depth, current = [], 0, []
@@ -181,5 +203,5 @@ def runs(values: Iterable[float], bounds: Sequence[float]) -> list[tuple[float, 
 
 
 __all__ = ["FULL", "Interval", "MAX_INTERVALS", "bounds_of", "check_boundaries", "check_interval",
-           "format_interval", "format_number", "interval_index", "intervals_of", "parse_item", "refine", "runs",
+           "equal_intervals", "format_interval", "format_number", "interval_index", "intervals_of", "item_order", "item_spec", "parse_item", "refine", "runs",
            "split_items"]

@@ -21,7 +21,7 @@ from headhunter.search.evaluation import Evaluation
 from headhunter.search.verdicts import RANDOM_PREFIX, verdicts
 from headhunter.format.preflight import describe_prompt
 from headhunter.report.labels import fit_text, label_font, spread_labels
-from headhunter.format.sites import parse_notation
+from headhunter.format.schedule import item_spec
 
 
 def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = None) -> Path:
@@ -37,8 +37,9 @@ def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = Non
         _write_json(out_dir / "evaluation.json", evaluation_dict(evaluation))
         if yardstick(evaluation) is not None:
             pareto = plot_pareto(evaluation, out_dir / "pareto.png")
+    schedule = plot_schedule(result.headset, out_dir / "schedule.png") if result.headset.scheduled else None
     index = out_dir / "index.md"
-    write_atomic(index, render_index(result, evaluation, heatmaps, curve, grid, pareto).encode())
+    write_atomic(index, render_index(result, evaluation, heatmaps, curve, grid, pareto, schedule).encode())
     return index
 
 
@@ -63,13 +64,35 @@ def heat_matrix(result: Any, round_index: int) -> np.ndarray:
     return matrix
 
 
+def interval_matrix(result: Any, round_index: int) -> tuple[list[str], list[str], np.ndarray]:
+    """A scheduled search's round r as (head labels, interval labels, heads x intervals scores), NaN where a
+    (head, interval) was not a candidate; heads in site order, intervals lowest sigma first."""
+    rows = [row for row in result.score_table() if row["round"] == round_index]
+    heads = sorted({(row["layer"], row["head_index"]) for row in rows})
+    intervals = sorted({item_spec(row["head"], 1.0)[3] for row in rows})
+    matrix = np.full((len(heads), len(intervals)), np.nan)
+    for row in rows:
+        interval = item_spec(row["head"], 1.0)[3]
+        matrix[heads.index((row["layer"], row["head_index"])), intervals.index(interval)] = row["score"]
+    return [f"L{a}H{b}" for a, b in heads], [_short_interval(iv) for iv in intervals], matrix
+
+
+def _short_interval(interval: tuple[float, float]) -> str:
+    """`[0, 0.33)` for a picture's axis (the files keep the exact bounds)."""
+    lo, hi = interval
+    return f"[{lo:.2g}, {hi:.2g}{']' if hi == 1.0 else ')'}"
+
+
 def plot_heatmap(result: Any, round_index: int, path: Path) -> Path:
-    """Paper Fig. 2/22 style: every head's score in this round, selected heads boxed."""
+    """Paper Fig. 2/22 style: every head's score in this round, selected heads boxed. A scheduled search
+    (`settings.intervals`) draws heads x intervals of the noise level sigma instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if getattr(result.settings, "intervals", None):
+        return _plot_interval_heatmap(result, round_index, path)
     matrix = heat_matrix(result, round_index)
     rnd = result.rounds[round_index]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.42 * matrix.shape[1] + 2), max(3.0, 0.32 * matrix.shape[0] + 1.5)))
@@ -84,6 +107,52 @@ def plot_heatmap(result: Any, round_index: int, path: Path) -> Path:
         ax.add_patch(plt.Rectangle((index - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
     chosen = ", ".join(rnd.selected_before) or "none"
     ax.set_title(f"round {round_index}: score of S ∪ {{head}} (S = {chosen}); baseline {result.baseline_score:.3g}", fontsize=9)
+    return _save_figure(fig, path)
+
+
+def _plot_interval_heatmap(result: Any, round_index: int, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    heads, intervals, matrix = interval_matrix(result, round_index)
+    rnd = result.rounds[round_index]
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(intervals) + 2.5), max(3.0, 0.2 * len(heads) + 1.5)))
+    image = ax.imshow(matrix, cmap="RdYlGn", aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=f"mean {result.settings.objective}")
+    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
+    ax.set_ylabel("head")
+    ax.set_xticks(range(len(intervals)), intervals, fontsize=8)
+    ax.set_yticks(range(len(heads)), heads, fontsize=max(4, min(8, int(400 / max(1, len(heads))))))
+    for item in rnd.added:
+        layer, head, _, interval = item_spec(item, 1.0)
+        row, col = heads.index(f"L{layer}H{head}"), intervals.index(_short_interval(interval))
+        ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    chosen = ", ".join(rnd.selected_before) or "none"
+    ax.set_title(f"round {round_index}: score of S ∪ {{(head, interval)}} (S = {chosen}); baseline "
+                 f"{result.baseline_score:.3g}", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def plot_schedule(headset: Any, path: Path) -> Path:
+    """A scheduled head set as a picture: its heads (rows) x its intervals of sigma (columns), the colour the
+    strength u (0: the head does not act there)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pieces = headset.pieces()
+    heads = sorted({(h.layer, h.head) for _, piece in pieces for h in piece})
+    matrix = np.zeros((max(1, len(heads)), len(pieces)))
+    for col, (_, piece) in enumerate(pieces):
+        for h in piece:
+            matrix[heads.index((h.layer, h.head)), col] = h.strength
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(pieces) + 2.5), max(2.0, 0.35 * len(heads) + 1.2)))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="strength u")
+    ax.set_xticks(range(len(pieces)), [_short_interval(iv) for iv, _ in pieces], fontsize=8)
+    ax.set_yticks(range(len(heads)), [f"L{a}H{b}" for a, b in heads] or ["(none)"], fontsize=8)
+    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
+    ax.set_title(f"schedule of {headset.name}", fontsize=9)
     return _save_figure(fig, path)
 
 
@@ -150,7 +219,7 @@ def write_scores(result: Any, out_dir: Path) -> None:
     """scores.csv (one row per round and candidate) and scores.json (everything, machine-readable)."""
     rows = result.score_table()
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["round", "head", "layer", "head_index", "score", "added"])
+    writer = csv.DictWriter(buffer, fieldnames=["round", "head", "layer", "head_index", "interval", "score", "added"])
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(out_dir / "scores.csv", buffer.getvalue().encode())
@@ -185,8 +254,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _layer_head(head: str) -> tuple[int, int]:
-
-    layer, index, _ = parse_notation(head)
+    layer, index, _, _ = item_spec(head, 1.0)
     return layer, index
 
 
@@ -262,7 +330,7 @@ def _round_stats(r: Any, top_k: int) -> str:
 
 
 def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path], curve: Path, grid: Path | None,
-                 pareto: Path | None = None) -> str:
+                 pareto: Path | None = None, schedule: Path | None = None) -> str:
     s = result.settings
     lines = [
         f"# HeadHunter report: {result.headset.name}",
@@ -270,7 +338,9 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
         f"Model `{s.model}`, objective `{s.objective}`, {prompts_phrase(s.prompts)} x {len(s.seeds)} seeds, "
         f"{s.steps} steps, perturbation `{s.perturbation.name}` (u = {s.strength:g}), scope `{s.guidance.scope}`, "
         f"w = {s.guidance.scale:g}, CFG {s.guidance.cfg if s.guidance.cfg is not None else 'off/pipeline default'}, "
-        f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate heads, schedule `{s.schedule}`"
+        f"{s.rounds} round(s) x top {s.top_k}, {len(s.candidates)} candidate "
+        + (f"(head, interval) pairs over {s.intervals} intervals of sigma" if getattr(s, "intervals", None) else "heads")
+        + f", schedule `{s.schedule}`"
         + (f" (budget {s.budget:g} of the exhaustive images per round, first stage {s.first_pairs} pairs)" if s.schedule == "racing" else "")
         + f"; {images_phrase(result)}.",
         "",
@@ -278,6 +348,8 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
         f"[headset.json](headset.json))",
         "",
     ]
+    if schedule is not None:
+        lines += [f"![schedule of the found head set]({schedule.name})", ""]
     if evaluation is not None and {"found head set", "no guidance"} <= set(evaluation.settings):
         lines += [f"**Verdict:** {verdict(evaluation, 'found head set', 'no guidance')}", ""]
     lines += [
@@ -455,3 +527,75 @@ def _pareto_section(evaluation: Evaluation, pareto: Path | None) -> list[str]:
     if pareto is not None:
         lines += ["", f"![objective vs {name}]({pareto.name})"]
     return lines
+
+
+# ----- refine (headhunter.search.refine) ---------------------------------------------------------------------
+def plot_refine(result: Any, path: Path) -> Path:
+    """Heads x intervals of sigma: each piece's leave-one-out contribution objective(S) - objective(S minus
+    it), drawn diverging around 0; kept pieces are boxed, dropped ones crossed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = list(dict.fromkeys(e.head for e in result.effects))
+    matrix = np.zeros((len(heads), len(result.intervals)))
+    for e in result.effects:
+        matrix[heads.index(e.head), result.intervals.index(e.interval)] = e.contribution.mean
+    bound = float(np.abs(matrix).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(result.intervals) + 2.5), max(2.0, 0.35 * len(heads) + 1.3)))
+    image = ax.imshow(matrix, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="contribution (objective with - without)")
+    for e in result.effects:
+        row, col = heads.index(e.head), result.intervals.index(e.interval)
+        if e.verdict == "keep":
+            ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+        elif e.verdict == "drop":
+            ax.plot([col - 0.4, col + 0.4], [row - 0.4, row + 0.4], color="black", linewidth=1.5)
+            ax.plot([col - 0.4, col + 0.4], [row + 0.4, row - 0.4], color="black", linewidth=1.5)
+    ax.set_xticks(range(len(result.intervals)), [_short_interval(iv) for iv in result.intervals], fontsize=8)
+    ax.set_yticks(range(len(heads)), heads, fontsize=8)
+    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
+    ax.set_title(f"refine {result.original.name}: boxed = keep, crossed = drop (level {result.level:.4g})", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def write_refine_report(result: Any, out_dir: Path) -> Path:
+    """refine.md (the pieces' table, the refined set, the fresh-seed verdicts) and refine.png in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picture = plot_refine(result, out_dir / "refine.png")
+    s = result.settings
+    lines = [
+        f"# Refine {result.original.name} over the noise level",
+        "",
+        f"Model `{s.model}`, objective `{s.objective}`, {prompts_phrase(s.prompts)} x {len(s.seeds)} seeds, "
+        f"{s.steps} steps; {len(result.effects)} (head, interval) pieces over {s.intervals} intervals of sigma, each "
+        f"left out once; intervals at the Bonferroni level {result.level:.4g}; {result.images:,} images.",
+        "",
+        f"**Original:** {result.original.notation()} (search pairs: {result.set_score:.4g}; no guidance "
+        f"{result.baseline_score:.4g})",
+        "",
+        f"**Refined:** {result.headset.notation() or '(no heads)'}  ([headset.safetensors](headset.safetensors), "
+        f"[headset.json](headset.json)); dropped: {', '.join(result.dropped) or 'none'}",
+        "",
+        f"![contributions]({picture.name})",
+        "",
+        "## Contribution of each piece: objective(S) - objective(S without it), search pairs",
+        "",
+        result.table(),
+        "",
+    ]
+    evaluation = result.evaluation
+    if evaluation is not None:
+        lines += ["## On fresh seeds", ""]
+        for name in ("refined", "original"):
+            lines.append(f"- {verdict(evaluation, name, 'no guidance')}")
+        lines.append(f"- {verdict(evaluation, 'refined', 'original')}")
+        for metric, est in evaluation.settings["refined"].metrics.items():
+            other = evaluation.settings["original"].metrics[metric]
+            lines.append(f"- {metric}: refined {est.mean:.4g} [{est.low:.4g}, {est.high:.4g}], original "
+                         f"{other.mean:.4g} [{other.low:.4g}, {other.high:.4g}]")
+        lines.append("")
+    index = out_dir / "refine.md"
+    write_atomic(index, "\n".join(lines).encode())
+    return index

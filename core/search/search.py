@@ -34,7 +34,9 @@ from headhunter.plugin_system.registry import get_registry, model_name
 from headhunter.search.allocation import REFERENCE, run_round
 from headhunter.search.fidelity import MultiFidelityOutcome, X0Readout, parse_fidelity, run_multi_fidelity
 from headhunter.format.schema import GenerationSettings, SearchProvenance, Seed
-from headhunter.format.sites import Site, format_notation, head_range, missing_head, parse_notation
+from headhunter.errors import HeadSetError
+from headhunter.format.schedule import equal_intervals, format_interval, item_order, item_spec, parse_item
+from headhunter.format.sites import Site, format_notation, head_range, missing_head
 from headhunter.search.stats import Estimate, objective_value, paired_difference
 from headhunter.search.verdicts import random_headsets
 from headhunter.engine.models import load_model
@@ -58,7 +60,11 @@ class SearchSettings(GenerationSettings):
     top_k: int = Field(default=1, ge=1)
     strength: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
                             description="SoftPAG strength u of every selected head")
-    candidates: list[str] = Field(description="candidate heads in paper notation, in pool order")
+    candidates: list[str] = Field(description="candidate heads in paper notation, in pool order; a scheduled search's "
+                                              "candidates are (head, interval) items like L3H2@[0,0.3333333333333333)")
+    intervals: int | None = Field(default=None, ge=2, le=64,
+                                  description="scheduled search: every head is a candidate in each of K equal intervals "
+                                              "of the noise level sigma (None: heads act at every sigma)")
     layer_baselines: bool = Field(default=True, description="also score every whole layer (layer-level PAG)")
     schedule: Literal["exhaustive", "racing", "multi-fidelity"] = Field(
         default="exhaustive", description="exhaustive: every candidate on every pair (Algorithm 1); racing: adaptive; "
@@ -143,9 +149,9 @@ class HuntResult:
         rows = []
         for r in self.rounds:
             for head, score in r.scores.items():
-                layer, index, _ = parse_notation(head)
+                layer, index, _, interval = item_spec(head, 1.0)
                 rows.append({"round": r.index, "head": head, "layer": layer, "head_index": index,
-                             "score": score, "added": head in r.added})
+                             "interval": format_interval(interval), "score": score, "added": head in r.added})
         return rows
 
     @property
@@ -167,7 +173,7 @@ class HuntResult:
     def round_headset(self, index: int) -> HeadSet:
         """The set S after round `index` (round 0: the first heads added), at the search's strength u."""
         heads = self.rounds[index].selected_before + self.rounds[index].added
-        return HeadSet.from_heads([(*parse_notation(h)[:2], self.settings.strength) for h in heads], sites=self.sites,
+        return HeadSet.from_heads([item_spec(h, self.settings.strength) for h in heads], sites=self.sites,
                                   architecture=self.headset.metadata.architecture, name=f"round {index}")
 
     def comparison_headsets(self, controls: int = 0) -> dict[str, HeadSet | None]:
@@ -184,7 +190,7 @@ class HuntResult:
             out[f"round {r.index} set"] = self.round_headset(r.index)
         out.update({f"layer {name}": self.layer_headset(int(name[1:])) for name in self.layer_scores})
         if controls:
-            found = [str(h).split("@")[0] for h in self.headset]
+            found = [h for r in self.rounds for h in r.added]  # the search's items ((head, interval) when scheduled)
             seed = zlib.crc32(",".join(self.settings.candidates).encode())
             out.update(random_headsets(list(self.settings.candidates), len(found), controls, self.sites,
                                        self.settings.strength, self.headset.metadata.architecture, seed, set(found)))
@@ -246,29 +252,41 @@ def resolve_objective(objective: Any) -> tuple[Any, str]:
 
 
 def candidate_pool(sites: list[Site], candidates: Sequence[str | int] | None) -> list[str]:
-    """Candidate heads in paper notation; layer indices and site names expand to all their heads."""
-    all_heads = [format_notation(i, h) for i, s in enumerate(sites) for h in range(s.num_heads)]
-    if candidates is None:
-        return all_heads
+    """Candidate heads in paper notation; layer indices and site names expand to all their heads; an item
+    with an interval of the noise level sigma (`L3H2@[0,0.5)`) is a (head, interval) candidate. SearchError
+    names a head or layer the model lacks."""
+    heads: list[str] = []
     names = [s.name for s in sites]
-    pool: list[str] = []
-    for item in candidates:
+    for item in ([i for i in range(len(sites))] if candidates is None else candidates):
         if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
             layer = int(item)
             if not 0 <= layer < len(sites):
                 raise SearchError(f"candidate layer {layer} out of range; layers are 0..{len(sites) - 1} "
                                   f"(heads: {head_range(sites)})")
-            pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+            heads += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
         elif item in names:
             layer = names.index(item)
-            pool += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
+            heads += [format_notation(layer, h) for h in range(sites[layer].num_heads)]
         else:
-            layer, head, _ = parse_notation(item)
+            try:
+                layer, head, _, interval = parse_item(item)
+            except HeadSetError as exc:
+                raise SearchError(f"candidate: {exc}") from None
             missing = missing_head(sites, layer, head)
             if missing is not None:
                 raise SearchError(f"candidate {missing}")
-            pool.append(format_notation(layer, head))
-    return list(dict.fromkeys(pool))
+            heads.append(format_notation(layer, head) + ("" if interval is None else f"@{format_interval(interval)}"))
+    return list(dict.fromkeys(heads))
+
+
+def interval_candidates(pool: Sequence[str], intervals: int) -> list[str]:
+    """A scheduled search's pool (docs/search.md, "Scheduled search"): every head of `pool` becomes K =
+    `intervals` candidates, one per equal interval of the noise level sigma, lowest sigma first
+    (`L3H2@[0,0.3333333333333333)`, `L3H2@[0.3333333333333333,0.6666666666666666)`, `L3H2@[0.6666666666666666,1]`);
+    an item that has its own interval is kept as it is. SearchError for K outside [2, 64]."""
+    parts = equal_intervals(intervals, SearchError)
+    out = [h if "@[" in h else f"{h}@{format_interval(iv)}" for h in pool for iv in ([None] if "@[" in h else parts)]
+    return list(dict.fromkeys(out))
 
 
 # ----- checkpointed state ---------------------------------------------------------------------------------
@@ -318,7 +336,7 @@ class SearchCheckpoint(Checkpoint):
 def set_key(heads: Sequence[str]) -> str:
     """The checkpoint key of a head set's images: its heads sorted, or `baseline` for the empty set.
     Keys name content, so S ∪ {h} of one round and S of the next share their images."""
-    return "+".join(sorted(heads, key=lambda h: parse_notation(h)[:2])) if heads else BASELINE
+    return "+".join(sorted(heads, key=item_order)) if heads else BASELINE
 
 
 class _Search:
@@ -358,8 +376,7 @@ class _Search:
         return phase
 
     def headset(self, heads: Sequence[str], name: str = "candidate") -> HeadSet:
-        u = self.settings.strength
-        specs = [(layer, head, u) for layer, head, _ in map(parse_notation, heads)]
+        specs = [item_spec(h, self.settings.strength) for h in heads]
         return HeadSet.from_heads(specs, sites=self.sites, architecture=self.architecture, name=name)
 
     def layer_headset(self, layer: int) -> HeadSet:
@@ -516,7 +533,9 @@ class _Search:
         heads = self.headset(selected)
         return heads.with_metadata(
             name=name, base_model=s.model, origin="search", source=f"headhunter.hunt {__version__}",
-            description=f"HeadHunter: {len(selected)} heads maximising {s.objective}",
+            description=(f"HeadHunter: {len(selected)} heads maximising {s.objective}" if s.intervals is None else
+                         f"HeadHunter, scheduled over {s.intervals} intervals of sigma: {len(selected)} (head, interval) "
+                         f"pieces maximising {s.objective}"),
             perturbation=s.perturbation,
             guidance=s.guidance,
             search=provenance, tags=["headhunter", "search"],

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from headhunter.format.headset import HeadSet
-from headhunter.format.sites import Site, parse_notation
+from headhunter.format.schedule import item_spec
+from headhunter.format.sites import Site
 from headhunter.search.stats import Estimate
 
 #: z_{0.975} + z_{0.80}: the minimum detectable effect in standard errors (two-sided 5 %, 80 % power).
@@ -71,7 +72,7 @@ def random_headsets(pool: list[str], size: int, count: int, sites: list[Site], s
         seen.add(pick)
         heads = [choices[i] for i in pick]
         name = f"{RANDOM_PREFIX}{len(out) + 1}"
-        out[name] = HeadSet.from_heads([(*parse_notation(h)[:2], strength) for h in heads], sites=sites,
+        out[name] = HeadSet.from_heads([item_spec(h, strength) for h in heads], sites=sites,
                                        architecture=architecture, name=name)
     return out
 

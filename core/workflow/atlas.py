@@ -17,6 +17,7 @@ from headhunter.engine.runner import auto_batch_size
 from headhunter.errors import SearchError
 from pydantic import BaseModel, ConfigDict
 
+from headhunter.format.schedule import equal_intervals
 from headhunter.format.preflight import check_before_loading
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from headhunter.plugin_system.registry import get_registry
@@ -54,13 +55,6 @@ class AtlasOptions(BaseModel):
     intervals: int | list[tuple[float, float]] | None = None
 
 
-def equal_intervals(k: int) -> list[tuple[float, float]]:
-    """K equal intervals of sigma in [0, 1]: [(0, 1/K), ..., ((K-1)/K, 1)]. SearchError for K < 2."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise SearchError(f"intervals={k!r}: give a number of intervals >= 2, or the intervals themselves")
-    return [(i / k, (i + 1) / k if i + 1 < k else 1.0) for i in range(k)]
-
-
 def atlas(
     model: Any = "digits",
     prompts: Sequence[str] | None = None,
@@ -95,7 +89,7 @@ def atlas(
     perturbation, perturbation_params, scope = o.perturbation, o.perturbation_params, o.scope
     objectives, measures, batch_size, sheet_pairs = o.objectives, o.measures, o.batch_size, o.sheet_pairs
     alpha, min_effect, pipeline_kwargs = o.alpha, o.min_effect, o.pipeline_kwargs
-    intervals = equal_intervals(o.intervals) if isinstance(o.intervals, int) else o.intervals
+    intervals = equal_intervals(o.intervals, SearchError) if isinstance(o.intervals, int) else o.intervals
     if not 0 < alpha < 1:
         raise SearchError(f"alpha must be in (0, 1), got {alpha}")
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))

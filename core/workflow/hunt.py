@@ -21,11 +21,16 @@ from headhunter.search.verdicts import DEFAULT_CONTROLS
 from headhunter.plugin_system.registry import get_registry
 from headhunter.search.defaults import SearchDefaults, model_defaults
 from headhunter.format.preflight import check_before_loading
+from headhunter.format.schedule import equal_intervals
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec, validated
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
-from headhunter.search.search import HuntResult, SearchSettings, candidate_pool, resolve_model, resolve_objective, search
+from headhunter.format.headset import HeadSet, load_headset_file
+from headhunter.search.evaluation import evaluate
+from headhunter.search.refine import RefineResult, pieces_of, refine
+from headhunter.search.search import (HuntResult, SearchSettings, candidate_pool, generation_settings, interval_candidates,
+                                      resolve_model, resolve_objective, search)
 from headhunter.atlases.atlas import restrict_candidates
-from headhunter.report.report import write_report
+from headhunter.report.report import write_refine_report, write_report
 
 
 RECIPES = ("greedy", "quality")
@@ -68,6 +73,8 @@ class HuntOptions(BaseModel):
     controls: int = DEFAULT_CONTROLS
     calibrate: bool = False
     eval_prompts: list[str] | None = None
+    intervals: int | None = None
+    refine: Any = None
 
 
 def hunt_options(options: HuntOptions | None = None, **overrides: Any) -> HuntOptions:
@@ -111,7 +118,13 @@ def hunt(
     most images per round as a fraction of the exhaustive round's; first_pairs: racing's first stage;
     confidence: level of every paired interval. controls: random head sets of the found set's size
     evaluated beside it on the fresh seeds (default 20; 0 for none); eval_prompts: prompts the search never
-    saw, on which the found set is judged too (the paper's generalisation claim). recipe: "greedy" (R rounds of top_k, the default) or
+    saw, on which the found set is judged too (the paper's generalisation claim). intervals: K >= 2 makes
+    the search scheduled: its candidates are (head, interval) pairs over K equal intervals of the noise level
+    sigma and the found head set holds a schedule (docs/search.md, "Scheduled search"). refine: a head set
+    (or its file) without a schedule: instead of a search, each of its (head, interval) pieces over K =
+    intervals (default 3) is measured by leaving it out, the pieces that hurt are dropped, and a
+    `headhunter.search.refine.RefineResult` is returned (with out_dir and report: judged on fresh seeds,
+    refine.md and refine.png; docs/search.md "Refine"). recipe: "greedy" (R rounds of top_k, the default) or
     "quality" (the paper's general-quality recipe, App. D.1: one round, the top k heads (default 4) combined
     at u = 0.25, unless rounds, top_k or strength are given). Under torchrun every rank runs this same
     call: batches are shared out, rank 0 alone writes files (docs/search.md).
@@ -127,6 +140,14 @@ def hunt(
     # Settings that do not depend on the model are checked before it loads (and before anything is written).
     validated(GuidanceSettings, SearchError, scope=scope, cfg=cfg, **({} if scale is None else {"scale": scale}))
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
+    if o.refine is not None and o.intervals is None:
+        o = o.model_copy(update={"intervals": 3})
+    if o.intervals is not None:
+        equal_intervals(o.intervals, SearchError)  # K in [2, 64], before the model loads
+    original = None
+    if o.refine is not None:  # the head set to refine, read before the model loads
+        original = o.refine if isinstance(o.refine, HeadSet) else load_headset_file(o.refine)
+        pieces_of(original, equal_intervals(o.intervals, SearchError))  # a schedule or no heads: refused here
     check_before_loading(model, prompts=prompts)  # a registered model's prompts, before it loads
     pipe, model_name = resolve_model(model)
     defaults = model_defaults(pipe)
@@ -148,12 +169,16 @@ def hunt(
     if candidates_from is not None or effect is not None:
 
         pool = restrict_candidates(pool, candidates_from, effect, sites)
+    if original is not None:  # refine: the set's (head, interval) pieces are the units
+        pool = [item for item, _ in pieces_of(original, equal_intervals(o.intervals, SearchError))]
+    elif o.intervals is not None:  # a scheduled search: (head, interval) candidates
+        pool = interval_candidates(pool, o.intervals)
     get_registry().perturbation(perturbation, **(perturbation_params or {}))  # the plugin checks its params
     settings = validated(
         SearchSettings, SearchError,
         model=model_name, objective=objective_text, prompts=prompts, seeds=seeds, rounds=rounds, top_k=top_k,
         strength=strength, steps=steps, guidance=dict(scale=scale, cfg=cfg, scope=scope),
-        perturbation=dict(name=perturbation, params=perturbation_params or {}), candidates=pool,
+        perturbation=dict(name=perturbation, params=perturbation_params or {}), candidates=pool, intervals=o.intervals,
         layer_baselines=layer_baselines, batch_size=batch_size or auto_batch_size(pipe),
         pipeline_kwargs=pipeline_kwargs or {}, schedule=schedule, budget=budget or defaults.value("budget", 1.0),
         first_pairs=first_pairs or defaults.value("first_pairs", 8), confidence=confidence,
@@ -166,6 +191,8 @@ def hunt(
             "give more evaluation seeds (e.g. '100-131'), or skip the evaluation (report=False, --no-report)"
         )
     ctx = context()
+    if original is not None:
+        return _refine(pipe, original, settings, objective_obj, out_dir, resume, progress, report, fresh, defaults, ctx)
     if o.calibrate and settings.schedule != "racing":
         raise SearchError("calibrate=True (--calibrate) replays racing's allocation on a null; it needs "
                           "allocation='racing' (--allocation racing)")
@@ -210,6 +237,26 @@ def hunt(
                 f"{out / io.WEIGHTS_NAME}, but the evaluation or report then failed: {type(err).__name__}: "
                 f"{' '.join(str(err).split())[:300]}"
             ) from err
+    return result
+
+
+def _refine(pipe: Any, original: HeadSet, settings: SearchSettings, objective: Any, out_dir: Any, resume: bool,
+            progress: bool, report: bool, fresh: list[int] | None, defaults: SearchDefaults, ctx: Any) -> RefineResult:
+    """hunt(refine=S): leave-one-out refinement over the noise level (headhunter.search.refine), then, with
+    out_dir and report, the refined set, the original and no guidance on fresh seeds, and refine.md/png."""
+    result = refine(pipe, original, settings, objective, out_dir=out_dir, resume=resume, progress=progress)
+    if not out_dir:
+        return result
+    out = Path(out_dir)
+    if ctx.is_main:
+        result.headset.save(out / io.WEIGHTS_NAME)
+        result.headset.save(out / io.JSON_NAME)
+    if report:
+        result.evaluation = evaluate(pipe, {"no guidance": None, "original": original, "refined": result.headset},
+                                     objective, settings.prompts, fresh, generation_settings(settings),
+                                     batch_size=settings.batch_size, set_metrics=defaults.set_metrics)
+        if ctx.is_main:
+            write_refine_report(result, out)
     return result
 
 
