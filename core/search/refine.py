@@ -27,7 +27,7 @@ from headhunter.format.headset import HeadSet
 from headhunter.format.schedule import Interval, equal_intervals, format_interval
 from headhunter.plugin_system.registry import get_registry
 from headhunter.search.distributed import context
-from headhunter.search.search import BASELINE, SearchCheckpoint, SearchSettings, _Search, set_key
+from headhunter.search.search import BASELINE, SearchCheckpoint, SearchSettings, SearchLoop, set_key
 from headhunter.search.stats import Estimate, paired_difference
 
 
@@ -108,7 +108,7 @@ def refine(pipe: Any, headset: HeadSet, settings: SearchSettings, objective: Any
         raise SearchError("internal: refine's settings.candidates must be the pieces of the head set (pieces_of)")
     ctx = context()
     state = SearchCheckpoint.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
-    loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
+    loop = SearchLoop(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
     loop.bar.total = (2 + len(pieces)) * len(loop.pairs)
     m = len(loop.pairs)
 

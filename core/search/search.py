@@ -217,7 +217,7 @@ def search(pipe: Any, settings: SearchSettings, objective: Any, *, out_dir: str 
                           "calibration yet: use allocation='racing' to calibrate, or calibrate=False")
     ctx = context()
     state = SearchCheckpoint.open(Path(out_dir) if out_dir else None, settings, resume, ctx)
-    loop = _Search(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
+    loop = SearchLoop(pipe, sites, adapter.architecture, settings, objective, state, progress, ctx)
     loop.calibrate = calibrate
     result = loop.run(name or f"headhunter-{settings.model.split('/')[-1]}")
     result.out_dir = Path(out_dir) if out_dir else None
@@ -339,7 +339,11 @@ def set_key(heads: Sequence[str]) -> str:
     return "+".join(sorted(heads, key=item_order)) if heads else BASELINE
 
 
-class _Search:
+class SearchLoop:
+    """The search's image loop over one checkpoint: `fetch` makes (or resumes) the scores of head-set units on
+    their first n prompt-seed pairs, sharded over torchrun ranks; `scores`/`value` read them back; `run` is
+    Algorithm 1 with the allocations. `headhunter.search.refine` drives `fetch` with its own units."""
+
     def __init__(self, pipe, sites, architecture, settings, objective, state, progress, ctx) -> None:
         self.pipe, self.sites, self.architecture = pipe, sites, architecture
         self.settings, self.objective, self.state, self.ctx = settings, objective, state, ctx
