@@ -10,7 +10,8 @@ Errors: a user mistake never prints a traceback. A usage error (bad option, valu
 click's usage line and one `Error: ...` line and exits with 2; a failure (a HeadhunterError, a pydantic
 validation error, an OSError such as a read-only folder or a full disk) prints one `Error: ...` line and
 exits with 1; an unexpected exception (a bug) prints one `Error: internal error ...` line and exits with 1.
-`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well. Every `Error:`/`Warning:` line passes
+`--debug` (or HEADHUNTER_DEBUG=1) prints the traceback as well, and the import-time log lines of optional
+quantization backends (`QUIET_LOGGERS`), which are held back otherwise. Every `Error:`/`Warning:` line passes
 `headhunter.format.text.safe_line` (a message may quote text from a file, the Hub or a plugin). Warnings print as one `Warning: ...` line
 (Python's own format, with the source line, under `--debug`).
 """
@@ -103,6 +104,21 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
     click.echo(f"Warning: {safe_line(' '.join(str(message).split()))}", err=True)
 
 
+#: Loggers of optional quantization backends whose import-time chatter reaches every command once they are
+#: installed (diffusers imports them when it loads a model): e.g. bitsandbytes' "Failed to load CPU
+#: gemm_4bit_forward from kernels-community ... Set trust_remote_code=True", torchao's "Failed to load
+#: _C_cutlass_90a.abi3.so", diffusers' "Unable to import `torchao` Tensor objects". Nothing in them is about
+#: the command, and they broke the one-Error-line promise; below ERROR they print only under `--debug`.
+QUIET_LOGGERS = ("bitsandbytes", "torchao", "diffusers.quantizers")
+
+
+def _quiet_backends(quiet: bool) -> None:
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.NOTSET)
+
+
 def _close_progress_bars() -> None:
     """Close every open tqdm bar (a failure mid-run leaves the search's or the atlas's bar open), so the
     `Error:` line starts on a line of its own and no bar is redrawn after it."""
@@ -152,6 +168,7 @@ class _Group(click.Group):
         _debug_flag, _resumable = False, None
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        _quiet_backends(not debug_enabled())
         try:
             with warnings.catch_warnings():
                 if not debug_enabled():
@@ -186,6 +203,8 @@ def current_registry() -> Any:
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     global _debug_flag
     _debug_flag = _debug_flag or value
+    if _debug_flag:
+        _quiet_backends(False)
 
 
 def make_cli(pm: pluggy.PluginManager | None = None) -> click.Group:

@@ -269,3 +269,22 @@ def test_warnings_print_as_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 0
     assert f"Warning: {path}: ignoring metadata keys unknown to headhunter" in result.output
     assert "warnings.warn" not in result.output
+
+
+def test_quantization_backends_import_chatter_is_held_back_unless_debug():
+    """bitsandbytes, torchao and diffusers' quantizers log at import once installed (the test extra installs
+    them, as many GPU users have them): below ERROR they print only under --debug, so a mistake stays one
+    Error: line (the cases above run with them installed)."""
+    import logging
+
+    from headhunter.cli import QUIET_LOGGERS, _quiet_backends
+
+    try:
+        _quiet_backends(True)
+        for name in QUIET_LOGGERS:
+            child = logging.getLogger(f"{name}.some.module")
+            assert not child.isEnabledFor(logging.WARNING) and child.isEnabledFor(logging.ERROR)
+        _quiet_backends(False)
+        assert all(logging.getLogger(f"{name}.x").isEnabledFor(logging.WARNING) for name in QUIET_LOGGERS)
+    finally:
+        _quiet_backends(False)
