@@ -107,9 +107,10 @@ def _warning_line(message: Warning | str, category: type[Warning], filename: str
 #: Loggers of optional quantization backends whose import-time chatter reaches every command once they are
 #: installed (diffusers imports them when it loads a model): e.g. bitsandbytes' "Failed to load CPU
 #: gemm_4bit_forward from kernels-community ... Set trust_remote_code=True", torchao's "Failed to load
-#: _C_cutlass_90a.abi3.so", diffusers' "Unable to import `torchao` Tensor objects". Nothing in them is about
-#: the command, and they broke the one-Error-line promise; below ERROR they print only under `--debug`.
-QUIET_LOGGERS = ("bitsandbytes", "torchao", "diffusers.quantizers")
+#: _C_cutlass_90a.abi3.so", diffusers' "Unable to import `torchao` Tensor objects", torch's pytree notes on
+#: the Enum constants torchao registers, the `kernels` package's Hub look-up for bitsandbytes. Nothing in them
+#: is about the command, and they broke the one-Error-line promise; below ERROR they print only under `--debug`.
+QUIET_LOGGERS = ("bitsandbytes", "torchao", "diffusers.quantizers", "torch.utils._pytree", "kernels")
 
 
 def _quiet_backends(quiet: bool) -> None:
