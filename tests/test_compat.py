@@ -238,12 +238,22 @@ def _compile_wrapper(pipe, model, backend: str = "eager"):
     pipe.transformer = torch.compile(pipe.transformer, backend=backend)
 
 
+def _compile_regional(pipe, model, backend: str = "eager"):
+    # regional compile, as diffusers' compile_repeated_blocks does (SD3's class sets no _repeated_blocks, so
+    # every block is compiled in place by hand; FLUX's does)
+    blocks = [b for name in ("transformer_blocks", "single_transformer_blocks")
+              for b in getattr(pipe.transformer, name, [])]
+    for block in blocks:
+        block.compile(backend=backend)
+
+
 FEATURES = {
     "model offload": (_model_offload, 0.0),
     "sequential offload": (_sequential_offload, 0.0),
     "group offload": (_group_offload, 0.0),
     "torch.compile in place": (_compile_in_place, 1e-5),
     "torch.compile wrapper": (_compile_wrapper, 1e-5),
+    "torch.compile regional": (_compile_regional, 1e-5),
 }
 
 
@@ -513,7 +523,7 @@ def test_img2img_window_counts_the_full_schedule():
 # ----- torch.compile: no recompiling for a new head set -------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(MODELS))
-@pytest.mark.parametrize("feature", ["torch.compile in place", "torch.compile wrapper"])
+@pytest.mark.parametrize("feature", ["torch.compile in place", "torch.compile wrapper", "torch.compile regional"])
 def test_compiled_transformer_compiles_one_graph_for_every_head_set(feature, model):
     """Strengths are tensors the graph reads, and a compiled transformer gets them on every installed site
     (zeros where nothing is perturbed, GuidanceHandle._dense): after the first guided call compiles the

@@ -611,19 +611,30 @@ def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:
 
 
 def _no_fanout_reason(given: Any, transformer: Any, plan: Plan) -> str | None:
-    """Why no fan-out hooks go on the blocks (None: they do). A compiled transformer (in place or wrapped)
-    keeps the full computation: new hooks on its blocks at every apply() would make dynamo recompile for
-    every head set (compile guards on the block forwards)."""
+    """Why no fan-out hooks go on the blocks (None: they do). A compiled transformer (in place, wrapped, or
+    regionally: its blocks compiled, as diffusers' `compile_repeated_blocks` does) keeps the full computation:
+    the fan-out hooks and their per-layout row lists are traced into the compiled code and guarded, so every
+    head set with another first perturbed block recompiles until dynamo's recompile limit (8) sends the code
+    back to eager (measured, docs/compatibility.md "torch.compile")."""
     if not plan.blocks:
         return "the adapter declares no blocks"
     if given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None:
         return "the transformer is compiled (torch.compile)"
+    if _compiled_blocks(transformer):
+        return "the transformer's blocks are compiled (regional torch.compile)"
     return None
 
 
+def _compiled_blocks(transformer: Any) -> bool:
+    """Whether a submodule of the transformer is compiled in place (`module.compile()`: regional compile)."""
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules() if m is not transformer)
+
+
 def _is_compiled(given: Any, transformer: Any) -> bool:
-    """Whether the pipeline's transformer is compiled: a `torch.compile(module)` wrapper, or compiled in place."""
-    return given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None
+    """Whether the pipeline's transformer is compiled: a `torch.compile(module)` wrapper, compiled in place, or
+    with compiled blocks (regional compile)."""
+    return (given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None
+            or _compiled_blocks(transformer))
 
 
 def _sample_of(output: Any) -> Tensor:
