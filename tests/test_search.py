@@ -491,3 +491,22 @@ def test_cli_hunt_with_its_report_prints_the_summary(tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     assert ("whole layers that dominate the found set (paired intervals, objective and yardstick): layer L0; "
             "the found set dominates: layer L1") in again.output
+
+
+def test_a_hostile_head_set_name_is_inert_markdown_in_the_reports(tmp_path):
+    """Names are made terminal-safe where they enter (headhunter.format.text); in the markdown reports they are
+    also escaped as the model card escapes them (no raw HTML, no heading or front-matter line)."""
+    from headhunter import get_registry
+
+    pipe = tiny_digits_pipe()
+    sites = get_registry().adapter_for(pipe).sites(pipe)
+    evil = "x\x1b]0;t\x07\n---\n<script>alert(1)</script>"
+    original = HeadSet.from_notation("L0H1, L1H2", sites=sites, architecture="sd3", name=evil)
+    hunt(pipe, Brightness(), refine=original, intervals=2, out_dir=tmp_path / "r", eval_seeds=[50, 51],
+         batch_size=8, **SETTINGS)
+    hunt(pipe, Brightness(), name=evil, out_dir=tmp_path / "h", eval_seeds=[50, 51], controls=0, batch_size=8,
+         **SETTINGS)
+    for page in (tmp_path / "r" / "refine.md", tmp_path / "h" / "index.md"):
+        text = page.read_text()
+        assert "<script>" not in text and "\x1b" not in text and "\x07" not in text
+        assert not any(line.strip() == "---" for line in text.splitlines())

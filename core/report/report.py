@@ -22,6 +22,7 @@ from headhunter.search.verdicts import RANDOM_PREFIX, verdicts
 from headhunter.format.preflight import describe_prompt
 from headhunter.report.labels import fit_text, label_font, spread_labels
 from headhunter.format.schedule import item_spec
+from headhunter.format.text import card_line
 
 
 def write_report(result: Any, out_dir: Path, evaluation: Evaluation | None = None) -> Path:
@@ -333,7 +334,7 @@ def render_index(result: Any, evaluation: Evaluation | None, heatmaps: list[Path
                  pareto: Path | None = None, schedule: Path | None = None) -> str:
     s = result.settings
     lines = [
-        f"# HeadHunter report: {result.headset.name}",
+        f"# HeadHunter report: {card_line(result.headset.name)}",
         "",
         f"Model `{s.model}`, objective `{s.objective}`, {prompts_phrase(s.prompts)} x {len(s.seeds)} seeds, "
         f"{s.steps} steps, perturbation `{s.perturbation.name}` (u = {s.strength:g}), scope `{s.guidance.scope}`, "
@@ -566,7 +567,7 @@ def write_refine_report(result: Any, out_dir: Path) -> Path:
     picture = plot_refine(result, out_dir / "refine.png")
     s = result.settings
     lines = [
-        f"# Refine {result.original.name} over the noise level",
+        f"# Refine {card_line(result.original.name)} over the noise level",
         "",
         f"Model `{s.model}`, objective `{s.objective}`, {prompts_phrase(s.prompts)} x {len(s.seeds)} seeds, "
         f"{s.steps} steps; {len(result.effects)} (head, interval) pieces over {s.intervals} intervals of sigma, each "
