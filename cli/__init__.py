@@ -19,6 +19,7 @@ quantization backends (`QUIET_LOGGERS`), which are held back otherwise. Every `E
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 import traceback
@@ -114,8 +115,6 @@ QUIET_LOGGERS = ("bitsandbytes", "torchao", "diffusers.quantizers", "torch.utils
 
 
 def _quiet_backends(quiet: bool) -> None:
-    import logging
-
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.NOTSET)
 

@@ -184,12 +184,13 @@ class GuidanceHandle:
                 if unwrap(expert) is not self.transformer:
                     self._expert_hooks.append(TransformerHooks(unwrap(expert), self._before, self._after, owner=self,
                                                                on_reset=self._end_of_call))
-            self._no_fanout = _no_fanout_reason(pipe.transformer, self.transformer, plan)
+            compiled = _compiled_reason(pipe.transformer, self.transformer)
+            self._no_fanout = "the adapter declares no blocks" if not plan.blocks else compiled
             #: a compiled transformer gets a schedule's strengths in the same tensors at every step (in place)
-            self._stable = plan.scheduled and _is_compiled(pipe.transformer, self.transformer)
+            self._stable = plan.scheduled and compiled is not None
             #: a compiled transformer gets every site's strengths, zeros where nothing is perturbed, for every
             #: perturbed row: the graph then depends on the batch size only, not on the head sets (see _dense)
-            self._dense_sites = not plan.scheduled and _is_compiled(pipe.transformer, self.transformer)
+            self._dense_sites = not plan.scheduled and compiled is not None
             self._dense_cache: dict[tuple, Any] = {}
             if self._no_fanout is None:
 
@@ -610,31 +611,18 @@ def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:
     return names
 
 
-def _no_fanout_reason(given: Any, transformer: Any, plan: Plan) -> str | None:
-    """Why no fan-out hooks go on the blocks (None: they do). A compiled transformer (in place, wrapped, or
-    regionally: its blocks compiled, as diffusers' `compile_repeated_blocks` does) keeps the full computation:
-    the fan-out hooks and their per-layout row lists are traced into the compiled code and guarded, so every
-    head set with another first perturbed block recompiles until dynamo's recompile limit (8) sends the code
-    back to eager (measured, docs/compatibility.md "torch.compile")."""
-    if not plan.blocks:
-        return "the adapter declares no blocks"
+def _compiled_reason(given: Any, transformer: Any) -> str | None:
+    """How the pipeline's transformer is compiled (None: it is not): a `torch.compile(module)` wrapper,
+    compiled in place, or regionally (its blocks compiled, as diffusers' `compile_repeated_blocks` does).
+    A compiled transformer keeps the full computation (no fan-out hooks on its blocks): the hooks and their
+    per-layout row lists are traced into the compiled code and guarded, so every head set with another first
+    perturbed block recompiles until dynamo's recompile limit (8) sends the code back to eager (measured,
+    docs/compatibility.md "torch.compile")."""
     if given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None:
         return "the transformer is compiled (torch.compile)"
-    if _compiled_blocks(transformer):
+    if any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules() if m is not transformer):
         return "the transformer's blocks are compiled (regional torch.compile)"
     return None
-
-
-def _compiled_blocks(transformer: Any) -> bool:
-    """Whether a submodule of the transformer is compiled in place (`module.compile()`: regional compile)."""
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules() if m is not transformer)
-
-
-def _is_compiled(given: Any, transformer: Any) -> bool:
-    """Whether the pipeline's transformer is compiled: a `torch.compile(module)` wrapper, compiled in place, or
-    with compiled blocks (regional compile)."""
-    return (given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None
-            or _compiled_blocks(transformer))
 
 
 def _sample_of(output: Any) -> Tensor:

@@ -65,17 +65,34 @@ def heat_matrix(result: Any, round_index: int) -> np.ndarray:
     return matrix
 
 
-def interval_matrix(result: Any, round_index: int) -> tuple[list[str], list[str], np.ndarray]:
-    """A scheduled search's round r as (head labels, interval labels, heads x intervals scores), NaN where a
+def interval_matrix(result: Any, round_index: int) -> tuple[list[tuple[int, int]], list[tuple[float, float]], np.ndarray]:
+    """A scheduled search's round r as ((layer, head) rows, intervals, heads x intervals scores), NaN where a
     (head, interval) was not a candidate; heads in site order, intervals lowest sigma first."""
-    rows = [row for row in result.score_table() if row["round"] == round_index]
-    heads = sorted({(row["layer"], row["head_index"]) for row in rows})
-    intervals = sorted({item_spec(row["head"], 1.0)[3] for row in rows})
+    cells = {(row["layer"], row["head_index"], item_spec(row["head"], 1.0)[3]): row["score"]
+             for row in result.score_table() if row["round"] == round_index}
+    heads = sorted({(layer, head) for layer, head, _ in cells})
+    intervals = sorted({interval for _, _, interval in cells})
     matrix = np.full((len(heads), len(intervals)), np.nan)
-    for row in rows:
-        interval = item_spec(row["head"], 1.0)[3]
-        matrix[heads.index((row["layer"], row["head_index"])), intervals.index(interval)] = row["score"]
-    return [f"L{a}H{b}" for a, b in heads], [_short_interval(iv) for iv in intervals], matrix
+    for (layer, head, interval), score in cells.items():
+        matrix[heads.index((layer, head)), intervals.index(interval)] = score
+    return heads, intervals, matrix
+
+
+def _heads_by_intervals(matrix: np.ndarray, heads: list[tuple[int, int]], intervals: list[tuple[float, float]],
+                        label: str, **imshow: Any) -> tuple[Any, Any]:
+    """The one heads (rows) x intervals of sigma (columns) picture of the scheduled search's heatmap, the
+    schedule and refine: (figure, axes), the colour bar labelled `label`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(intervals) + 2.5), max(2.0, 0.25 * len(heads) + 1.3)))
+    image = ax.imshow(matrix, aspect="auto", interpolation="nearest", **imshow)
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_xticks(range(len(intervals)), [_short_interval(iv) for iv in intervals], fontsize=8)
+    ax.set_yticks(range(len(heads)), [f"L{a}H{b}" for a, b in heads] or ["(none)"],
+                  fontsize=max(4, min(8, int(400 / max(1, len(heads))))))
+    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
+    ax.set_ylabel("head")
+    return fig, ax
 
 
 def _short_interval(interval: tuple[float, float]) -> str:
@@ -116,16 +133,10 @@ def _plot_interval_heatmap(result: Any, round_index: int, path: Path) -> Path:
 
     heads, intervals, matrix = interval_matrix(result, round_index)
     rnd = result.rounds[round_index]
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(intervals) + 2.5), max(3.0, 0.2 * len(heads) + 1.5)))
-    image = ax.imshow(matrix, cmap="RdYlGn", aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label=f"mean {result.settings.objective}")
-    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
-    ax.set_ylabel("head")
-    ax.set_xticks(range(len(intervals)), intervals, fontsize=8)
-    ax.set_yticks(range(len(heads)), heads, fontsize=max(4, min(8, int(400 / max(1, len(heads))))))
+    fig, ax = _heads_by_intervals(matrix, heads, intervals, f"mean {result.settings.objective}", cmap="RdYlGn")
     for item in rnd.added:
         layer, head, _, interval = item_spec(item, 1.0)
-        row, col = heads.index(f"L{layer}H{head}"), intervals.index(_short_interval(interval))
+        row, col = heads.index((layer, head)), intervals.index(interval)
         ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
     chosen = ", ".join(rnd.selected_before) or "none"
     ax.set_title(f"round {round_index}: score of S ∪ {{(head, interval)}} (S = {chosen}); baseline "
@@ -139,20 +150,14 @@ def plot_schedule(headset: Any, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pieces = headset.pieces()
     heads = sorted({(h.layer, h.head) for _, piece in pieces for h in piece})
     matrix = np.zeros((max(1, len(heads)), len(pieces)))
     for col, (_, piece) in enumerate(pieces):
         for h in piece:
             matrix[heads.index((h.layer, h.head)), col] = h.strength
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(pieces) + 2.5), max(2.0, 0.35 * len(heads) + 1.2)))
-    image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="strength u")
-    ax.set_xticks(range(len(pieces)), [_short_interval(iv) for iv, _ in pieces], fontsize=8)
-    ax.set_yticks(range(len(heads)), [f"L{a}H{b}" for a, b in heads] or ["(none)"], fontsize=8)
-    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
+    fig, ax = _heads_by_intervals(matrix, heads, [iv for iv, _ in pieces], "strength u", cmap="Blues", vmin=0.0,
+                                  vmax=1.0)
     ax.set_title(f"schedule of {headset.name}", fontsize=9)
     return _save_figure(fig, path)
 
@@ -539,24 +544,21 @@ def plot_refine(result: Any, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heads = list(dict.fromkeys(e.head for e in result.effects))
+    heads = list(dict.fromkeys(item_spec(e.piece, 1.0)[:2] for e in result.effects))
+    cell = {e.piece: (heads.index(item_spec(e.piece, 1.0)[:2]), result.intervals.index(e.interval)) for e in result.effects}
     matrix = np.zeros((len(heads), len(result.intervals)))
     for e in result.effects:
-        matrix[heads.index(e.head), result.intervals.index(e.interval)] = e.contribution.mean
+        matrix[cell[e.piece]] = e.contribution.mean
     bound = float(np.abs(matrix).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(result.intervals) + 2.5), max(2.0, 0.35 * len(heads) + 1.3)))
-    image = ax.imshow(matrix, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="contribution (objective with - without)")
+    fig, ax = _heads_by_intervals(matrix, heads, result.intervals, "contribution (objective with - without)",
+                                  cmap="RdBu", vmin=-bound, vmax=bound)
     for e in result.effects:
-        row, col = heads.index(e.head), result.intervals.index(e.interval)
+        row, col = cell[e.piece]
         if e.verdict == "keep":
             ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
         elif e.verdict == "drop":
             ax.plot([col - 0.4, col + 0.4], [row - 0.4, row + 0.4], color="black", linewidth=1.5)
             ax.plot([col - 0.4, col + 0.4], [row + 0.4, row - 0.4], color="black", linewidth=1.5)
-    ax.set_xticks(range(len(result.intervals)), [_short_interval(iv) for iv in result.intervals], fontsize=8)
-    ax.set_yticks(range(len(heads)), heads, fontsize=8)
-    ax.set_xlabel("interval of the noise level sigma (1 = pure noise, the first steps)")
     ax.set_title(f"refine {result.original.name}: boxed = keep, crossed = drop (level {result.level:.4g})", fontsize=8)
     return _save_figure(fig, path)
 

@@ -18,7 +18,7 @@ torchrun ranks like the search's (one unit per head set, keyed by content).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class RefineResult:
     images: int
     settings: SearchSettings
     evaluation: Any = None  #: fresh-seed Evaluation (original, refined, no guidance) when the workflow made one
-    notes: list[str] = field(default_factory=list)
 
     @property
     def dropped(self) -> list[str]:
@@ -115,19 +114,19 @@ def refine(pipe: Any, headset: HeadSet, settings: SearchSettings, objective: Any
     def build(specs: list[tuple[int, int, float, Interval]], name: str) -> HeadSet:
         return HeadSet.from_heads(specs, sites=sites, architecture=adapter.architecture, name=name)
 
-    full = [spec for _, spec in pieces]
-    units: dict[str, tuple[HeadSet | None, int]] = {BASELINE: (None, m), set_key([p for p, _ in pieces]): (build(full, "S"), m)}
-    for i, (item, _) in enumerate(pieces):
-        rest = [p for j, (p, _) in enumerate(pieces) if j != i]
-        units[set_key(rest)] = (build([s for j, (_, s) in enumerate(pieces) if j != i], f"S - {item}") if rest else None, m)
+    items = [item for item, _ in pieces]
+    whole_key = set_key(items)
+    rest_keys = [set_key(items[:i] + items[i + 1:]) for i in range(len(pieces))]  # S minus piece i (never empty: K >= 2)
+    units: dict[str, tuple[HeadSet | None, int]] = {BASELINE: (None, m), whole_key: (build([s for _, s in pieces], "S"), m)}
+    for i, key in enumerate(rest_keys):
+        units[key] = (build([s for j, (_, s) in enumerate(pieces) if j != i], f"S - {items[i]}"), m)
     loop.fetch("refine", units)
     loop.bar.close()
     level = 1.0 - (1.0 - settings.confidence) / len(pieces)
-    whole = loop.scores(set_key([p for p, _ in pieces]), m)
+    whole = loop.scores(whole_key, m)
     effects = []
-    for i, (item, spec) in enumerate(pieces):
-        rest = [p for j, (p, _) in enumerate(pieces) if j != i]
-        est = paired_difference(whole, loop.scores(set_key(rest), m), objective, loop.leaves, level)
+    for (item, spec), key in zip(pieces, rest_keys):
+        est = paired_difference(whole, loop.scores(key, m), objective, loop.leaves, level)
         verdict = "keep" if est.low > 0 else "drop" if est.high < 0 else "unclear"
         effects.append(PieceEffect(item, item.split("@")[0], spec[3], est, verdict))
     kept = [spec for (item, spec), e in zip(pieces, effects) if e.verdict != "drop"]
@@ -138,8 +137,8 @@ def refine(pipe: Any, headset: HeadSet, settings: SearchSettings, objective: Any
         description=(f"{headset.name} refined over {settings.intervals} intervals of sigma by leave-one-out on "
                      f"{settings.objective}: {len(pieces) - len(kept)} of {len(pieces)} (head, interval) pieces dropped"),
     )
-    return RefineResult(headset, refined, effects, intervals, loop.value(set_key([p for p, _ in pieces])),
-                        loop.value(BASELINE), level, loop.images, settings)
+    return RefineResult(headset, refined, effects, intervals, loop.value(whole_key), loop.value(BASELINE), level,
+                        loop.images, settings)
 
 
 __all__ = ["PieceEffect", "RefineResult", "pieces_of", "refine"]

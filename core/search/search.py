@@ -285,7 +285,9 @@ def interval_candidates(pool: Sequence[str], intervals: int) -> list[str]:
     (`L3H2@[0,0.3333333333333333)`, `L3H2@[0.3333333333333333,0.6666666666666666)`, `L3H2@[0.6666666666666666,1]`);
     an item that has its own interval is kept as it is. SearchError for K outside [2, 64]."""
     parts = equal_intervals(intervals, SearchError)
-    out = [h if "@[" in h else f"{h}@{format_interval(iv)}" for h in pool for iv in ([None] if "@[" in h else parts)]
+    out: list[str] = []
+    for item in pool:
+        out += [item] if parse_item(item)[3] is not None else [f"{item}@{format_interval(iv)}" for iv in parts]
     return list(dict.fromkeys(out))
 
 

@@ -142,12 +142,11 @@ def hunt(
     validated(PerturbationSpec, SearchError, name=perturbation, params=perturbation_params or {})
     if o.refine is not None and o.intervals is None:
         o = o.model_copy(update={"intervals": 3})
-    if o.intervals is not None:
-        equal_intervals(o.intervals, SearchError)  # K in [2, 64], before the model loads
+    parts = None if o.intervals is None else equal_intervals(o.intervals, SearchError)  # K in [2, 64], before loading
     original = None
     if o.refine is not None:  # the head set to refine, read before the model loads
         original = o.refine if isinstance(o.refine, HeadSet) else load_headset_file(o.refine)
-        pieces_of(original, equal_intervals(o.intervals, SearchError))  # a schedule or no heads: refused here
+        pieces_of(original, parts)  # a schedule or no heads: refused here
     check_before_loading(model, prompts=prompts)  # a registered model's prompts, before it loads
     pipe, model_name = resolve_model(model)
     defaults = model_defaults(pipe)
@@ -170,7 +169,7 @@ def hunt(
 
         pool = restrict_candidates(pool, candidates_from, effect, sites)
     if original is not None:  # refine: the set's (head, interval) pieces are the units
-        pool = [item for item, _ in pieces_of(original, equal_intervals(o.intervals, SearchError))]
+        pool = [item for item, _ in pieces_of(original, parts)]
     elif o.intervals is not None:  # a scheduled search: (head, interval) candidates
         pool = interval_candidates(pool, o.intervals)
     get_registry().perturbation(perturbation, **(perturbation_params or {}))  # the plugin checks its params
