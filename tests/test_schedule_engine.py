@@ -4,7 +4,8 @@ Checked against a hand loop that switches (constant) head sets per step with tod
 step i a pipeline callback removes the handle and applies `hs.at(sigma_(i+1))`. On the embedded digits model
 and on tiny SD3 / FLUX pipelines. A one-interval full-range schedule is bit-identical to the head set; rows
 computed once follow each step's segment; under torch.compile (backend="eager": dynamo's guards and
-recompiles without code generation) a change of interval adds no graph, even when the perturbed rows change.
+recompiles without code generation) a change of interval adds no graph, even when the perturbed rows change
+(rows in full), or none once every interval was seen (rows computed once).
 """
 
 from __future__ import annotations
@@ -190,11 +191,19 @@ def _graphs_per_step(pipe, settings, guide, **apply_options):
     return outs, seen, handle
 
 
+@pytest.mark.parametrize("share", [False, True], ids=["rows in full", "rows once"])
 @pytest.mark.parametrize("case", ["sites change", "rows change", "empty interval"])
-def test_compiled_transformer_does_not_recompile_when_the_interval_changes(case):
-    """Strengths of every segment live in one set of preallocated tensors written in place: across interval
-    changes (perturbed sites change; per-sample perturbed rows change; an interval with no heads) the graph
-    count after the first step never grows, and the output equals the uncompiled one."""
+def test_compiled_transformer_does_not_recompile_when_the_interval_changes(case, share, monkeypatch):
+    """Rows in full (`headhunter.engine.fanout.enabled = False`): strengths of every segment live in one set of
+    preallocated tensors written in place: across interval changes (perturbed sites change; per-sample
+    perturbed rows change; an interval with no heads) the graph count after the first step never grows.
+    Rows computed once: a new interval moves the rows' first perturbed blocks, so the blocks see new row
+    counts; dynamo compiles each block shape once (static, then dynamic; the last block's own kind), and
+    the second call, which goes through every interval again, compiles nothing. Both equal the uncompiled
+    output."""
+    import headhunter.engine.fanout as fanout
+
+    monkeypatch.setattr(fanout, "enabled", share)
     build, settings, _ = PIPES["sd3"]
     pipe = build()
     per_sample = case == "rows change"
@@ -210,16 +219,24 @@ def test_compiled_transformer_does_not_recompile_when_the_interval_changes(case)
         eager = tiny_call(pipe, settings)
     pipe.transformer.compile(backend="eager")
     outs, seen, handle = _graphs_per_step(pipe, settings, guide, per_sample=per_sample)
-    assert handle.plan.scheduled and handle._stable
-    recompiles = seen[-1] - seen[0]
-    print(f"\n[schedule] compile ({case}): graphs per step {seen}; added after step 0: {recompiles}")
+    assert handle.plan.scheduled
+    if share:
+        assert handle.fallback is None and handle.shared_row_blocks > 0
+        recompiles = seen[-1] - seen[len(seen) // 2 - 1]  # during the second call
+    else:
+        assert handle._stable and handle.fanout is None
+        recompiles = seen[-1] - seen[0]
+    print(f"\n[schedule] compile ({case}, {'rows once' if share else 'rows in full'}): graphs per step {seen}")
     assert recompiles == 0, seen
     assert all((out - eager).abs().max().item() <= 1e-5 for out in outs)
 
 
-def test_compile_counter_sees_recompiles_of_per_segment_tensors():
+def test_compile_counter_sees_recompiles_of_per_segment_tensors(monkeypatch):
     """The control for the test above: with a schedule's per-segment maps (what an uncompiled transformer is
     given), a change of perturbed sites does add graphs, so the counter above would see a recompile."""
+    import headhunter.engine.fanout as fanout
+
+    monkeypatch.setattr(fanout, "enabled", False)
     build, settings, _ = PIPES["sd3"]
     pipe = build()
     sched = make(pipe, "L0H1@[0,0.5), L1H2@0.5@[0.5,1]")
@@ -233,7 +250,7 @@ def test_compile_counter_sees_recompiles_of_per_segment_tensors():
     torch._dynamo.reset()
     counters.clear()
     with hh.apply(pipe, sched, scale=W) as handle:
-        handle._stable = False
+        handle._stable = handle._compiled = False  # the per-segment maps an uncompiled transformer gets
         tiny_call(pipe, settings, callback_on_step_end=callback)
     assert seen[-1] > seen[0], seen
 

@@ -8,9 +8,11 @@
 
 - `eager shared`: eager with rows computed once (`headhunter.engine.fanout`, the default);
 - `eager full`: eager, every row computed at every block (fan-out off);
-- `compiled`: the compiled transformer (every row at every block: fan-out stays off under compile, see
-  docs/engine.md; every installed site gets strengths, zeros where nothing is perturbed, so one graph
-  serves every head set of a batch layout).
+- `compiled`: the compiled transformer with rows computed once (the fan-out hooks run outside dynamo's
+  tracing and each block's forward is a compiled frame of its own; every installed site gets strengths,
+  zeros where nothing is perturbed, so the graphs depend on the rows present only);
+- `compiled full`: a second compiled transformer, applied with `headhunter.engine.fanout.enabled = False`
+  (no hooks: one graph for the whole transformer, every row at every block).
 
 It counts dynamo's compiled graphs (`torch._dynamo.utils.counters["stats"]["unique_graphs"]`) on the first
 head set and on all later ones (which should compile nothing), and checks the compiled step's output
@@ -46,17 +48,27 @@ def model_case(family: str, backend: str = "inductor", rounds: int = 5, min_time
 
     from headhunter.bench.fanout import _Holder, _calibrate, _call, _time, cases, default_inputs
 
+    import headhunter.engine.fanout as fanout_module
+
     eager = _build(family)
-    compiled = copy.deepcopy(eager)
+    compiled, compiled_full = copy.deepcopy(eager), copy.deepcopy(eager)
     compiled.compile(backend=backend)
+    compiled_full.compile(backend=backend)
     make = default_inputs(eager)
     inputs = make(1)
-    holders = {"eager": _Holder(eager, False), "compiled": _Holder(compiled, False)}
+    holders = {"eager": _Holder(eager, False), "compiled": _Holder(compiled, False),
+               "compiled full": _Holder(compiled_full, False)}
     now, sync = time.process_time, (lambda: None)
     rows = []
     graphs_before = counters["stats"]["unique_graphs"]
     for index, (label, headset) in enumerate(cases(eager).items()):
-        handles = {k: headhunter.apply(h, headset, scale=scale) for k, h in holders.items()}
+        handles = {}
+        for k, h in holders.items():
+            fanout_module.enabled = k != "compiled full"  # read at apply: no hooks, one whole-model graph
+            try:
+                handles[k] = headhunter.apply(h, headset, scale=scale)
+            finally:
+                fanout_module.enabled = True
         fanout = handles["eager"].fanout
 
         def step(which: str, share: bool = True) -> Any:
@@ -67,18 +79,19 @@ def model_case(family: str, backend: str = "inductor", rounds: int = 5, min_time
             return _call(holders[which], inputs)
 
         timed = {"eager shared": lambda: step("eager", True), "eager full": lambda: step("eager", False),
-                 "compiled": lambda: step("compiled")}
+                 "compiled": lambda: step("compiled"), "compiled full": lambda: step("compiled full")}
         try:
             with torch.no_grad():
                 start_graphs = counters["stats"]["unique_graphs"]
                 compile_start = time.perf_counter()
                 out_c = timed["compiled"]().clone()
                 first_call_s = time.perf_counter() - compile_start
+                out_cf = timed["compiled full"]().clone()
                 out_e = timed["eager full"]().clone()
                 reps = _calibrate(timed["eager full"], sync, min_time, now)
                 samples: dict[str, list[float]] = {k: [] for k in timed}
                 for r in range(rounds):
-                    order = list(timed)[r % 3:] + list(timed)[: r % 3]
+                    order = list(timed)[r % len(timed):] + list(timed)[: r % len(timed)]
                     for name in order:
                         samples[name].append(_time(timed[name], sync, reps, now))
                 graphs = counters["stats"]["unique_graphs"] - start_graphs
@@ -90,10 +103,13 @@ def model_case(family: str, backend: str = "inductor", rounds: int = 5, min_time
         ms = {k: 1e3 * statistics.median(v) for k, v in samples.items()}
         rows.append({"model": family, "case": label, "backend": backend, "eager_shared_ms": ms["eager shared"],
                      "eager_full_ms": ms["eager full"], "compiled_ms": ms["compiled"],
+                     "compiled_full_ms": ms["compiled full"],
+                     "compiled_vs_compiled_full": ms["compiled"] / ms["compiled full"],
                      "compiled_vs_eager_shared": ms["compiled"] / ms["eager shared"],
                      "compiled_vs_eager_full": ms["compiled"] / ms["eager full"], "graphs_compiled": graphs,
                      "first_call_s": first_call_s, "first_head_set": index == 0,
-                     "max_diff": (out_c - out_e).abs().max().item(), "compiled_fallback": fallback,
+                     "max_diff": max((out_c - out_e).abs().max().item(), (out_cf - out_e).abs().max().item()),
+                     "compiled_fallback": fallback, "shared_row_blocks": handles["compiled"].shared_row_blocks,
                      "reps": reps, "rounds": rounds})
     rows[-1]["graphs_total"] = counters["stats"]["unique_graphs"] - graphs_before
     return rows
@@ -110,12 +126,14 @@ def run(models: tuple[str, ...] = ("sd3", "flux"), backend: str = "inductor", ro
 
 def format_report(rows: list[dict[str, Any]]) -> str:
     """Markdown table of `run()`'s rows."""
-    lines = ["| model | head set | eager shared ms | eager full ms | compiled ms | compiled / eager shared | "
-             "compiled / eager full | graphs compiled | first call s | max diff |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | head set | eager shared ms | eager full ms | compiled shared ms | compiled full ms | "
+             "compiled shared / compiled full | compiled shared / eager shared | compiled shared / eager full | "
+             "graphs compiled | first call s | max diff |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['case']} | {r['eager_shared_ms']:.1f} | {r['eager_full_ms']:.1f} | "
-                     f"{r['compiled_ms']:.1f} | {r['compiled_vs_eager_shared']:.2f} | {r['compiled_vs_eager_full']:.2f} | "
+                     f"{r['compiled_ms']:.1f} | {r['compiled_full_ms']:.1f} | {r['compiled_vs_compiled_full']:.2f} | "
+                     f"{r['compiled_vs_eager_shared']:.2f} | {r['compiled_vs_eager_full']:.2f} | "
                      f"{r['graphs_compiled']} | {r['first_call_s']:.1f} | {r['max_diff']:.1e} |")
     return "\n".join(lines)
 

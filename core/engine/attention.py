@@ -60,9 +60,13 @@ def needs_target_layout(state: EngineState) -> bool:
 class PerturbingProcessor:
     """Base of the processors adapters install: wraps the model's original processor object for one site.
 
-    Subclasses implement `__call__` with the original's signature: when `self.state.active` has no entry
-    for the site they call `self.original` unchanged; otherwise they reproduce the original computation and
-    route the attention call through `attend`.
+    Subclasses implement `__call__` with the original's signature: when `self.strength` (this site's
+    `SiteStrength`, set by the installation; None: not perturbed) is None they call `self.original`
+    unchanged; otherwise they reproduce the original computation and route the attention call through
+    `attend`. Read `self.strength`, not `self.state.active.get(self.site_name)` (which holds the same entry):
+    under torch.compile a lookup by the site's name is guarded on that name, so blocks that share one code
+    object (regional compilation, and the per-block frames of a compiled transformer whose rows are shared,
+    `headhunter.engine.fanout`) would each compile a graph of their own, up to dynamo's recompile limit.
     """
 
     def __init__(self, site: Site, original: Any, state: EngineState) -> None:
@@ -70,6 +74,7 @@ class PerturbingProcessor:
         self.site_name = site.name
         self.original = original
         self.state = state
+        self.strength: SiteStrength | None = None
 
     # diffusers' `set_attention_backend` / context parallelism read and write these two attributes on a
     # processor (`hasattr(processor, "_attention_backend")`): they reach the wrapped processor, so a backend
@@ -236,6 +241,7 @@ class Installation:
                     "installation (or leave its `with` block) first"
                 )
             processors[site.name] = (module, adapter.make_processor(site, module, self._state))
+        self._processors = {name: processor for name, (_, processor) in processors.items()}
         for name, (module, processor) in processors.items():
             self._originals[name] = module.processor
             _set_processor(module, processor)
@@ -254,7 +260,7 @@ class Installation:
         read the same tensors, so a compiled transformer does not recompile when the interval changes."""
         self._require_installed()
         if strengths is None:
-            self._state.active = {}
+            self._activate({})
             return
         device, dtype = _device_dtype(self.transformer)
         if isinstance(strengths, StrengthMap):
@@ -270,9 +276,17 @@ class Installation:
                 strengths.prepared[key] = prepared
             if segmented:
                 self._select_segment(strengths, key)
-            self._state.active = strengths.prepared[key]
+            self._activate(strengths.prepared[key])
         else:
-            self._state.active = self._prepare(strengths, device, dtype, trusted=False)
+            self._activate(self._prepare(strengths, device, dtype, trusted=False))
+
+    def _activate(self, active: dict[str, SiteStrength]) -> None:
+        """`active` for the following forwards: on the state and, per site, on its processor (`strength`)."""
+        if not active and not self._state.active:
+            return
+        self._state.active = active
+        for name, processor in self._processors.items():
+            object.__setattr__(processor, "strength", active.get(name))
 
     def _segment_tables(self, strengths: SegmentedStrengthMap, prepared: dict[str, SiteStrength],
                         device: torch.device, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
@@ -308,7 +322,7 @@ class Installation:
         try:
             yield self
         finally:
-            self._state.active = previous
+            self._activate(previous)
 
     def batch_strengths(self, rows: Sequence[HeadSet | None], repeat: int = 1) -> StrengthMap:
         """`batch_strengths` for this model's sites and architecture (validated), as CPU tensors."""
@@ -337,7 +351,7 @@ class Installation:
             _set_processor(self.adapter.site_module(self.model, name), original)
         for hook in self._hooks:
             hook.remove()
-        self._state.active = {}
+        self._activate({})
         self._removed = True
 
     def __enter__(self) -> Installation:

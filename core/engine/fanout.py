@@ -45,7 +45,8 @@ from headhunter.plan.strengths import StrengthMap
 COMPOSING_HOOKS = ("group_offloading", "lazy_prefetch_group_offloading", "layer_execution_tracker", "lazy_leafs",
                    "layerwise_casting", "peft_autocast_disable", "headhunter")
 HOOK_NAME = "headhunter_fanout"
-#: Set False to compute every row in full (for before/after measurements, or to rule fan-out out).
+#: Set False to compute every row in full (for before/after measurements, or to rule fan-out out): read at
+#: every guided call, and at `apply`, which then installs no hooks (a compiled transformer keeps its one graph).
 enabled = True
 
 
@@ -104,7 +105,7 @@ class FanOut:
     """Fan-out hooks on the declared blocks of one guided transformer (see the module docstring)."""
 
     def __init__(self, transformer: torch.nn.Module, blocks: Sequence[str], row_inputs: Sequence[str],
-                 block_outputs: Sequence[str] | Mapping[str, Sequence[str]]) -> None:
+                 block_outputs: Sequence[str] | Mapping[str, Sequence[str]], compiled: bool = False) -> None:
         self.transformer = transformer
         self.names = tuple(blocks)
         self.row_inputs = tuple(row_inputs)
@@ -112,10 +113,11 @@ class FanOut:
         #: every block or a mapping from block-name prefix to a tuple, for families with several block kinds)
         self.block_outputs = [outputs_of(block_outputs, name) for name in self.names]
         self.run: Any = None  # the layout being executed; None = inert
+        self.compiled = compiled
         self.modules = [transformer.get_submodule(name) for name in self.names]
         self._created: list[bool] = []  # whether we made the block's registry (then we take it away again)
         for index, module in enumerate(self.modules):
-            hook = _BlockHook(self, index, _positional_names(module))
+            hook = (_CompiledBlockHook if compiled else _BlockHook)(self, index, _positional_names(module))
             self._created.append("_diffusers_hook" not in module.__dict__)
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
         self._invalidate()
@@ -212,13 +214,20 @@ def _trimmed(strengths: StrengthMap, layout: BatchedLayout, site_block: dict[str
             data[site], samples[site] = u, strengths.samples[site]
             continue
         position = {r: k for k, r in enumerate(live)}
+        present = [position[r] for r in strengths.samples[site] if r in position]
+        if not present:  # a dense site (compiled transformer) before every perturbed row's first block: stock
+            heads.pop(site, None)
+            continue
         data[site] = u.index_select(0, torch.tensor(live, dtype=torch.long, device=u.device))
-        samples[site] = [position[r] for r in strengths.samples[site]]  # perturbed rows are present by definition
+        samples[site] = present
     return StrengthMap(data, heads, samples)
 
 
 class _BlockHook(ModelHook):
-    """A diffusers `ModelHook` on one block: hands the block call to the run being executed, if any."""
+    """A diffusers `ModelHook` on one block: hands the block call to the run being executed, if any.
+
+    A run has `enter(b, kwargs) -> (kwargs, outputs)` (the block's inputs for the rows present there; or, when
+    `outputs` is not None, what the block returns without computing) and `leave(b, out)` (its outputs)."""
 
     def __init__(self, owner: FanOut, index: int, positional: tuple[str, ...]) -> None:
         super().__init__()
@@ -229,10 +238,42 @@ class _BlockHook(ModelHook):
         forward = self.fn_ref.original_forward
         if run is None:
             return forward(*args, **kwargs)
-        if args:  # e.g. gradient checkpointing calls blocks positionally
-            kwargs = {**dict(zip(self.positional, args)), **kwargs}
-            args = ()
-        return run.block(self.index, forward, kwargs)
+        kwargs, outputs = run.enter(self.index, self.keywords(args, kwargs))
+        return outputs if outputs is not None else run.leave(self.index, forward(**kwargs))
+
+    def keywords(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Every argument by name (gradient checkpointing, for one, calls blocks positionally)."""
+        return {**dict(zip(self.positional, args)), **kwargs} if args else dict(kwargs)
+
+
+class _CompiledBlockHook(_BlockHook):
+    """The hook on a block of a compiled transformer (in place, wrapped or regionally). Dynamo never traces
+    it, so it guards neither on the block nor on the batch layout: it runs on the host, and the block's own
+    forward, which it calls, is compiled as a frame of its own (one code object for every block of a class,
+    as regional compilation compiles it), with the rows present as its only dependence on the head set."""
+
+    @torch.compiler.disable(recursive=False)
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        run = self.owner.run
+        forward = self.fn_ref.original_forward
+        if run is None:
+            return forward(*args, **kwargs)
+        kwargs, outputs = _enter(run, self.index, _keywords(self, args, kwargs))
+        return outputs if outputs is not None else _leave(run, self.index, forward(**kwargs))
+
+
+# Host work around a compiled block: never traced, nor anything they call (torch.compiler.disable).
+_keywords = torch.compiler.disable(_BlockHook.keywords)
+
+
+@torch.compiler.disable
+def _enter(run: Any, b: int, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    return run.enter(b, kwargs)
+
+
+@torch.compiler.disable
+def _leave(run: Any, b: int, out: Any) -> Any:
+    return run.leave(b, out)
 
 
 class _BatchedRun:
@@ -241,7 +282,8 @@ class _BatchedRun:
         self.current: _Indices | None = None  # rows present after the last block run (None: all)
         self._previous_size = layout.size
 
-    def block(self, b: int, forward: Any, kwargs: dict[str, Any]) -> Any:
+    def enter(self, b: int, kwargs: dict[str, Any]) -> tuple[dict[str, Any], None]:
+        """Block `b`'s inputs indexed to the rows present there."""
         layout = self.layout
         if b == 0:
             self._previous_size = layout.size
@@ -255,7 +297,12 @@ class _BatchedRun:
                     kwargs[name] = t.index_select(0, select.on(t.device))
             elif t.shape[0] == self._previous_size and gather is not None:
                 kwargs[name] = t.index_select(0, gather.on(t.device))
-        out = forward(**kwargs)
+        return kwargs, None
+
+    def leave(self, b: int, out: Any) -> Any:
+        """Block `b`'s outputs; after the last block, every row of the batch again."""
+        layout = self.layout
+        select = layout.select.get(b)
         self.current = select
         self._previous_size = layout.size if select is None else len(select.rows)
         if b == layout.num_blocks - 1 and layout.final is not None:
@@ -292,11 +339,14 @@ class _Recorder:
         self.recorded: dict[int, dict[str, torch.Tensor]] = {}
         self.current = None
 
-    def block(self, b: int, forward: Any, kwargs: dict[str, Any]) -> Any:
+    def enter(self, b: int, kwargs: dict[str, Any]) -> tuple[dict[str, Any], None]:
         if b in self.blocks:
             self.recorded[b] = {name: kwargs[name][self.rows] for name in self.owner.row_inputs
                                 if isinstance(kwargs.get(name), torch.Tensor) and kwargs[name].ndim > 0}
-        return forward(**kwargs)
+        return kwargs, None
+
+    def leave(self, b: int, out: Any) -> Any:
+        return out
 
 
 class _Resumer:
@@ -304,13 +354,16 @@ class _Resumer:
         self.owner, self.start, self.recorded = owner, start, recorded
         self.current = None
 
-    def block(self, b: int, forward: Any, kwargs: dict[str, Any]) -> Any:
+    def enter(self, b: int, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         if b < self.start:  # equal to the stock rows here: pass through, nothing computed
             outputs = tuple(kwargs.get(name) for name in self.owner.block_outputs[b])
-            return outputs[0] if len(outputs) == 1 else outputs
+            return kwargs, outputs[0] if len(outputs) == 1 else outputs
         if b == self.start:
             kwargs.update(self.recorded)
-        return forward(**kwargs)
+        return kwargs, None
+
+    def leave(self, b: int, out: Any) -> Any:
+        return out
 
 
 def _map_tensors(out: Any, size: int, fn: Any) -> Any:

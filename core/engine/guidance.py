@@ -64,6 +64,7 @@ from headhunter.plan.strengths import StrengthMap
 from headhunter.format.schema import GuidanceSettings, PerturbationSpec
 from headhunter.engine.attention import install
 from headhunter.plugin_system.registry import get_registry
+from headhunter.engine import fanout as fanout_module
 from headhunter.engine.fanout import FanOut
 
 #: Transformer keyword arguments that are never per-sample, whatever their first dimension.
@@ -184,17 +185,17 @@ class GuidanceHandle:
                 if unwrap(expert) is not self.transformer:
                     self._expert_hooks.append(TransformerHooks(unwrap(expert), self._before, self._after, owner=self,
                                                                on_reset=self._end_of_call))
-            compiled = _compiled_reason(pipe.transformer, self.transformer)
-            self._no_fanout = "the adapter declares no blocks" if not plan.blocks else compiled
-            #: a compiled transformer gets a schedule's strengths in the same tensors at every step (in place)
-            self._stable = plan.scheduled and compiled is not None
-            #: a compiled transformer gets every site's strengths, zeros where nothing is perturbed, for every
+            #: compiled transformers get every site's strengths, zeros where nothing is perturbed, for every
             #: perturbed row: the graph then depends on the batch size only, not on the head sets (see _dense)
-            self._dense_sites = not plan.scheduled and compiled is not None
+            self._compiled = _compiled_reason(pipe.transformer, self.transformer) is not None
+            self._no_fanout = ("the adapter declares no blocks" if not plan.blocks else
+                               None if fanout_module.enabled else "headhunter.engine.fanout.enabled is False")
+            #: ... and, with a schedule and its rows in full, its strengths in the same tensors at every step
+            self._stable = plan.scheduled and self._compiled
             self._dense_cache: dict[tuple, Any] = {}
             if self._no_fanout is None:
-
-                self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs)
+                self.fanout = FanOut(self.transformer, plan.blocks, adapter.row_inputs, adapter.block_outputs,
+                                     compiled=self._compiled)
         except BaseException:
             self.remove()
             raise
@@ -296,7 +297,7 @@ class GuidanceHandle:
                     self.fanout.run = self._recorder
             return None
         groups = (-1,) * (n // rows) + active
-        strengths = self._strengths(groups, rows, hidden, segment)
+        strengths = self._strengths(groups, rows, hidden, segment, sharing)
         big = {k: _extend_rows(k, v, n, cond, len(active)) for k, v in kwargs.items()}
         run = self._batched_run(groups, rows, cond, n, strengths, hidden, segment) if sharing else None
         if run is not None:
@@ -315,14 +316,17 @@ class GuidanceHandle:
         self.fallback = (self._no_fanout or "removed") if self.fanout is None else self.fanout.usable()
         return self.fallback is None
 
-    def _strengths(self, groups: tuple[int, ...], rows: int, like: Tensor, segment: int) -> Any:
-        """This step's strengths for a batch layout: the segment's own map, or for a compiled transformer
-        the layout's map of every segment with this one selected (copied in place at `set_strengths`)."""
-        if self._stable:
+    def _strengths(self, groups: tuple[int, ...], rows: int, like: Tensor, segment: int, sharing: bool) -> Any:
+        """This step's strengths for a batch layout: the segment's own map; for a compiled transformer the
+        dense map (`_dense`), or, with a schedule and every row computed in full, the layout's map of every
+        segment with this one selected (copied in place at `set_strengths`). When rows are shared, the
+        schedule needs no tensors of its own: the fan-out's per-layout strengths are made per segment, and
+        the graph depends on the rows present only."""
+        if self._stable and not sharing:
             strengths = self.plan.stable_strengths(groups, rows, like.device, like.dtype)
             strengths.select(segment)
             return strengths
-        if self._dense_sites:
+        if self._compiled:
             return self._dense(groups, rows, like, segment)
         return self.plan.strengths(groups, rows, like.device, like.dtype, segment)
 
@@ -477,7 +481,8 @@ class GuidanceHandle:
                     outs.append(sample[call.cond])
                     self.shared_row_blocks += rows * blocks
                     continue
-                self.installation.set_strengths(self._strengths((j,), rows, sample, call.segment))
+                self.installation.set_strengths(self._strengths((j,), rows, sample, call.segment,
+                                                                self.fallback is None))
                 if recorder is not None and start in recorder.recorded:
                     self.fanout.run = self.fanout.resumer(start, recorder.recorded[start])
                     self.shared_row_blocks += rows * start
@@ -614,10 +619,10 @@ def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:
 def _compiled_reason(given: Any, transformer: Any) -> str | None:
     """How the pipeline's transformer is compiled (None: it is not): a `torch.compile(module)` wrapper,
     compiled in place, or regionally (its blocks compiled, as diffusers' `compile_repeated_blocks` does).
-    A compiled transformer keeps the full computation (no fan-out hooks on its blocks): the hooks and their
-    per-layout row lists are traced into the compiled code and guarded, so every head set with another first
-    perturbed block recompiles until dynamo's recompile limit (8) sends the code back to eager (measured,
-    docs/compatibility.md "torch.compile")."""
+    A compiled transformer gets dense strengths (`GuidanceHandle._dense`) and fan-out hooks that dynamo
+    never traces (`headhunter.engine.fanout._CompiledBlockHook`): each block's forward is compiled as a frame
+    of its own, whose only dependence on the head set is how many rows are present (a dynamic size), so
+    rows are computed once without a graph per head set (measured, docs/compatibility.md "torch.compile")."""
     if given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None:
         return "the transformer is compiled (torch.compile)"
     if any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules() if m is not transformer):

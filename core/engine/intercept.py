@@ -221,7 +221,7 @@ class SiteProcessor(PerturbingProcessor):
                              "(the family needs a copied processor, docs/plugins.md)")
         for key, value in (("site", site), ("site_name", site.name), ("original", original), ("state", state),
                            ("decl", decl), ("adapter", adapter), ("_patched", fn),
-                           ("_sig", inspect.signature(call))):
+                           ("_sig", inspect.signature(call)), ("strength", None)):
             object.__setattr__(self, key, value)
 
     def __getattr__(self, name: str) -> Any:  # only for attributes not found on the wrapper
@@ -230,7 +230,7 @@ class SiteProcessor(PerturbingProcessor):
         return getattr(object.__getattribute__(self, "original"), name)
 
     def _run(self, args: tuple, kwargs: dict) -> Any:
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength
         if entry is None:
             return self.original(*args, **kwargs)
         outer = getattr(_CURRENT, "frame", None)  # restored after: a site nested in another site works

@@ -33,7 +33,7 @@ class FluxPerturbingProcessor(PerturbingProcessor):
     """`FluxAttnProcessor` with the perturbation added at the attention call (same signature)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength
         if entry is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:

@@ -52,7 +52,7 @@ class Flux2PerturbingProcessor(_BackendPassThrough):
     """`Flux2AttnProcessor` (double-stream) with the perturbation added at the attention call."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength
         if entry is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:
@@ -106,7 +106,7 @@ class Flux2SinglePerturbingProcessor(_BackendPassThrough):
     call; the MLP branch is untouched."""
 
     def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength
         if entry is None:
             return self.original(attn, hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:

@@ -44,7 +44,7 @@ class QwenImagePerturbingProcessor(PerturbingProcessor):
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
                  attention_mask=None, image_rotary_emb=None):
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength  # this site's SiteStrength, None when it is not perturbed
         if entry is None:
             return self.original(attn, hidden_states, encoder_hidden_states, encoder_hidden_states_mask,
                                  attention_mask, image_rotary_emb)

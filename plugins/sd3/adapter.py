@@ -29,7 +29,7 @@ class SD3PerturbingProcessor(PerturbingProcessor):
     `Attention.forward` filters keyword arguments exactly as for the stock processor)."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength
         if entry is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         # From here on: JointAttnProcessor2_0.__call__ (diffusers 0.42), with `attend` at the SDPA call.

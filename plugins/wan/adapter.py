@@ -34,7 +34,7 @@ class WanPerturbingProcessor(PerturbingProcessor):
     """`WanAttnProcessor` on a self-attention module, with the perturbation added at the attention call."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        entry = self.state.active.get(self.site_name)
+        entry = self.strength
         if entry is None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
