@@ -173,3 +173,19 @@ def test_control_a_traced_block_hook_compiles_per_head_set(monkeypatch):
     counts = _graph_counts("in place", traced_hook=True, monkeypatch=monkeypatch)
     warm = len(WARM_UP)
     assert counts[warm + len(LATER) - 1] > counts[warm - 1], counts
+
+
+def test_compiled_rows_once_compose_with_controlnet_residuals():
+    """SD3 ControlNet residuals (one full-batch tensor per block, indexed inside the transformer's loop to
+    the rows present after each block) under a compiled transformer."""
+    spec = FAMILIES["sd3"]
+    eager, pipe = spec["build"](), spec["build"]()
+    compile_transformer(pipe, "in place")
+    hs = headsets(eager, spec, per_sample=True)
+    g = torch.Generator().manual_seed(4)
+    residuals = [torch.randn(6, 64, 32, generator=g) for _ in range(2)]  # 2 residuals for 4 blocks
+    torch._dynamo.reset()
+    s1, d1, handle = one_call(pipe, "sd3", hs, share=True, cfg=True, per_sample=True, residuals=residuals)
+    s0, d0, _ = one_call(eager, "sd3", hs, share=False, cfg=True, per_sample=True, residuals=residuals)
+    assert handle.fallback is None and handle.shared_row_blocks > 0
+    assert (s1 - s0).abs().max().item() <= TOL and (d1 - d0).abs().max().item() <= TOL

@@ -120,6 +120,13 @@ class FanOut:
             hook = (_CompiledBlockHook if compiled else _BlockHook)(self, index, _positional_names(module))
             self._created.append("_diffusers_hook" not in module.__dict__)
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK_NAME)
+            if compiled:
+                # the registry's own wrapper around the block (diffusers' hooks.py `new_forward`, one code object
+                # for every hooked module) would otherwise be compiled as a frame of its own, guarded on its
+                # inputs' sizes and strides before the rows are indexed: it computes nothing, so it is skipped
+                # too (measured: FLUX 19 + 38 blocks hit the recompile limit on it). remove_hook puts the
+                # block's forward back, and a hook registered later wraps this one, as diffusers chains hooks.
+                module.forward = torch.compiler.disable(module.forward, recursive=False)
         self._invalidate()
         self._layouts: dict[tuple, Any] = {}
 
@@ -325,6 +332,7 @@ class _PresentRows(list):
         super().__init__(items)
         self._run = run
 
+    @torch.compiler.disable  # host bookkeeping: the layout's row lists are never guarded by dynamo
     def __getitem__(self, index: Any) -> Any:
         item = super().__getitem__(index)
         current = self._run.current
