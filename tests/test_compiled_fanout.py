@@ -10,7 +10,6 @@ of its own whose only dependence on the head set is how many rows are present. C
   tracing, guards and recompiles without code generation; inductor in the slow lane);
 - no graph per head set: after the first head sets (each block shape compiled once: static, then dynamic
   rows; the last block's own kind), head sets with new first blocks and per-sample mixtures add no graph;
-  the control with the hook traced (what a plain block hook gives) adds graphs until the recompile limit.
 """
 
 from __future__ import annotations
@@ -164,15 +163,6 @@ def test_compiled_rows_once_compile_no_graph_per_head_set(mode):
     assert counts[warm - 1] == counts[warm + len(LATER) - 1], counts  # new first blocks: nothing new
     # per-sample rows (3 cond rows): their block shapes once, then nothing for other mixtures
     assert counts[-1] == counts[-len(PER_SAMPLE)], counts
-
-
-@pytest.mark.slow
-def test_control_a_traced_block_hook_compiles_per_head_set(monkeypatch):
-    """What the test above would see if the hook were traced: the layout's row lists are guarded, so head sets
-    with other first blocks keep adding graphs."""
-    counts = _graph_counts("in place", traced_hook=True, monkeypatch=monkeypatch)
-    warm = len(WARM_UP)
-    assert counts[warm + len(LATER) - 1] > counts[warm - 1], counts
 
 
 def test_compiled_rows_once_compose_with_controlnet_residuals():
