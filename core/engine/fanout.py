@@ -113,7 +113,6 @@ class FanOut:
         #: every block or a mapping from block-name prefix to a tuple, for families with several block kinds)
         self.block_outputs = [outputs_of(block_outputs, name) for name in self.names]
         self.run: Any = None  # the layout being executed; None = inert
-        self.compiled = compiled
         self.modules = [transformer.get_submodule(name) for name in self.names]
         self._created: list[bool] = []  # whether we made the block's registry (then we take it away again)
         for index, module in enumerate(self.modules):

@@ -187,7 +187,7 @@ class GuidanceHandle:
                                                                on_reset=self._end_of_call))
             #: compiled transformers get every site's strengths, zeros where nothing is perturbed, for every
             #: perturbed row: the graph then depends on the batch size only, not on the head sets (see _dense)
-            self._compiled = _compiled_reason(pipe.transformer, self.transformer) is not None
+            self._compiled = _is_compiled(pipe.transformer, self.transformer)
             self._no_fanout = ("the adapter declares no blocks" if not plan.blocks else
                                None if fanout_module.enabled else "headhunter.engine.fanout.enabled is False")
             #: ... and, with a schedule and its rows in full, its strengths in the same tensors at every step
@@ -616,18 +616,16 @@ def _stateful_cache_hooks(module: Any, context_blind: bool = False) -> set[str]:
     return names
 
 
-def _compiled_reason(given: Any, transformer: Any) -> str | None:
-    """How the pipeline's transformer is compiled (None: it is not): a `torch.compile(module)` wrapper,
+def _is_compiled(given: Any, transformer: Any) -> bool:
+    """Whether the pipeline's transformer is compiled: a `torch.compile(module)` wrapper,
     compiled in place, or regionally (its blocks compiled, as diffusers' `compile_repeated_blocks` does).
     A compiled transformer gets dense strengths (`GuidanceHandle._dense`) and fan-out hooks that dynamo
     never traces (`headhunter.engine.fanout._CompiledBlockHook`): each block's forward is compiled as a frame
     of its own, whose only dependence on the head set is how many rows are present (a dynamic size), so
     rows are computed once without a graph per head set (measured, docs/compatibility.md "torch.compile")."""
     if given is not transformer or getattr(transformer, "_compiled_call_impl", None) is not None:
-        return "the transformer is compiled (torch.compile)"
-    if any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules() if m is not transformer):
-        return "the transformer's blocks are compiled (regional torch.compile)"
-    return None
+        return True
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in transformer.modules() if m is not transformer)
 
 
 def _sample_of(output: Any) -> Tensor:
